@@ -1,0 +1,70 @@
+"""The ``spatialvlm`` command line: thin wrappers over the subpackages.
+
+Each subcommand lives beside the code it wraps, in a ``commands`` module exposing
+``register(subparsers)``; handlers import their heavy dependencies only when they run, so
+``spatialvlm --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Any, Sequence
+
+# subcommand name -> module defining register(subparsers)
+COMMANDS: dict[str, str] = {
+    'sim': 'spatialvlm_ros.sim.commands',
+    'bag': 'spatialvlm_ros.bags.commands',
+    'demo': 'spatialvlm_ros.demo',
+}
+
+
+class CommandError(Exception):
+    """A user-facing error: printed without a traceback, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog='spatialvlm',
+        description='SpatialVLM for ROS 2: simulated data, bags, data engine, model, reward.')
+    subparsers = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+    for module_name in COMMANDS.values():
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def print_result(result: Any, as_json: bool, text: str) -> None:
+    """Print ``result`` as JSON (``--json``) or the human-readable ``text``."""
+    if as_json:
+        print(json.dumps(result, indent=2, sort_keys=True, default=_json_default))
+    else:
+        print(text)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, 'tolist'):
+        return value.tolist()
+    if hasattr(value, '__fspath__'):
+        return str(value)
+    raise TypeError(f'cannot serialise {type(value).__name__} to JSON')
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``spatialvlm`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CommandError as exc:
+        print(f'spatialvlm {args.command}: error: {exc}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f'spatialvlm {args.command}: interrupted', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())
