@@ -1,4 +1,5 @@
-"""spatialvlm_ros: an open reproduction of SpatialVLM (Chen et al., CVPR 2024) for ROS 2.
+"""
+spatialvlm_ros: an open reproduction of SpatialVLM (Chen et al., CVPR 2024) for ROS 2.
 
 Subpackages, one concern each (heavy dependencies are imported lazily inside them):
 

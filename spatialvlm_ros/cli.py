@@ -1,4 +1,5 @@
-"""The ``spatialvlm`` command line: thin wrappers over the subpackages.
+"""
+The ``spatialvlm`` command line: thin wrappers over the subpackages.
 
 Each subcommand lives beside the code it wraps, in a ``commands`` module exposing
 ``register(subparsers)``; handlers import their heavy dependencies only when they run, so
@@ -26,7 +27,7 @@ class CommandError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every registered subcommand."""
+    """Build the top-level parser with every registered subcommand."""
     parser = argparse.ArgumentParser(
         prog='spatialvlm',
         description='SpatialVLM for ROS 2: simulated data, bags, data engine, model, reward.')

@@ -1,4 +1,5 @@
-"""Camera geometry in numpy: back-projection, rigid transforms, boxes.
+"""
+Camera geometry in numpy: back-projection, rigid transforms, boxes.
 
 Formats: depth float32 metres ``(H, W)`` (``nan`` or ``<= 0`` = no reading); masks bool
 ``(H, W)``; points ``(N, 3)`` metres in the camera optical frame (x right, y down, z forward);
@@ -14,7 +15,8 @@ from spatialvlm_ros.core.types import CameraIntrinsics
 
 def backproject(depth: np.ndarray, intrinsics: CameraIntrinsics,
                 mask: np.ndarray | None = None) -> np.ndarray:
-    """Lift the valid depth pixels (optionally only those in ``mask``) to camera-frame points.
+    """
+    Lift the valid depth pixels (optionally only those in ``mask``) to camera-frame points.
 
     Returns ``(N, 3)`` float64 metres. Pixels with non-finite or non-positive depth are skipped.
     """
@@ -46,15 +48,15 @@ def project(points: np.ndarray, intrinsics: CameraIntrinsics) -> np.ndarray:
     return np.stack([u, v], axis=1)  # (N, 2)
 
 
-def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:  # noqa: N803
+def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply the rigid transform ``T`` (4, 4) to points ``(N, 3)``."""
     points = np.asarray(points, dtype=np.float64)
     return points @ T[:3, :3].T + T[:3, 3]
 
 
-def invert_transform(T: np.ndarray) -> np.ndarray:  # noqa: N803
+def invert_transform(T: np.ndarray) -> np.ndarray:
     """Inverse of a rigid transform (4, 4) without a general matrix inverse."""
-    R, t = T[:3, :3], T[:3, 3]  # noqa: N806
+    R, t = T[:3, :3], T[:3, 3]
     out = np.eye(4)
     out[:3, :3] = R.T
     out[:3, 3] = -R.T @ t

@@ -1,4 +1,5 @@
-"""Plain data types shared by the simulator, the bag tools, the data engine and the node.
+"""
+Plain data types shared by the simulator, the bag tools, the data engine and the node.
 
 Formats (pinned, every module follows them):
 
@@ -49,12 +50,12 @@ class CameraIntrinsics:
             raise ValueError(f'principal point must be finite, got ({self.cx}, {self.cy})')
 
     @property
-    def K(self) -> np.ndarray:  # noqa: N802 - the conventional name
-        """The 3x3 camera matrix."""
+    def K(self) -> np.ndarray:
+        """Return the 3x3 camera matrix."""
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 
     @classmethod
-    def from_matrix(cls, K: Any, width: int, height: int) -> CameraIntrinsics:  # noqa: N803
+    def from_matrix(cls, K: Any, width: int, height: int) -> CameraIntrinsics:
         """Build from a 3x3 camera matrix (row-major, as in sensor_msgs/CameraInfo.k)."""
         m = _as_matrix(np.asarray(K, dtype=np.float64).reshape(3, 3), (3, 3), 'K')
         return cls(float(m[0, 0]), float(m[1, 1]), float(m[0, 2]), float(m[1, 2]),
@@ -86,12 +87,12 @@ class OrientedBox:
         object.__setattr__(self, 'half_extents', half)
 
     def corners(self) -> np.ndarray:
-        """The eight corners, shape (8, 3)."""
+        """Return the eight corners, shape (8, 3)."""
         signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
         return self.center + (signs * self.half_extents) @ self.rotation.T  # (8, 3)
 
-    def transformed(self, T: np.ndarray) -> OrientedBox:  # noqa: N803
-        """The same box expressed in another frame, ``T`` mapping this frame into it."""
+    def transformed(self, T: np.ndarray) -> OrientedBox:
+        """Return this box in another frame, ``T`` mapping this frame into it."""
         T = _as_matrix(T, (4, 4), 'T')
         return OrientedBox(T[:3, :3] @ self.center + T[:3, 3], T[:3, :3] @ self.rotation,
                            self.half_extents)
@@ -99,7 +100,8 @@ class OrientedBox:
 
 @dataclass
 class ObjectTruth:
-    """Ground truth for one object in one frame (world and camera frames).
+    """
+    Ground truth for one object in one frame (world and camera frames).
 
     ``centroid_*`` is the centre of the object's oriented box (its geometric centre), not the
     centre of the visible surface.
@@ -120,7 +122,8 @@ class ObjectTruth:
 
 @dataclass
 class Frame:
-    """One rendered camera frame with exact ground truth.
+    """
+    One rendered camera frame with exact ground truth.
 
     ``distance_centre`` / ``distance_surface`` map object id to the gripper grasp point's
     distance in metres to the object's centre and to its closest surface.
@@ -141,7 +144,7 @@ class Frame:
     gripper_opening: float = 0.0
 
     def object(self, object_id: str) -> ObjectTruth:
-        """The object with this id; ``KeyError`` naming the known ids if absent."""
+        """Return the object with this id; ``KeyError`` naming the known ids if absent."""
         for obj in self.objects:
             if obj.object_id == object_id:
                 return obj
@@ -165,5 +168,5 @@ class Episode:
 
     @property
     def target_captions(self) -> tuple[str, ...]:
-        """Captions of the target object (from the first frame)."""
+        """Return the captions of the target object (from the first frame)."""
         return self.frames[0].object(self.target_id).captions if self.frames else ()
