@@ -53,7 +53,6 @@ setup(
     maintainer_email='maintainers@spatialvlm-ros.invalid',
     description='SpatialVLM reproduction for ROS 2: data engine, spatial VLM, reward node.',
     license='Apache-2.0',
-    tests_require=['pytest'],
     entry_points={
         'console_scripts': [
             'spatialvlm = spatialvlm_ros.cli:main',
