@@ -1,4 +1,5 @@
-"""sensor_msgs/Image and sensor_msgs/CompressedImage <-> numpy, without ROS.
+"""
+sensor_msgs/Image and sensor_msgs/CompressedImage <-> numpy, without ROS.
 
 Functions take message-like objects by duck typing (``header``, ``height``, ``width``,
 ``encoding``, ``is_bigendian``, ``step``, ``data`` for Image; ``header``, ``format``, ``data``
@@ -84,16 +85,16 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
 
 def backend() -> str:
-    """The raw-image backend in use: ``'cv_bridge'`` or ``'numpy'``."""
+    """Name the raw-image backend in use: ``'cv_bridge'`` or ``'numpy'``."""
     return 'cv_bridge' if _cv_bridge() is not None else 'numpy'
 
 
 @functools.lru_cache(maxsize=1)
 def _cv_bridge() -> Any | None:
-    """A working ``CvBridge`` instance, or None (probed once, lazily)."""
+    """Return a working ``CvBridge`` instance, or None (probed once, lazily)."""
     try:
-        from cv_bridge import CvBridge  # noqa: PLC0415 - optional, heavy, often broken
-    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        from cv_bridge import CvBridge
+    except Exception:
         return None
     try:
         bridge = CvBridge()
@@ -107,13 +108,13 @@ def _cv_bridge() -> Any | None:
             back = np.asarray(bridge.imgmsg_to_cv2(msg, desired_encoding='passthrough'))
             if back.dtype != probe.dtype or not np.array_equal(back, probe):
                 return None
-    except Exception:  # noqa: BLE001 - a bridge that cannot round-trip is not used
+    except Exception:
         return None
     return bridge
 
 
 def _buffer(data: Any) -> np.ndarray:
-    """The message's data as a flat uint8 view (numpy array, bytes or array.array)."""
+    """View the message's data as flat uint8 (numpy array, bytes or array.array)."""
     if isinstance(data, np.ndarray):
         return data.reshape(-1).view(np.uint8)
     try:
@@ -142,21 +143,17 @@ def check_requested(encoding: str, requested: str | None) -> None:
 
 def image_to_array(msg: Any, requested: str | None = None, *,
                    max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
-    """Decode a sensor_msgs/Image-like message into a new numpy array.
+    """
+    Decode a sensor_msgs/Image-like message into a new numpy array.
 
-    Args:
-        msg: object with ``height``, ``width``, ``encoding``, ``is_bigendian``, ``step``,
-            ``data``.
-        requested: if given, the encoding the caller expects (``'rgb8'`` accepts any colour
-            encoding, ``'16UC1'`` and ``'mono16'`` are interchangeable).
-        max_bytes: largest accepted ``height * step``.
-
-    Returns:
-        RGB ``uint8`` ``(H, W, 3)`` for colour, else ``(H, W)`` in the encoding's dtype.
-
-    Raises:
-        ImageConversionError: unknown encoding, zero or huge size, step smaller than a row,
-            data shorter than ``height * step``, or an encoding other than ``requested``.
+    :param msg: object with ``height``, ``width``, ``encoding``, ``is_bigendian``, ``step``,
+        ``data``.
+    :param requested: if given, the encoding the caller expects (``'rgb8'`` accepts any
+        colour encoding, ``'16UC1'`` and ``'mono16'`` are interchangeable).
+    :param max_bytes: largest accepted ``height * step``.
+    :returns: RGB ``uint8`` ``(H, W, 3)`` for colour, else ``(H, W)`` in the encoding's dtype.
+    :raises ImageConversionError: unknown encoding, zero or huge size, step smaller than a
+        row, data shorter than ``height * step``, or an encoding other than ``requested``.
     """
     encoding = str(msg.encoding)
     spec = ENCODINGS.get(encoding)
@@ -182,7 +179,7 @@ def image_to_array(msg: Any, requested: str | None = None, *,
     if bridge is not None and not int(msg.is_bigendian):
         try:
             out = np.array(bridge.imgmsg_to_cv2(msg, desired_encoding='passthrough'))
-        except Exception:  # noqa: BLE001 - fall back to the numpy path below
+        except Exception:
             out = None
         if out is not None:
             return _to_output(out, spec)
@@ -207,19 +204,16 @@ def _to_output(pixels: np.ndarray, spec: Encoding) -> np.ndarray:
 
 def image_to_fields(array: np.ndarray, encoding: str, *, header: Any = None,
                     data_type: str = 'numpy') -> dict[str, Any]:
-    """Keyword arguments of a sensor_msgs/Image holding ``array`` in ``encoding``.
+    """
+    Keyword arguments of a sensor_msgs/Image holding ``array`` in ``encoding``.
 
-    Args:
-        array: RGB ``uint8`` ``(H, W, 3)`` for colour encodings (converted to bgr/rgba/bgra as
-            needed, alpha 255), else ``(H, W)`` convertible to the encoding's dtype without
-            loss.
-        encoding: one of :data:`ENCODINGS`.
-        header: included as ``header`` when given.
-        data_type: ``'numpy'`` (uint8 array, for rosbags), ``'array'`` (``array.array('B')``,
-            fast for rclpy messages) or ``'bytes'``.
-
-    Returns:
-        dict with ``height``, ``width``, ``encoding``, ``is_bigendian`` (native order),
+    :param array: RGB ``uint8`` ``(H, W, 3)`` for colour encodings (converted to
+        bgr/rgba/bgra as needed, alpha 255), else ``(H, W)`` castable to the encoding's dtype.
+    :param encoding: one of :data:`ENCODINGS`.
+    :param header: included as ``header`` when given.
+    :param data_type: ``'numpy'`` (uint8 array, for rosbags), ``'array'``
+        (``array.array('B')``, fast for rclpy messages) or ``'bytes'``.
+    :returns: dict with ``height``, ``width``, ``encoding``, ``is_bigendian`` (native order),
         ``step`` (unpadded) and ``data`` (a copy), plus ``header`` if given.
     """
     spec = ENCODINGS.get(encoding)
@@ -299,12 +293,13 @@ def _compressed_kind(fmt: str) -> str:
 
 def compressed_to_array(msg: Any, requested: str | None = None, *,
                         max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
-    """Decode a sensor_msgs/CompressedImage-like message (jpeg or png) into a new array.
+    """
+    Decode a sensor_msgs/CompressedImage-like message (jpeg or png) into a new array.
 
     Colour images become RGB ``uint8`` ``(H, W, 3)``; single-channel ones ``(H, W)`` uint8 or
     (16-bit png) uint16. ``requested`` is checked as in :func:`image_to_array`.
     """
-    import cv2  # noqa: PLC0415 - heavy, only needed here
+    import cv2
 
     _compressed_kind(msg.format)
     buf = _buffer(msg.data)
@@ -338,12 +333,13 @@ def compressed_to_array(msg: Any, requested: str | None = None, *,
 
 def compressed_to_fields(array: np.ndarray, fmt: str = 'jpeg', *, quality: int = 95,
                          header: Any = None, data_type: str = 'numpy') -> dict[str, Any]:
-    """Keyword arguments of a sensor_msgs/CompressedImage encoding ``array`` as jpeg or png.
+    """
+    Keyword arguments of a sensor_msgs/CompressedImage encoding ``array`` as jpeg or png.
 
     ``array`` is RGB ``uint8`` ``(H, W, 3)`` or single-channel ``(H, W)`` (uint8, or uint16
     for png).
     """
-    import cv2  # noqa: PLC0415 - heavy, only needed here
+    import cv2
 
     kind = _compressed_kind(fmt)
     if not 1 <= quality <= 100:
@@ -351,8 +347,8 @@ def compressed_to_fields(array: np.ndarray, fmt: str = 'jpeg', *, quality: int =
     array = np.asarray(array)
     if array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8:
         image = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    elif array.ndim == 2 and (array.dtype == np.uint8 or (array.dtype == np.uint16
-                                                           and kind == 'png')):
+    elif array.ndim == 2 and (array.dtype == np.uint8
+                              or (array.dtype == np.uint16 and kind == 'png')):
         image = array
     else:
         raise ImageConversionError(
@@ -368,7 +364,8 @@ def compressed_to_fields(array: np.ndarray, fmt: str = 'jpeg', *, quality: int =
 
 
 def depth_to_metres(array: np.ndarray, encoding: str) -> np.ndarray:
-    """Depth as ``float32`` metres with ``nan`` for no reading.
+    """
+    Depth as ``float32`` metres with ``nan`` for no reading.
 
     ``16UC1``/``mono16`` are millimetres with 0 meaning no reading; ``32FC1`` is metres, and
     non-finite or non-positive values become ``nan``.

@@ -1,4 +1,5 @@
-"""Read rosbag2 bags robustly: real-world bags generically, and episodes written by ``writer``.
+"""
+Read rosbag2 bags robustly: real-world bags generically, and episodes written by ``writer``.
 
 Why not just ``rosbags.rosbag2.Reader(folder)``: rosbags 0.11.9 matches each storage
 connection against metadata.yaml including its QoS profiles, and silently yields nothing for a
@@ -41,7 +42,7 @@ from spatialvlm_ros.bags.errors import (
     UnsupportedBagError,
     UnsupportedSerializationError,
 )
-from spatialvlm_ros.bags.imageconv import ImageConversionError, image_to_array
+from spatialvlm_ros.bags.imageconv import image_to_array, ImageConversionError
 from spatialvlm_ros.core.types import CameraIntrinsics
 
 LOG = logging.getLogger(__name__)
@@ -82,9 +83,9 @@ class _StorageFile:
 
 def _zstd() -> Any:
     try:
-        from compression import zstd  # noqa: PLC0415 - Python >= 3.14
+        from compression import zstd
     except ImportError:
-        from backports import zstd  # noqa: PLC0415 - installed with rosbags
+        from backports import zstd
     return zstd
 
 
@@ -102,7 +103,7 @@ def _storage_of(path: Path) -> tuple[str, bool] | None:
 
 
 def _load_metadata(path: Path) -> dict[str, Any]:
-    from ruamel.yaml import YAML, YAMLError  # noqa: PLC0415 - comes with rosbags
+    from ruamel.yaml import YAML, YAMLError
 
     try:
         doc = YAML(typ='safe').load(path.read_text(encoding='utf-8'))
@@ -114,11 +115,21 @@ def _load_metadata(path: Path) -> dict[str, Any]:
     return info
 
 
-def find_bags(paths: Iterable[str | Path]) -> list[Path]:
-    """Bags under ``paths``: folders with metadata.yaml, else loose storage files/folders.
+def _group_key(path: Path) -> tuple[str, str]:
+    """(stem without a trailing _<n> split index, storage) of a storage file."""
+    name = path.name.removesuffix('.zstd')
+    stem = name.rsplit('.', 1)[0]
+    return re.sub(r'_\d+$', '', stem), (_storage_of(path) or ('', False))[0]
 
-    A folder holding metadata.yaml is one bag; a folder without it holding storage files is one
-    bag of those files (a split set); storage files given directly are bags of their own.
+
+def find_bags(paths: Iterable[str | Path]) -> list[Path]:
+    """
+    Bags under ``paths``, recursively.
+
+    A folder with metadata.yaml and storage files is one bag (a folder with only
+    metadata.yaml, like rosbag2's reindex ``target_metadata``, is not a bag). A folder without
+    metadata.yaml is one bag if its storage files form one split set (``name_0.db3``,
+    ``name_1.db3``, ...); otherwise each storage file is a bag of its own.
     """
     found: list[Path] = []
     for root in (Path(p) for p in paths):
@@ -128,17 +139,22 @@ def find_bags(paths: Iterable[str | Path]) -> list[Path]:
             found.append(root)
             continue
         for folder in sorted([root, *(p for p in root.rglob('*') if p.is_dir())]):
+            storage = sorted((f for f in folder.iterdir() if f.is_file() and _storage_of(f)),
+                             key=_natural_key)
+            if not storage:
+                continue
             if (folder / 'metadata.yaml').is_file():
-                if not any(parent in found for parent in folder.parents):
-                    found.append(folder)
-            elif any(_storage_of(f) for f in folder.iterdir() if f.is_file()):
-                if not any(parent in found for parent in folder.parents):
-                    found.append(folder)
+                found.append(folder)
+            elif len({_group_key(f) for f in storage}) == 1:
+                found.append(folder)
+            else:
+                found.extend(storage)
     return found
 
 
 class Bag:
-    """An open rosbag2 bag (folder with metadata.yaml, folder of storage files, or one file).
+    """
+    An open rosbag2 bag (folder with metadata.yaml, folder of storage files, or one file).
 
     Use as a context manager, or call :meth:`close`. Attributes after opening: ``storage``,
     ``metadata`` (the metadata.yaml mapping or ``{}``), ``version`` (metadata version or None),
@@ -190,7 +206,8 @@ class Bag:
             self.files = [_StorageFile(f, *_storage_of(f)) for f in files]  # type: ignore[misc]
         storages = {f.storage for f in self.files}
         if len(storages) > 1:
-            raise UnsupportedBagError(f'{path} mixes storage types {sorted(storages)}')
+            raise UnsupportedBagError(f'{path} mixes storage types {sorted(storages)}; open '
+                                      f'its storage files one by one')
         self.storage = storages.pop()
         if self.compression_mode not in ('', 'none', 'file', 'message'):
             raise UnsupportedBagError(
@@ -266,7 +283,7 @@ class Bag:
                                else mcap_message_count(sf.readable, src))
 
     def _scan_connections(self) -> None:
-        from rosbags.rosbag2 import Reader, ReaderError  # noqa: PLC0415
+        from rosbags.rosbag2 import Reader, ReaderError
 
         stored: dict[str, TopicInfo] = {}
         for sf in self.files:
@@ -310,12 +327,13 @@ class Bag:
         return dict(self.metadata.get('custom_data') or {})
 
     def messages(self, topics: Iterable[str] | None = None) -> Iterator[BagMessage]:
-        """Yield every stored message (optionally only ``topics``), file by file in order.
+        """
+        Yield every stored message (optionally only ``topics``), file by file in order.
 
         After a full, unfiltered pass, reading fewer messages than the storage holds raises
         :class:`MessageCountMismatchError` (never lose messages silently).
         """
-        from rosbags.rosbag2 import Reader, ReaderError  # noqa: PLC0415
+        from rosbags.rosbag2 import Reader, ReaderError
 
         wanted = set(topics) if topics is not None else None
         zstd = _zstd()
@@ -360,7 +378,7 @@ class Bag:
         except KeyError as exc:
             raise UnsupportedBagError(
                 f'{self.path}: no definition for message type {msgtype!r}') from exc
-        except Exception as exc:  # noqa: BLE001 - rosbags raises several types here
+        except Exception as exc:
             raise BagCorruptError(
                 f'{self.path}: cannot deserialize {msgtype} ({type(exc).__name__}: {exc})'
             ) from exc
@@ -380,7 +398,7 @@ class Bag:
 
 
 def _storage_alias(sf: _StorageFile, tmpdir: Any) -> Path:
-    """A path rosbags' Reader recognises as one storage file (suffix .db3 or .mcap)."""
+    """Return a path rosbags' Reader recognises as one storage file (suffix .db3 or .mcap)."""
     path = sf.readable or sf.path
     suffix = '.db3' if sf.storage == 'sqlite3' else '.mcap'
     if path.suffix == suffix:
@@ -410,7 +428,8 @@ def _sqlite_count(path: Path, shown: Path) -> int:
 
 
 def mcap_message_count(path: Path, shown: Path | None = None) -> int:
-    """Messages in one mcap file: its Statistics record, else a scan of all records.
+    """
+    Messages in one mcap file: its Statistics record, else a scan of all records.
 
     Hand-written (about 40 lines) because the ``mcap`` package is not a dependency, and the
     count must not come from the reader it checks.
@@ -463,7 +482,7 @@ def _mcap_scan(buf: Any, pos: int, end: int, shown: Path) -> int:
             if compression == 'zstd':
                 records = _zstd().decompress(records)
             elif compression == 'lz4':
-                import lz4.frame  # noqa: PLC0415 - only for lz4 chunks
+                import lz4.frame
 
                 records = lz4.frame.decompress(records)
             elif compression:
@@ -473,3 +492,228 @@ def _mcap_scan(buf: Any, pos: int, end: int, shown: Path) -> int:
     return count
 
 
+def _typestore_for(bag: Bag) -> Any:
+    """Return a Jazzy typestore, extended with the bag's own message definitions when needed."""
+    store = getattr(bag, '_store', None)
+    if store is not None:
+        return store
+    from rosbags.typesys import get_types_from_msg, get_typestore, Stores
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    extra: dict[str, Any] = {}
+    for msgtype, (fmt, text) in bag.msgdefs.items():
+        if msgtype in store.types or fmt != 'MSG':
+            continue
+        try:
+            extra.update(get_types_from_msg(text, msgtype))
+        except Exception as exc:
+            LOG.warning('%s: cannot parse the definition of %s: %s', bag.path, msgtype, exc)
+    if extra:
+        try:
+            store.register(extra)
+        except Exception as exc:
+            LOG.warning('%s: cannot register message types: %s', bag.path, exc)
+    bag._store = store  # type: ignore[attr-defined]
+    return store
+
+
+def open_bag(path: str | Path, *, allow_unknown_serialization: bool = False) -> Bag:
+    """Open a bag folder, a folder of storage files, or one .db3/.mcap(.zstd) file."""
+    return Bag(path, allow_unknown_serialization=allow_unknown_serialization)
+
+
+def iter_messages(path: str | Path, topics: Iterable[str] | None = None) -> Iterator[BagMessage]:
+    """Yield :class:`BagMessage` tuples (topic, msgtype, timestamp_ns, data) of a bag."""
+    with open_bag(path) as bag:
+        yield from bag.messages(topics)
+
+
+def deserialize(data: bytes, msgtype: str) -> Any:
+    """Deserialize CDR bytes of a ROS 2 Jazzy message type into a rosbags message."""
+    return _jazzy().deserialize_cdr(data, msgtype)
+
+
+def _jazzy() -> Any:
+    global _JAZZY
+    if _JAZZY is None:
+        from rosbags.typesys import get_typestore, Stores
+
+        _JAZZY = get_typestore(Stores.ROS2_JAZZY)
+    return _JAZZY
+
+
+_JAZZY: Any = None
+
+
+def bag_info(path: str | Path, *, read: bool = True,
+             allow_unknown_serialization: bool = False) -> dict[str, Any]:
+    """
+    Summary of a bag: storage, metadata version, duration, topics, messages stored vs read.
+
+    With ``read`` every message is read (and decompressed) to fill ``messages_read``.
+    """
+    with open_bag(path, allow_unknown_serialization=allow_unknown_serialization) as bag:
+        stamps: list[int] = []
+        counts: dict[str, int] = {}
+        if read:
+            for msg in bag.messages():
+                counts[msg.topic] = counts.get(msg.topic, 0) + 1
+                stamps.append(msg.timestamp_ns)
+        return {
+            'path': str(bag.path),
+            'storage': bag.storage,
+            'metadata_version': bag.version,
+            'files': [str(sf.path) for sf in bag.files],
+            'compression': {'mode': bag.compression_mode, 'format': bag.compression_format},
+            'messages_metadata': (int(bag.metadata['message_count'])
+                                  if 'message_count' in bag.metadata else None),
+            'messages_stored': bag.message_count,
+            'messages_read': bag.messages_read if read else None,
+            'start_ns': min(stamps) if stamps else None,
+            'end_ns': max(stamps) if stamps else None,
+            'duration_ns': (max(stamps) - min(stamps)) if stamps else 0,
+            'topics': {
+                name: {'type': t.msgtype, 'serialization_format': t.serialization_format,
+                       'count_metadata': t.count_metadata, 'count_stored': t.count_stored,
+                       'count_read': counts.get(name, 0) if read else None}
+                for name, t in sorted(bag.topics.items())
+            },
+        }
+
+
+def rosbags_reader_count(path: str | Path) -> int | None:
+    """
+    How many messages plain ``rosbags.rosbag2.Reader(path)`` yields; None if it fails.
+
+    Used only to report the rosbags quirk (it may yield fewer than stored).
+    """
+    from rosbags.rosbag2 import Reader
+
+    try:
+        with Reader(Path(path)) as reader:
+            return sum(1 for _ in reader.messages())
+    except Exception:
+        return None
+
+
+# -- episodes ---------------------------------------------------------------------------------
+@dataclass
+class BagFrame:
+    """One frame of an episode bag (formats of ``spatialvlm_ros.core.types``)."""
+
+    stamp_ns: int
+    rgb: np.ndarray  # (H, W, 3) uint8 RGB
+    depth: np.ndarray  # (H, W) float32 metres, nan = no reading
+    segmentation: np.ndarray  # (H, W) int32, -1 = background, else object index
+    gripper_cam: np.ndarray  # (3,) metres, camera optical frame
+    object_poses: np.ndarray  # (N, 4, 4) T_cam_object (oriented-box centre and rotation)
+    distance_centre: dict[str, float] = field(default_factory=dict)
+    distance_surface: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EpisodeBag:
+    """An episode read back from a bag: metadata, intrinsics and frames in stamp order."""
+
+    path: Path
+    metadata: dict[str, Any]
+    intrinsics: CameraIntrinsics
+    frames: list[BagFrame]
+
+
+def _stamp(header: Any) -> int:
+    return int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
+
+
+def _pose_matrix(pose: Any) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    q = pose.orientation
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
+    T[:3, 3] = [pose.position.x, pose.position.y, pose.position.z]
+    return T
+
+
+def _episode_metadata(bag: Bag) -> dict[str, Any]:
+    text = bag.custom_data.get(layout.CUSTOM_DATA_KEY)
+    source = f'{bag.path}/metadata.yaml custom_data'
+    if text is None:
+        sidecar = (bag.path if bag.path.is_dir() else bag.path.parent) / layout.SIDECAR_NAME
+        if not sidecar.is_file():
+            return {}
+        text, source = sidecar.read_text(encoding='utf-8'), str(sidecar)
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BagCorruptError(f'{source}: invalid episode metadata JSON ({exc})') from exc
+    if not isinstance(meta, dict):
+        raise BagCorruptError(f'{source}: episode metadata must be a JSON object')
+    return meta
+
+
+def read_episode(path: str | Path) -> EpisodeBag:
+    """
+    Read a bag written by :func:`~spatialvlm_ros.bags.writer.write_episode`.
+
+    Messages are matched into frames by their header stamp. Raises
+    :class:`MissingTopicsError` naming missing and present topics, and
+    :class:`BagCorruptError` for frames lacking a topic or undecodable images.
+    """
+    by_topic = {spec.name: key for key, spec in layout.TOPICS.items()}
+    with open_bag(path) as bag:
+        missing = [name for name in by_topic if name not in bag.topics]
+        if missing:
+            raise MissingTopicsError(
+                f'{bag.path}: missing topic(s) {missing}; present: {sorted(bag.topics)}')
+        for name, key in by_topic.items():
+            want = layout.TOPICS[key].msgtype
+            if bag.topics[name].msgtype != want:
+                raise BagCorruptError(f'{bag.path}: topic {name} has type '
+                                      f'{bag.topics[name].msgtype}, expected {want}')
+        meta = _episode_metadata(bag)
+        frames: dict[int, dict[str, Any]] = {}
+        for msg in bag.messages():
+            key = by_topic.get(msg.topic)
+            if key is None:
+                continue
+            decoded = bag.deserialize(msg.data, msg.msgtype)
+            frames.setdefault(_stamp(decoded.header), {})[key] = decoded
+    incomplete = {stamp: sorted(set(layout.TOPICS) - set(parts))
+                  for stamp, parts in frames.items() if len(parts) < len(layout.TOPICS)}
+    if incomplete:
+        stamp, lacking = next(iter(sorted(incomplete.items())))
+        raise BagCorruptError(f'{Path(path)}: {len(incomplete)} frame(s) lack messages, e.g. '
+                              f'stamp {stamp} ns lacks {lacking}')
+    if not frames:
+        raise BagError(f'{Path(path)}: the bag holds no frames')
+    out = [_bag_frame(stamp, frames[stamp], path) for stamp in sorted(frames)]
+    info = frames[min(frames)]['camera_info']
+    intrinsics = CameraIntrinsics.from_matrix(np.asarray(info.k), int(info.width),
+                                              int(info.height))
+    return EpisodeBag(Path(path), meta, intrinsics, out)
+
+
+def _bag_frame(stamp: int, parts: dict[str, Any], path: str | Path) -> BagFrame:
+    try:
+        rgb = image_to_array(parts['rgb'], 'rgb8')
+        depth = image_to_array(parts['depth'], '32FC1')
+        seg = image_to_array(parts['segmentation'], '16UC1').astype(np.int32) - 1
+    except ImageConversionError as exc:
+        raise BagCorruptError(f'{Path(path)}: frame at {stamp} ns: {exc}') from exc
+    poses = parts['object_poses'].poses
+    p = parts['gripper_pose'].pose.position
+    return BagFrame(
+        stamp_ns=stamp, rgb=rgb, depth=depth, segmentation=seg,
+        gripper_cam=np.array([p.x, p.y, p.z]),
+        object_poses=(np.stack([_pose_matrix(q) for q in poses]) if len(poses)
+                      else np.zeros((0, 4, 4))),
+        distance_centre=_joint_dict(parts['distance_centre']),
+        distance_surface=_joint_dict(parts['distance_surface']))
+
+
+def _joint_dict(msg: Any) -> dict[str, float]:
+    if len(msg.name) != len(msg.position):
+        raise BagCorruptError(f'JointState has {len(msg.name)} names but '
+                              f'{len(msg.position)} positions')
+    return {str(n): float(v) for n, v in zip(msg.name, msg.position, strict=True)}

@@ -1,4 +1,5 @@
-"""The rosbag2 topic layout of a recorded episode, kept as data.
+"""
+The rosbag2 topic layout of a recorded episode, kept as data.
 
 | topic | type | content |
 |---|---|---|
@@ -74,7 +75,7 @@ TOPICS: dict[str, TopicSpec] = {
 
 
 def topic_map() -> dict[str, dict[str, str]]:
-    """The layout as plain JSON-ready data: key -> {topic, type, encoding?}."""
+    """Return the layout as plain JSON-ready data: key -> {topic, type, encoding?}."""
     out: dict[str, dict[str, str]] = {}
     for key, spec in TOPICS.items():
         entry = {'topic': spec.name, 'type': spec.msgtype}
@@ -85,7 +86,7 @@ def topic_map() -> dict[str, dict[str, str]]:
 
 
 def episode_metadata(episode: Episode) -> dict[str, Any]:
-    """The per-bag metadata of ``episode`` as JSON-ready data (objects from the first frame)."""
+    """Return the per-bag metadata of ``episode`` as JSON (objects of the first frame)."""
     if not episode.frames:
         raise ValueError('episode has no frames')
     first = episode.frames[0]

@@ -1,4 +1,5 @@
-"""Write an :class:`~spatialvlm_ros.core.types.Episode` as a rosbag2 bag (sqlite3 or mcap).
+"""
+Write an :class:`~spatialvlm_ros.core.types.Episode` as a rosbag2 bag (sqlite3 or mcap).
 
 Uses rosbags' Writer and its ROS 2 Jazzy typestore (``serialize_cdr``), so no ROS install is
 needed; the layout is :mod:`spatialvlm_ros.bags.topics`. Bags are written into a temporary
@@ -25,26 +26,25 @@ STORAGES: tuple[str, ...] = ('sqlite3', 'mcap')
 
 
 def get_typestore() -> Any:
-    """The rosbags ROS 2 Jazzy typestore (cached by rosbags)."""
-    from rosbags.typesys import get_typestore as _get, Stores  # noqa: PLC0415
+    """Return the rosbags ROS 2 Jazzy typestore (cached by rosbags)."""
+    from rosbags.typesys import get_typestore as _get
+    from rosbags.typesys import Stores
 
     return _get(Stores.ROS2_JAZZY)
 
 
 def write_episode(episode: Episode, path: str | os.PathLike[str], storage: str = 'sqlite3',
                   overwrite: bool = False) -> Path:
-    """Write ``episode`` as a rosbag2 bag folder at ``path`` and return the path.
+    """
+    Write ``episode`` as a rosbag2 bag folder at ``path`` and return the path.
 
-    Args:
-        episode: the frames and ground truth to record (at least one frame).
-        path: the bag folder to create.
-        storage: ``'sqlite3'`` or ``'mcap'``.
-        overwrite: replace an existing bag (atomically) instead of refusing.
-
-    Raises:
-        EmptyEpisodeError: the episode has no frames.
-        BagExistsError: ``path`` exists and ``overwrite`` is False.
-        ValueError: unknown storage.
+    :param episode: the frames and ground truth to record (at least one frame).
+    :param path: the bag folder to create.
+    :param storage: ``'sqlite3'`` or ``'mcap'``.
+    :param overwrite: replace an existing bag (atomically) instead of refusing.
+    :raises EmptyEpisodeError: the episode has no frames.
+    :raises BagExistsError: ``path`` exists and ``overwrite`` is False.
+    :raises ValueError: unknown storage.
     """
     if storage not in STORAGES:
         raise ValueError(f'storage must be one of {STORAGES}, got {storage!r}')
@@ -80,7 +80,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def _write_bag(episode: Episode, path: Path, storage: str, metadata: dict[str, Any]) -> None:
-    from rosbags.rosbag2 import StoragePlugin, Writer, WriterError  # noqa: PLC0415
+    from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 
     store = get_typestore()
     plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
@@ -99,7 +99,7 @@ def _write_bag(episode: Episode, path: Path, storage: str, metadata: dict[str, A
 
 
 def frame_messages(frame: Frame, store: Any) -> dict[str, Any]:
-    """The rosbags messages of one frame, keyed as :data:`topics.TOPICS`."""
+    """Build the rosbags messages of one frame, keyed as :data:`topics.TOPICS`."""
     types = store.types
     header = _header(types, frame.stamp_ns)
     k = frame.intrinsics
@@ -146,7 +146,7 @@ def _header(types: Any, stamp_ns: int) -> Any:
 
 
 def _pose(types: Any, position: np.ndarray, rotation: np.ndarray) -> Any:
-    from scipy.spatial.transform import Rotation  # noqa: PLC0415
+    from scipy.spatial.transform import Rotation
 
     x, y, z, w = Rotation.from_matrix(np.asarray(rotation, dtype=float)).as_quat()
     px, py, pz = (float(v) for v in np.asarray(position, dtype=float))
