@@ -29,13 +29,14 @@ CORE = [
     'tqdm>=4.60',
     'matplotlib>=3.7',
     'rosbags>=0.10',
+    'scikit-learn>=1.3',
 ]
 
 setup(
     name=PACKAGE,
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*', 'benchmarks']),
-    package_data={PACKAGE: ['py.typed']},
+    package_data={PACKAGE: ['py.typed', 'synth/templates/*.json']},
     data_files=_data_files(),
     python_requires='>=3.10',
     install_requires=['setuptools'] + CORE,

@@ -17,7 +17,13 @@ import numpy as np
 
 from spatialvlm_ros.bags.reader import read_episode
 from spatialvlm_ros.bags.writer import write_episode
-from spatialvlm_ros.core.types import CameraIntrinsics, Episode, Frame, ObjectTruth, OrientedBox
+from spatialvlm_ros.core.datatypes import (
+    CameraIntrinsics,
+    Episode,
+    Frame,
+    ObjectTruth,
+    OrientedBox,
+)
 
 
 def synthetic_episode(width: int, height: int, frames: int, seed: int = 0) -> Episode:

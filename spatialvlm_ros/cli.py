@@ -68,4 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    # Run through the imported module so that CommandError is the same class handlers raise.
+    from spatialvlm_ros.cli import main as _main
+
+    sys.exit(_main())

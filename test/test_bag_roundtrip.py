@@ -17,7 +17,7 @@ from spatialvlm_ros.bags.errors import BagExistsError, EmptyEpisodeError, Missin
 from spatialvlm_ros.bags.imageconv import image_to_array
 from spatialvlm_ros.bags.reader import bag_info, iter_messages, open_bag, read_episode
 from spatialvlm_ros.bags.writer import write_episode
-from spatialvlm_ros.core.types import (
+from spatialvlm_ros.core.datatypes import (
     CameraIntrinsics,
     Episode,
     Frame,

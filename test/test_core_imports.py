@@ -26,7 +26,7 @@ def _modules_after_import(*modules):
 
 
 def test_core_has_modules():
-    assert 'spatialvlm_ros.core.types' in CORE_MODULES
+    assert 'spatialvlm_ros.core.datatypes' in CORE_MODULES
     assert 'spatialvlm_ros.core.geometry' in CORE_MODULES
 
 

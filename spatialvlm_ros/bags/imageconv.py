@@ -8,9 +8,9 @@ Building goes the other way through :func:`image_to_fields` / :func:`compressed_
 which return the keyword arguments of a message constructor; :func:`array_to_image` calls a
 constructor you pass in.
 
-Output formats follow ``spatialvlm_ros.core.types``: colour encodings (rgb8, bgr8, rgba8, bgra8)
-decode to RGB ``uint8`` ``(H, W, 3)`` (alpha dropped); mono8 to ``uint8`` ``(H, W)``; mono16 and
-16UC1 to ``uint16``; 16SC1 to ``int16``; 32SC1 to ``int32``; 32FC1 to ``float32``. Returned
+Output formats follow ``spatialvlm_ros.core.datatypes``: colour encodings (rgb8, bgr8, rgba8,
+bgra8) decode to RGB ``uint8`` ``(H, W, 3)`` (alpha dropped); mono8 to ``uint8`` ``(H, W)``; mono16
+and 16UC1 to ``uint16``; 16SC1 to ``int16``; 32SC1 to ``int32``; 32FC1 to ``float32``. Returned
 arrays are always copies, never views of the message buffer.
 
 Backend: a real ``cv_bridge`` is used for raw images when one is importable *and* round-trips

@@ -43,7 +43,7 @@ from spatialvlm_ros.bags.errors import (
     UnsupportedSerializationError,
 )
 from spatialvlm_ros.bags.imageconv import image_to_array, ImageConversionError
-from spatialvlm_ros.core.types import CameraIntrinsics
+from spatialvlm_ros.core.datatypes import CameraIntrinsics
 
 LOG = logging.getLogger(__name__)
 
@@ -599,7 +599,7 @@ def rosbags_reader_count(path: str | Path) -> int | None:
 # -- episodes ---------------------------------------------------------------------------------
 @dataclass
 class BagFrame:
-    """One frame of an episode bag (formats of ``spatialvlm_ros.core.types``)."""
+    """One frame of an episode bag (formats of ``spatialvlm_ros.core.datatypes``)."""
 
     stamp_ns: int
     rgb: np.ndarray  # (H, W, 3) uint8 RGB

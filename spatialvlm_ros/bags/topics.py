@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from spatialvlm_ros.core.types import Episode
+from spatialvlm_ros.core.datatypes import Episode
 
 FORMAT_VERSION = 1
 """Version of this layout and of the metadata JSON; bump on incompatible change."""

@@ -1,5 +1,5 @@
 """
-Write an :class:`~spatialvlm_ros.core.types.Episode` as a rosbag2 bag (sqlite3 or mcap).
+Write an :class:`~spatialvlm_ros.core.datatypes.Episode` as a rosbag2 bag (sqlite3 or mcap).
 
 Uses rosbags' Writer and its ROS 2 Jazzy typestore (``serialize_cdr``), so no ROS install is
 needed; the layout is :mod:`spatialvlm_ros.bags.topics`. Bags are written into a temporary
@@ -20,7 +20,7 @@ import numpy as np
 from spatialvlm_ros.bags import topics as layout
 from spatialvlm_ros.bags.errors import BagError, BagExistsError, EmptyEpisodeError
 from spatialvlm_ros.bags.imageconv import image_to_fields
-from spatialvlm_ros.core.types import Episode, Frame
+from spatialvlm_ros.core.datatypes import Episode, Frame
 
 STORAGES: tuple[str, ...] = ('sqlite3', 'mcap')
 

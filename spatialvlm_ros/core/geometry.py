@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spatialvlm_ros.core.types import CameraIntrinsics
+from spatialvlm_ros.core.datatypes import CameraIntrinsics
 
 
 def backproject(depth: np.ndarray, intrinsics: CameraIntrinsics,

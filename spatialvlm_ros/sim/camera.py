@@ -1,13 +1,19 @@
-"""Pinhole camera for PyBullet's software renderer: matrices, depth linearisation, rendering.
+"""
+Pinhole camera for PyBullet's software renderer: matrices, depth linearisation, rendering.
 
-Conventions (see :mod:`spatialvlm_ros.core.types`): ``T_world_cam`` is the pose of the ROS
+Conventions (see :mod:`spatialvlm_ros.core.datatypes`): ``T_world_cam`` is the pose of the ROS
 optical frame (x right, y down, z forward). The OpenGL camera frame used by PyBullet's view
 matrix is the optical frame turned 180 degrees about x (x right, y up, z backward).
 
 The projection matrix is built from the intrinsics ``K`` (not from a field of view), so the
-principal point is honoured exactly, also off-centre. With OpenGL's viewport mapping pixel
-column ``u`` covers ``[u, u + 1)`` and its centre is ``u + 0.5``, the convention of
-:func:`spatialvlm_ros.core.geometry.backproject`; ``test_sim_world`` checks it numerically.
+principal point is honoured exactly, also off-centre. The core convention
+(:func:`spatialvlm_ros.core.geometry.backproject`) puts the centre of pixel ``(u, v)`` at
+continuous coordinates ``(u + 0.5, v + 0.5)``. PyBullet's tiny renderer does not sample pixel
+centres: measured against the exact meshes, pixel ``(u, v)`` shows the ray through
+``(u, v + 1)`` of the projection matrix (error < 1 um there, about 1 mm at 1 m with the naive
+mapping). :func:`render` therefore shifts the principal point it hands to the renderer by
+:data:`TINY_RENDERER_SHIFT` so that the published ``K`` is exact for pixel centres;
+``test_sim_world`` checks this numerically.
 
 Segmentation: pixels of catalog objects get their index in ``Frame.objects``; the table,
 the robot (arm and gripper) and the background are all ``-1``, as pinned by the core types.
@@ -21,10 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spatialvlm_ros.core.types import CameraIntrinsics
+from spatialvlm_ros.core.datatypes import CameraIntrinsics
+from spatialvlm_ros.core.geometry import invert_transform
 
 # optical frame (x right, y down, z forward) -> OpenGL camera frame (x right, y up, z back)
 GL_FROM_OPTICAL = np.diag([1.0, -1.0, -1.0, 1.0])
+# (du, dv) added to (cx, cy) in the renderer's projection so pixel centres follow K exactly
+TINY_RENDERER_SHIFT = (-0.5, 0.5)
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,7 @@ class Light:
 
 
 def look_at(eye: np.ndarray, target: np.ndarray,
-            up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> np.ndarray:
+            up: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> np.ndarray:
     """``T_world_cam`` (4, 4) of an optical frame at ``eye`` looking at ``target``."""
     eye, target, up = (np.asarray(a, dtype=np.float64) for a in (eye, target, up))
     z = target - eye
@@ -58,24 +67,20 @@ def look_at(eye: np.ndarray, target: np.ndarray,
         raise ValueError('camera up vector is parallel to the viewing direction')
     x /= np.linalg.norm(x)
     y = np.cross(z, x)  # image down
-    T = np.eye(4)  # noqa: N806
+    T = np.eye(4)
     T[:3, 0], T[:3, 1], T[:3, 2], T[:3, 3] = x, y, z, eye
     return T
 
 
-def view_matrix(T_world_cam: np.ndarray) -> list[float]:  # noqa: N803
-    """PyBullet's view matrix (16 floats, column-major) for an optical-frame pose."""
-    T = np.asarray(T_world_cam, dtype=np.float64)  # noqa: N806
-    R, t = T[:3, :3], T[:3, 3]  # noqa: N806
-    T_cam_world = np.eye(4)  # noqa: N806
-    T_cam_world[:3, :3] = R.T
-    T_cam_world[:3, 3] = -R.T @ t
-    gl = GL_FROM_OPTICAL @ T_cam_world
+def view_matrix(T_world_cam: np.ndarray) -> list[float]:
+    """Return PyBullet's view matrix (16 floats, column-major) for an optical-frame pose."""
+    gl = GL_FROM_OPTICAL @ invert_transform(np.asarray(T_world_cam, dtype=np.float64))
     return [float(v) for v in gl.flatten(order='F')]
 
 
 def projection_matrix(intrinsics: CameraIntrinsics, near: float, far: float) -> list[float]:
-    """OpenGL projection matrix (16 floats, column-major) reproducing ``K`` exactly.
+    """
+    Return the OpenGL projection matrix (16 floats, column-major) reproducing ``K`` exactly.
 
     A camera point with optical coordinates ``(x, y, z)`` lands at continuous pixel
     coordinates ``u = fx x / z + cx``, ``v = fy y / z + cy`` (row 0 at the top).
@@ -85,7 +90,7 @@ def projection_matrix(intrinsics: CameraIntrinsics, near: float, far: float) -> 
     w, h = intrinsics.width, intrinsics.height
     fx, fy, cx, cy = intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy
     # In GL eye coordinates x_e = x, y_e = -y, z_e = -z; NDC x = 2u / w - 1, NDC y = 1 - 2v / h.
-    P = np.zeros((4, 4))  # noqa: N806
+    P = np.zeros((4, 4))
     P[0, 0] = 2.0 * fx / w
     P[0, 2] = 1.0 - 2.0 * cx / w
     P[1, 1] = 2.0 * fy / h
@@ -104,12 +109,13 @@ def linearize_depth(zbuffer: np.ndarray, near: float, far: float) -> np.ndarray:
     return depth.astype(np.float32)
 
 
-def render(client: int, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray,  # noqa: N803
+def render(client: int, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray,
            near: float, far: float, body_to_index: dict[int, int], light: Light = Light(),
            background: tuple[int, int, int] = (255, 255, 255),
            robot_body: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                    np.ndarray]:
-    """Render one frame with the tiny renderer (no shadows, no GUI).
+    """
+    Render one frame with the tiny renderer (no shadows, no GUI).
 
     Returns ``rgb`` uint8 (H, W, 3) with the background colour where nothing was drawn,
     ``depth`` float32 metres (H, W) with ``nan`` beyond the far plane, ``segmentation`` int32
@@ -118,9 +124,12 @@ def render(client: int, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray,  
     import pybullet as p
 
     w, h = intrinsics.width, intrinsics.height
+    du, dv = TINY_RENDERER_SHIFT
+    shifted = CameraIntrinsics(intrinsics.fx, intrinsics.fy, intrinsics.cx + du,
+                               intrinsics.cy + dv, w, h)
     _, _, rgba, zbuf, seg = p.getCameraImage(
         w, h, viewMatrix=view_matrix(T_world_cam),
-        projectionMatrix=projection_matrix(intrinsics, near, far),
+        projectionMatrix=projection_matrix(shifted, near, far),
         lightDirection=list(light.direction), lightColor=list(light.colour),
         lightAmbientCoeff=light.ambient, lightDiffuseCoeff=light.diffuse,
         lightSpecularCoeff=light.specular, shadow=0, renderer=p.ER_TINY_RENDERER,

@@ -1,4 +1,5 @@
-"""The object catalog: meshes shipped with ``pybullet_data`` plus the words that describe them.
+"""
+The object catalog: meshes shipped with ``pybullet_data`` plus the words that describe them.
 
 The catalog is plain data. Each entry names a mesh inside the ``pybullet_data`` folder, how to
 scale and stand it upright, and the nouns and materials that truthfully describe it; colours
@@ -40,7 +41,8 @@ SIZE_WORDS: tuple[tuple[float, str], ...] = ((0.9, 'small'), (1.15, 'medium'), (
 
 @dataclass(frozen=True)
 class ObjectSpec:
-    """One catalog entry.
+    """
+    One catalog entry.
 
     ``mesh`` is relative to ``pybullet_data.getDataPath()``; ``unit_scale`` (3,) maps mesh units
     to metres at nominal size; ``scale_range`` bounds the random size multiplier; ``rest_rpy``
@@ -89,7 +91,7 @@ CATALOG: dict[str, ObjectSpec] = {spec.category: spec for spec in (
     ObjectSpec('bunny', 'bunny.obj', (0.06, 0.06, 0.06), (0.8, 1.3), (0.0, 0.0, 0.0),
                ('bunny', 'rabbit'), 'bunny figurine', ('ceramic', 'plastic')),
     ObjectSpec('cylinder', 'toys/cylinder.obj', (0.9, 0.9, 0.9), (0.8, 1.3),
-               (_HALF_PI, 0.0, 0.0), ('cylinder', 'can'), 'toy cylinder',
+               (0.0, 0.0, 0.0), ('cylinder', 'can'), 'toy cylinder',
                ('wooden', 'plastic', 'metal')),
     ObjectSpec('prism', 'toys/prism.obj', (0.9, 0.9, 0.9), (0.8, 1.3), (0.0, 0.0, 0.0),
                ('prism', 'wedge'), 'triangular prism', ('wooden', 'foam')),
@@ -97,7 +99,7 @@ CATALOG: dict[str, ObjectSpec] = {spec.category: spec for spec in (
 
 
 def size_word(multiplier: float) -> str:
-    """The size word for a random scale multiplier ('small', 'medium' or 'large')."""
+    """Return the size word for a random scale multiplier ('small', 'medium' or 'large')."""
     for upper, word in SIZE_WORDS:
         if multiplier < upper:
             return word
@@ -105,7 +107,8 @@ def size_word(multiplier: float) -> str:
 
 
 def captions(spec: ObjectSpec, attributes: dict[str, str]) -> tuple[str, ...]:
-    """All true captions (1-6 words, shortest first) for an object with these attributes.
+    """
+    Return every true caption, 1-6 words, shortest first, of an object with these attributes.
 
     ``attributes`` holds ``colour``, ``size`` and ``material``; the size word is left out of
     captions when it is ``'medium'`` (it is not something people say).
@@ -133,14 +136,15 @@ def sample_caption(caption_list: tuple[str, ...], rng: np.random.Generator) -> s
 
 
 def data_path() -> str:
-    """The ``pybullet_data`` folder (imported lazily; it is a small pure-Python package)."""
+    """Return the ``pybullet_data`` folder (imported lazily; a small pure-Python package)."""
     import pybullet_data
     return pybullet_data.getDataPath()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_mesh(relative_path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices ``(V, 3)`` and triangle indices ``(F, 3)`` of an OBJ file in pybullet_data.
+    """
+    Vertices ``(V, 3)`` and triangle indices ``(F, 3)`` of an OBJ file in pybullet_data.
 
     Polygons are fan-triangulated; texture and normal indices are dropped.
     """
@@ -169,9 +173,10 @@ def rpy_matrix(rpy: tuple[float, float, float]) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def local_geometry(spec: ObjectSpec, multiplier: float) -> tuple[np.ndarray, np.ndarray,
-                                                                  np.ndarray]:
-    """Mesh scale (3,), body-frame mesh offset (3,) and half extents (3,) for a size multiplier.
+def local_geometry(spec: ObjectSpec,
+                   multiplier: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    Mesh scale (3,), body-frame mesh offset (3,) and half extents (3,) for a size multiplier.
 
     The body frame is centred on the box of the upright, scaled mesh: a mesh vertex ``v`` lies
     at ``R_rest @ (scale * v) + offset`` in the body frame, and the box spans

@@ -1,4 +1,5 @@
-"""The SpatialVLM data engine: one module per stage, backends in registries, templates as data.
+"""
+The SpatialVLM data engine: one module per stage, backends in registries, templates as data.
 
 Stages (each a small class with a numpy-in/numpy-out ``run()``):
 

@@ -1,4 +1,5 @@
-"""Canonicalization (the paper's Listing 3): a gravity-aligned frame from a horizontal plane.
+"""
+Canonicalization (the paper's Listing 3): a gravity-aligned frame from a horizontal plane.
 
 The paper lets a segmentation model mark floor and tabletop pixels, fits the largest plane among
 them with RANSAC (distance threshold 0.05 m, 3 points, 1000 iterations) and builds a frame with
@@ -29,31 +30,32 @@ from typing import Callable
 
 import numpy as np
 
+from spatialvlm_ros.core.datatypes import CameraIntrinsics
 from spatialvlm_ros.core.geometry import backproject, invert_transform, transform_points
-from spatialvlm_ros.core.types import CameraIntrinsics
 
 CAMERA_UP = np.array([0.0, -1.0, 0.0])  # optical frame: y points down
 
 
 @dataclass
 class CanonicalizationConfig:
-    """Settings of the canonicalization stage.
+    """
+    Settings of the canonicalization stage.
 
-    Attributes:
-        distance_threshold: RANSAC inlier distance to the plane in metres (paper: 0.05).
-        ransac_n: points per plane hypothesis (paper: 3).
-        iterations: RANSAC hypotheses (paper: 1000).
-        max_tilt_deg: the largest angle between a plane's normal and the up prior for the plane
-            to count as horizontal (``'horizontal'`` search only).
-        plane_search: ``'horizontal'`` (only near-horizontal hypotheses are scored) or
-            ``'largest'`` (orientation ignored; the naive baseline). Keys of ``PLANE_SEARCHES``.
-        min_mask_fraction: the horizontal-surface candidates (mask pixels with valid depth) must
-            cover at least this share of the image, else the frame is marked failed.
-        min_inlier_fraction: the chosen plane's inliers must cover at least this share of the
-            image, else the frame is marked failed.
-        max_points: candidate points are thinned with a fixed stride to at most this many before
-            RANSAC (speed); the final plane is refitted on all inliers.
-        refine: refit the plane by least squares (SVD) on the RANSAC inliers.
+    :ivar distance_threshold: RANSAC inlier distance to the plane in metres (paper: 0.05).
+    :ivar ransac_n: points per plane hypothesis (paper: 3).
+    :ivar iterations: RANSAC hypotheses (paper: 1000).
+    :ivar max_tilt_deg: the largest angle between a plane's normal and the up prior for the plane
+        to count as horizontal (``'horizontal'`` search only).
+    :ivar plane_search: ``'horizontal'`` (only near-horizontal hypotheses are scored) or
+        ``'largest'`` (orientation ignored; the naive baseline). Keys of ``PLANE_SEARCHES``.
+    :ivar min_mask_fraction: the horizontal-surface candidates (mask pixels with valid depth) must
+        cover at least this share of the image, else the frame is marked failed.
+    :ivar min_inlier_fraction: the chosen plane's inliers must cover at least this share of the
+        image, else the frame is marked failed.
+    :ivar max_points: candidate points are thinned with a fixed stride to at most this many before
+        RANSAC (speed); the final plane is refitted on all inliers.
+    :ivar refine: refit the plane by least squares (SVD), three times, on the points within half
+        the distance threshold of the current plane.
     """
 
     distance_threshold: float = 0.05
@@ -88,19 +90,20 @@ class CanonicalizationConfig:
 
 @dataclass
 class CanonicalFrame:
-    """The result of canonicalization; ``ok`` is False (with ``reason``) when it failed.
+    """
+    The result of canonicalization; ``ok`` is False (with ``reason``) when it failed.
 
-    Attributes:
-        ok: whether a horizontal plane was found and the frame is usable.
-        reason: why it failed ('' when ok).
-        T_canon_cam: (4, 4) camera -> canonical transform (None when failed).
-        plane_normal: (3,) unit normal in the camera frame, pointing to the camera's side.
-        plane_offset: ``d`` in ``n . p + d = 0`` (camera frame, metres); equals the camera height.
-        inlier_fraction: the plane's inliers as a share of the candidate points.
-        mask_fraction: the candidate pixels (with valid depth) as a share of the image.
-        angle_to_up_deg: angle between the plane normal and the up prior, degrees.
-        camera_height: the camera's distance above the plane, metres.
-        num_inliers: inlier count among the candidate points.
+    :ivar ok: whether a horizontal plane was found and the frame is usable.
+    :ivar reason: why it failed ('' when ok).
+    :ivar T_canon_cam: (4, 4) camera -> canonical transform (None when failed).
+    :ivar plane_normal: (3,) unit normal in the camera frame, pointing to the camera's side.
+    :ivar plane_offset: ``d`` in ``n . p + d = 0`` (camera frame, metres); equals the camera
+        height.
+    :ivar inlier_fraction: the plane's inliers as a share of the candidate points.
+    :ivar mask_fraction: the candidate pixels (with valid depth) as a share of the image.
+    :ivar angle_to_up_deg: angle between the plane normal and the up prior, degrees.
+    :ivar camera_height: the camera's distance above the plane, metres.
+    :ivar num_inliers: inlier count among the candidate points.
     """
 
     ok: bool
@@ -115,8 +118,8 @@ class CanonicalFrame:
     num_inliers: int = 0
 
     @property
-    def T_cam_canon(self) -> np.ndarray | None:  # noqa: N802 - transform naming convention
-        """The canonical -> camera transform (None when failed)."""
+    def T_cam_canon(self) -> np.ndarray | None:
+        """Return the canonical -> camera transform (None when failed)."""
         return None if self.T_canon_cam is None else invert_transform(self.T_canon_cam)
 
     def to_canonical(self, points: np.ndarray) -> np.ndarray:
@@ -139,22 +142,21 @@ def ransac_plane(points: np.ndarray, rng: np.random.Generator, distance_threshol
                  iterations: int = 1000, ransac_n: int = 3, up: np.ndarray | None = None,
                  max_tilt_deg: float | None = None,
                  chunk: int = 64) -> tuple[np.ndarray, float, np.ndarray] | None:
-    """Fit the plane with the most inliers; optionally only near-``up`` normals are scored.
+    """
+    Fit the plane with the most inliers; optionally only near-``up`` normals are scored.
 
-    Args:
-        points: ``(N, 3)`` candidate points, metres.
-        rng: seeded generator drawing the minimal samples.
-        distance_threshold: inlier distance, metres.
-        iterations: number of hypotheses.
-        ransac_n: points per hypothesis (3 defines the plane; more are fitted by SVD).
-        up: unit up prior (3,); with ``max_tilt_deg``, each hypothesis' normal is turned toward
-            the camera (the origin) and hypotheses whose normal is further than that angle from
-            ``up`` are discarded before scoring, so walls and ceilings never win.
-        max_tilt_deg: see ``up``; None scores every hypothesis (plain largest-plane RANSAC).
-        chunk: hypotheses scored per vectorized batch (memory ``chunk * N`` floats).
+    :param points: ``(N, 3)`` candidate points, metres.
+    :param rng: seeded generator drawing the minimal samples.
+    :param distance_threshold: inlier distance, metres.
+    :param iterations: number of hypotheses.
+    :param ransac_n: points per hypothesis (3 defines the plane; more are fitted by SVD).
+    :param up: unit up prior (3,); with ``max_tilt_deg``, each hypothesis' normal is turned toward
+        the camera (the origin) and hypotheses whose normal is further than that angle from
+        ``up`` are discarded before scoring, so walls and ceilings never win.
+    :param max_tilt_deg: see ``up``; None scores every hypothesis (plain largest-plane RANSAC).
+    :param chunk: hypotheses scored per vectorized batch (memory ``chunk * N`` floats).
 
-    Returns:
-        ``(normal, offset, inlier_mask)`` or None when no admissible hypothesis was found.
+    :returns: ``(normal, offset, inlier_mask)`` or None when no admissible hypothesis was found.
     """
     points = np.asarray(points, dtype=np.float64)
     n = len(points)
@@ -211,7 +213,8 @@ PLANE_SEARCHES: dict[str, PlaneSearch] = {
 
 
 def frame_from_plane(normal: np.ndarray, offset: float) -> np.ndarray:
-    """``T_canon_cam`` (4, 4) for the plane ``n . p + d = 0`` given in the camera frame.
+    """
+    ``T_canon_cam`` (4, 4) for the plane ``n . p + d = 0`` given in the camera frame.
 
     z = the normal flipped toward the camera's side; origin = the camera origin projected onto
     the plane; x = the camera's optical axis projected onto the plane (the image's up direction
@@ -227,7 +230,7 @@ def frame_from_plane(normal: np.ndarray, offset: float) -> np.ndarray:
         x_axis = CAMERA_UP - (CAMERA_UP @ normal) * normal
     x_axis /= np.linalg.norm(x_axis)
     y_axis = np.cross(normal, x_axis)
-    T_cam_canon = np.eye(4)  # noqa: N806 - transform naming convention
+    T_cam_canon = np.eye(4)
     T_cam_canon[:3, :3] = np.stack([x_axis, y_axis, normal], axis=1)  # columns: canon axes
     T_cam_canon[:3, 3] = origin
     return invert_transform(T_cam_canon)
@@ -242,19 +245,18 @@ class Canonicalizer:
 
     def run(self, depth: np.ndarray, intrinsics: CameraIntrinsics, rng: np.random.Generator,
             mask: np.ndarray | None = None, up_hint: np.ndarray | None = None) -> CanonicalFrame:
-        """Canonicalize one frame.
+        """
+        Canonicalize one frame.
 
-        Args:
-            depth: float32 metres ``(H, W)``; ``nan`` or ``<= 0`` = no reading.
-            intrinsics: the depth image's intrinsics.
-            rng: seeded generator for RANSAC.
-            mask: bool ``(H, W)`` horizontal-surface candidates (floor, tabletops) from a
-                segmentation model; None uses every valid depth pixel.
-            up_hint: up direction in the camera frame (e.g. from gravity / an IMU); defaults to
-                the optical frame's ``-y``.
+        :param depth: float32 metres ``(H, W)``; ``nan`` or ``<= 0`` = no reading.
+        :param intrinsics: the depth image's intrinsics.
+        :param rng: seeded generator for RANSAC.
+        :param mask: bool ``(H, W)`` horizontal-surface candidates (floor, tabletops) from a
+            segmentation model; None uses every valid depth pixel.
+        :param up_hint: up direction in the camera frame (e.g. from gravity / an IMU); defaults to
+            the optical frame's ``-y``.
 
-        Returns:
-            A ``CanonicalFrame``; on failure ``ok`` is False and ``reason`` says why.
+        :returns: A ``CanonicalFrame``; on failure ``ok`` is False and ``reason`` says why.
         """
         cfg = self.config
         up = CAMERA_UP if up_hint is None else np.asarray(up_hint, dtype=np.float64)
@@ -277,8 +279,13 @@ class Canonicalizer:
                                   mask_fraction=mask_fraction)
         normal, offset, _ = found
         inliers = np.abs(points @ normal + offset) < cfg.distance_threshold
-        if cfg.refine and inliers.sum() >= 3:
-            normal, offset = plane_from_points(points[inliers])
+        if cfg.refine:  # least squares on the points close to the plane (a tighter band keeps
+            # e.g. the foot of a wall, within the RANSAC threshold of the floor, out of the fit)
+            for _ in range(3):
+                near = np.abs(points @ normal + offset) < cfg.distance_threshold / 2
+                if near.sum() < 3:
+                    break
+                normal, offset = plane_from_points(points[near])
             inliers = np.abs(points @ normal + offset) < cfg.distance_threshold
         if offset < 0:
             normal, offset = -normal, -offset
@@ -291,8 +298,9 @@ class Canonicalizer:
             result.ok, result.reason = False, (f'refined plane is {angle:.1f} deg from up '
                                                f'(> {cfg.max_tilt_deg:g})')
         elif num_inliers / image_pixels < cfg.min_inlier_fraction:
-            result.ok, result.reason = False, (f'plane inliers cover {num_inliers / image_pixels:.1%}'
-                                               f' of the image (< {cfg.min_inlier_fraction:.1%})')
+            share = num_inliers / image_pixels
+            result.ok, result.reason = False, (f'plane inliers cover {share:.1%} of the image '
+                                               f'(< {cfg.min_inlier_fraction:.1%})')
         if not result.ok:
             result.T_canon_cam = None
         return result

@@ -1,4 +1,5 @@
-"""Lifting: one object's cleaned point cloud and boxes from depth + mask + intrinsics.
+"""
+Lifting: one object's cleaned point cloud and boxes from depth + mask + intrinsics.
 
 Cleaning follows the paper's Listing 2 with thresholds scaled by the object's size:
 ``scale = norm(std(points)) * 3``; statistical outlier removal (50 neighbours, std ratio 1.2);
@@ -21,29 +22,29 @@ from typing import Callable
 
 import numpy as np
 
+from spatialvlm_ros.core.datatypes import CameraIntrinsics, OrientedBox
 from spatialvlm_ros.core.geometry import aabb, backproject, invert_transform, transform_points
-from spatialvlm_ros.core.types import CameraIntrinsics, OrientedBox
 
 
 @dataclass
 class LiftingConfig:
-    """Settings of the lifting stage (defaults follow the paper's Listing 2).
+    """
+    Settings of the lifting stage (defaults follow the paper's Listing 2).
 
-    Attributes:
-        scale_factor: ``scale = norm(std(points)) * scale_factor``.
-        sor_neighbors: neighbours of the statistical outlier removal.
-        sor_std_ratio: points whose mean neighbour distance exceeds
-            ``mean + sor_std_ratio * std`` (over all points) are removed.
-        voxel_min: the smallest voxel edge, metres.
-        voxel_divisor: voxel edge = ``max(voxel_min, scale / voxel_divisor)``.
-        eps_divisor: DBSCAN ``eps = scale / eps_divisor``.
-        min_cluster_fraction: DBSCAN ``min_points = len(points) * min_cluster_fraction``.
-        clusterer: key of ``CLUSTERERS`` (``'dbscan'`` or ``'none'``).
-        min_points: fewer valid points than this (raw, or left after cleaning) is a failure.
-        max_points: raw points are thinned with a fixed stride to at most this many (speed).
-        keep_resolution: return the outlier-free points of the voxels in the kept cluster
-            (extents are not shrunk by voxel averaging); False returns the voxel means, as
-            Open3D's pipeline does. Clustering runs on the voxel means either way.
+    :ivar scale_factor: ``scale = norm(std(points)) * scale_factor``.
+    :ivar sor_neighbors: neighbours of the statistical outlier removal.
+    :ivar sor_std_ratio: points whose mean neighbour distance exceeds
+        ``mean + sor_std_ratio * std`` (over all points) are removed.
+    :ivar voxel_min: the smallest voxel edge, metres.
+    :ivar voxel_divisor: voxel edge = ``max(voxel_min, scale / voxel_divisor)``.
+    :ivar eps_divisor: DBSCAN ``eps = scale / eps_divisor``.
+    :ivar min_cluster_fraction: DBSCAN ``min_points = len(points) * min_cluster_fraction``.
+    :ivar clusterer: key of ``CLUSTERERS`` (``'dbscan'`` or ``'none'``).
+    :ivar min_points: fewer valid points than this (raw, or left after cleaning) is a failure.
+    :ivar max_points: raw points are thinned with a fixed stride to at most this many (speed).
+    :ivar keep_resolution: return the outlier-free points of the voxels in the kept cluster
+        (extents are not shrunk by voxel averaging); False returns the voxel means, as
+        Open3D's pipeline does. Clustering runs on the voxel means either way.
     """
 
     scale_factor: float = 3.0
@@ -55,7 +56,7 @@ class LiftingConfig:
     min_cluster_fraction: float = 0.1
     clusterer: str = 'dbscan'
     min_points: int = 20
-    max_points: int = 50000
+    max_points: int = 20000
     keep_resolution: bool = True
 
     def __post_init__(self) -> None:
@@ -81,24 +82,24 @@ class LiftingConfig:
 
 @dataclass
 class LiftedObject:
-    """One lifted object; ``ok`` is False (with ``reason``) when lifting failed.
+    """
+    One lifted object; ``ok`` is False (with ``reason``) when lifting failed.
 
     Camera-frame fields are always set when ``ok``; ``*_canon`` fields only when a canonical
     frame was given. ``centroid`` is the mean of the cleaned points (the visible surface).
 
-    Attributes:
-        ok: whether enough points survived.
-        reason: why it failed ('' when ok).
-        points: (N, 3) cleaned points, camera frame.
-        centroid: (3,) camera frame.
-        aabb: (2, 3) camera-frame axis-aligned box.
-        obb: oriented box, camera frame.
-        points_canon: (N, 3) cleaned points, canonical frame.
-        centroid_canon: (3,) canonical frame.
-        aabb_canon: (2, 3) canonical-frame axis-aligned box (z up).
-        obb_canon: oriented box, canonical frame (yaw-only rotation).
-        num_raw: valid points in the mask before cleaning.
-        scale: the size scale ``norm(std) * 3`` that set the thresholds, metres.
+    :ivar ok: whether enough points survived.
+    :ivar reason: why it failed ('' when ok).
+    :ivar points: (N, 3) cleaned points, camera frame.
+    :ivar centroid: (3,) camera frame.
+    :ivar aabb: (2, 3) camera-frame axis-aligned box.
+    :ivar obb: oriented box, camera frame.
+    :ivar points_canon: (N, 3) cleaned points, canonical frame.
+    :ivar centroid_canon: (3,) canonical frame.
+    :ivar aabb_canon: (2, 3) canonical-frame axis-aligned box (z up).
+    :ivar obb_canon: oriented box, canonical frame (yaw-only rotation).
+    :ivar num_raw: valid points in the mask before cleaning.
+    :ivar scale: the size scale ``norm(std) * 3`` that set the thresholds, metres.
     """
 
     ok: bool
@@ -117,7 +118,8 @@ class LiftedObject:
 
 def statistical_outlier_mask(points: np.ndarray, neighbors: int = 50,
                              std_ratio: float = 1.2) -> np.ndarray:
-    """Open3D-style statistical outlier removal; returns the bool keep-mask ``(N,)``.
+    """
+    Open3D-style statistical outlier removal; returns the bool keep-mask ``(N,)``.
 
     A point is kept if its mean distance to its ``neighbors`` nearest neighbours is at most
     ``mean + std_ratio * std`` of that quantity over all points.
@@ -134,7 +136,8 @@ def statistical_outlier_mask(points: np.ndarray, neighbors: int = 50,
 
 
 def voxel_downsample(points: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
-    """Replace the points in each ``voxel``-sized cube by their mean (as Open3D does).
+    """
+    Replace the points in each ``voxel``-sized cube by their mean (as Open3D does).
 
     Returns ``(means (M, 3), voxel_of_point (N,))``, the second indexing the first.
     """
@@ -216,7 +219,7 @@ def horizontal_box(points: np.ndarray) -> OrientedBox:
 
 def clean_points(points: np.ndarray, config: LiftingConfig | None = None) -> tuple[
         np.ndarray, float]:
-    """Listing 2 cleaning of one object's points; returns ``(cleaned (M, 3), scale)``."""
+    """Clean one object's points as in Listing 2; return ``(cleaned (M, 3), scale)``."""
     cfg = config or LiftingConfig()
     points = np.asarray(points, dtype=np.float64)
     scale = float(np.linalg.norm(points.std(axis=0)) * cfg.scale_factor) + 1e-6
@@ -238,18 +241,17 @@ class ObjectLifter:
         self.config = config or LiftingConfig()
 
     def run(self, depth: np.ndarray, mask: np.ndarray, intrinsics: CameraIntrinsics,
-            T_canon_cam: np.ndarray | None = None) -> LiftedObject:  # noqa: N803
-        """Lift the object under ``mask``.
+            T_canon_cam: np.ndarray | None = None) -> LiftedObject:
+        """
+        Lift the object under ``mask``.
 
-        Args:
-            depth: float32 metres ``(H, W)``; ``nan`` or ``<= 0`` = no reading.
-            mask: bool ``(H, W)``, the object's pixels.
-            intrinsics: the depth image's intrinsics.
-            T_canon_cam: optional (4, 4) camera -> canonical transform (z up); when given the
-                canonical-frame fields are filled and the oriented box is gravity-aligned.
+        :param depth: float32 metres ``(H, W)``; ``nan`` or ``<= 0`` = no reading.
+        :param mask: bool ``(H, W)``, the object's pixels.
+        :param intrinsics: the depth image's intrinsics.
+        :param T_canon_cam: optional (4, 4) camera -> canonical transform (z up); when given the
+            canonical-frame fields are filled and the oriented box is gravity-aligned.
 
-        Returns:
-            A ``LiftedObject``; ``ok`` is False with a reason when too few points remain.
+        :returns: A ``LiftedObject``; ``ok`` is False with a reason when too few points remain.
         """
         cfg = self.config
         points = backproject(depth, intrinsics, mask)
@@ -265,14 +267,14 @@ class ObjectLifter:
         return self.describe(cleaned, T_canon_cam, num_raw=num_raw, scale=scale)
 
     @staticmethod
-    def describe(points: np.ndarray, T_canon_cam: np.ndarray | None = None,  # noqa: N803
+    def describe(points: np.ndarray, T_canon_cam: np.ndarray | None = None,
                  num_raw: int = 0, scale: float = float('nan')) -> LiftedObject:
         """Centroid and boxes of already-cleaned camera-frame points ``(N, 3)``."""
         points = np.asarray(points, dtype=np.float64)
         result = LiftedObject(True, '', points, points.mean(axis=0), aabb(points),
                               pca_box(points), num_raw=num_raw or len(points), scale=scale)
         if T_canon_cam is not None:
-            T_canon_cam = np.asarray(T_canon_cam, dtype=np.float64)  # noqa: N806
+            T_canon_cam = np.asarray(T_canon_cam, dtype=np.float64)
             canon = transform_points(T_canon_cam, points)
             result.points_canon = canon
             result.centroid_canon = canon.mean(axis=0)

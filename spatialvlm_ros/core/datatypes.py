@@ -143,7 +143,7 @@ class Frame:
     distance_surface: dict[str, float]
     gripper_opening: float = 0.0
 
-    def object(self, object_id: str) -> ObjectTruth:
+    def get_object(self, object_id: str) -> ObjectTruth:
         """Return the object with this id; ``KeyError`` naming the known ids if absent."""
         for obj in self.objects:
             if obj.object_id == object_id:
@@ -169,4 +169,4 @@ class Episode:
     @property
     def target_captions(self) -> tuple[str, ...]:
         """Return the captions of the target object (from the first frame)."""
-        return self.frames[0].object(self.target_id).captions if self.frames else ()
+        return self.frames[0].get_object(self.target_id).captions if self.frames else ()
