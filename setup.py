@@ -30,6 +30,7 @@ CORE = [
     'matplotlib>=3.7',
     'rosbags>=0.10',
     'scikit-learn>=1.3',
+    'pyarrow>=14',
 ]
 
 setup(
@@ -45,9 +46,9 @@ setup(
         'train': ['torch>=2.2', 'transformers>=4.45', 'tokenizers>=0.19', 'safetensors>=0.4',
                   'accelerate>=0.30', 'peft>=0.11', 'tensorboard>=2.14'],
         'ray': ['ray[data]>=2.9'],
-        'dev': ['pytest>=7', 'ruff>=0.5', 'mypy>=1.8', 'flake8>=4,<5', 'ament-lint-flake8',
-                'ament-lint-pep257', 'flake8-quotes', 'flake8-import-order', 'flake8-builtins',
-                'flake8-comprehensions', 'flake8-docstrings'],
+        'dev': ['pytest>=7', 'datasets>=2.18', 'ruff>=0.5', 'mypy>=1.8', 'flake8>=4,<5',
+                'ament-lint-flake8', 'ament-lint-pep257', 'flake8-quotes', 'flake8-import-order',
+                'flake8-builtins', 'flake8-comprehensions', 'flake8-docstrings'],
     },
     zip_safe=True,
     maintainer='spatialvlm_ros maintainers',
