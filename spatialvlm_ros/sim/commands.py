@@ -18,14 +18,16 @@ def register(subparsers: Any) -> None:
     scene.add_argument('--json', action='store_true', help='print JSON')
     scene.set_defaults(func=_scene)
     episode = sub.add_parser('episode', help='generate an episode and write it as a ROS 2 bag')
-    episode.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
-    episode.add_argument('--scenario', default='approach',
+    episode.add_argument('--config', help='YAML file of EpisodeConfig fields (see '
+                         'config/sim_episode.yaml); flags given explicitly override it')
+    episode.add_argument('--seed', type=int, help='random seed (default 0)')
+    episode.add_argument('--scenario',
                          help='approach, approach_retreat, pause, grasp_lift or '
                               'distractor_first (default approach)')
-    episode.add_argument('--rate', type=float, default=15.0, help='frame rate in Hz, 10..30')
-    episode.add_argument('--frames', type=int, default=60, help='number of frames (default 60)')
-    episode.add_argument('--width', type=int, default=320, help='image width (default 320)')
-    episode.add_argument('--height', type=int, default=240, help='image height (default 240)')
+    episode.add_argument('--rate', type=float, help='frame rate in Hz, 10..30 (default 15)')
+    episode.add_argument('--frames', type=int, help='number of frames (default 60)')
+    episode.add_argument('--width', type=int, help='image width (default 320)')
+    episode.add_argument('--height', type=int, help='image height (default 240)')
     episode.add_argument('--target', help='target object id (default: random)')
     episode.add_argument('--out', help='bag folder to write (default: do not write)')
     episode.add_argument('--storage', choices=('sqlite3', 'mcap'), default='sqlite3',
@@ -86,19 +88,21 @@ def _scene(args: argparse.Namespace) -> int:
 
 def _episode(args: argparse.Namespace) -> int:
     from spatialvlm_ros.cli import CommandError, print_result
+    from spatialvlm_ros.configfile import load_config
     from spatialvlm_ros.sim.episode import EpisodeConfig, generate_episode
 
+    overrides = {'seed': args.seed, 'scenario': args.scenario, 'rate_hz': args.rate,
+                 'num_frames': args.frames, 'width': args.width, 'height': args.height,
+                 'target_id': args.target}
     try:
-        config = EpisodeConfig(seed=args.seed, scenario=args.scenario, rate_hz=args.rate,
-                               num_frames=args.frames, width=args.width, height=args.height,
-                               target_id=args.target)
+        config = load_config(EpisodeConfig, args.config, 'episode', overrides)
         episode = generate_episode(config, progress=args.progress)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     distances = [f.distance_surface[episode.target_id] for f in episode.frames]
     duration = (episode.frames[-1].stamp_ns - episode.frames[0].stamp_ns) / 1e9
     result: dict[str, Any] = {
-        'seed': args.seed, 'scenario': args.scenario, 'frames': len(episode.frames),
+        'seed': config.seed, 'scenario': config.scenario, 'frames': len(episode.frames),
         'rate_hz': episode.rate_hz, 'duration_s': duration, 'target_id': episode.target_id,
         'target_caption': episode.metadata['target_caption'],
         'captions': list(episode.target_captions),
@@ -117,7 +121,7 @@ def _episode(args: argparse.Namespace) -> int:
             raise CommandError(str(exc)) from exc
     d = result['distance_surface']
     text = '\n'.join([
-        f'{args.scenario} seed {args.seed}: {len(episode.frames)} frames at '
+        f'{config.scenario} seed {config.seed}: {len(episode.frames)} frames at '
         f'{episode.rate_hz:g} Hz ({duration:.2f} s)',
         f'target:   {episode.target_id} ({result["target_caption"]!r})',
         f'captions: {", ".join(result["captions"])}',
