@@ -46,7 +46,7 @@ def test_ament_index_finds_installed_share_files():
     assert (share / 'package.xml').read_text() == (ROOT / 'package.xml').read_text()
     for folder in ('config', 'launch'):
         for source in (ROOT / folder).glob('*'):
-            if source.is_file():
+            if source.is_file() and not source.name.startswith('.'):
                 assert (share / folder / source.name).read_bytes() == source.read_bytes()
 
 
