@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     'sim': 'spatialvlm_ros.sim.commands',
     'bag': 'spatialvlm_ros.bags.commands',
     'demo': 'spatialvlm_ros.demo',
+    'synth': 'spatialvlm_ros.synth.commands',
 }
 
 

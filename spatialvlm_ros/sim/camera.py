@@ -109,17 +109,16 @@ def linearize_depth(zbuffer: np.ndarray, near: float, far: float) -> np.ndarray:
     return depth.astype(np.float32)
 
 
-def render(client: int, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray,
-           near: float, far: float, body_to_index: dict[int, int], light: Light = Light(),
-           background: tuple[int, int, int] = (255, 255, 255),
-           robot_body: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                   np.ndarray]:
+def render_bodies(client: int, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray,
+                  near: float, far: float, light: Light = Light(),
+                  background: tuple[int, int, int] = (255, 255, 255)) -> tuple[
+                      np.ndarray, np.ndarray, np.ndarray]:
     """
-    Render one frame with the tiny renderer (no shadows, no GUI).
+    Render one frame with the tiny renderer (no shadows, no GUI), keeping PyBullet's body ids.
 
     Returns ``rgb`` uint8 (H, W, 3) with the background colour where nothing was drawn,
-    ``depth`` float32 metres (H, W) with ``nan`` beyond the far plane, ``segmentation`` int32
-    (H, W) holding ``body_to_index[body]`` and ``-1`` elsewhere, and ``robot_mask`` bool (H, W).
+    ``depth`` float32 metres (H, W) with ``nan`` beyond the far plane, and ``body`` int32
+    (H, W) holding PyBullet body unique ids, ``-1`` where nothing was drawn.
     """
     import pybullet as p
 
@@ -140,10 +139,33 @@ def render(client: int, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray,
     empty = body < 0
     rgb[empty] = np.asarray(background, dtype=np.uint8)
     depth[empty] = np.nan
+    return rgb, depth, body
+
+
+def segmentation_from_bodies(body: np.ndarray, body_to_index: dict[int, int]) -> np.ndarray:
+    """Map body ids (H, W) to object indices via ``body_to_index``; ``-1`` elsewhere (int32)."""
     lookup = np.full(int(body.max(initial=0)) + 2, -1, dtype=np.int32)
     for body_id, index in body_to_index.items():
         if body_id < len(lookup) - 1:
             lookup[body_id] = index
-    segmentation = lookup[np.where(empty, len(lookup) - 1, body)]  # last slot holds -1
+    return lookup[np.where(body < 0, len(lookup) - 1, body)]  # last slot holds -1
+
+
+def render(client: int, intrinsics: CameraIntrinsics, T_world_cam: np.ndarray,
+           near: float, far: float, body_to_index: dict[int, int], light: Light = Light(),
+           background: tuple[int, int, int] = (255, 255, 255),
+           robot_body: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                   np.ndarray]:
+    """
+    Render one frame with the tiny renderer (no shadows, no GUI).
+
+    Returns ``rgb`` uint8 (H, W, 3) with the background colour where nothing was drawn,
+    ``depth`` float32 metres (H, W) with ``nan`` beyond the far plane, ``segmentation`` int32
+    (H, W) holding ``body_to_index[body]`` and ``-1`` elsewhere, and ``robot_mask`` bool (H, W).
+    """
+    rgb, depth, body = render_bodies(client, intrinsics, T_world_cam, near, far, light,
+                                     background)
+    segmentation = segmentation_from_bodies(body, body_to_index)
+    h, w = body.shape
     robot_mask = body == robot_body if robot_body is not None else np.zeros((h, w), bool)
     return rgb, depth, segmentation.astype(np.int32), robot_mask

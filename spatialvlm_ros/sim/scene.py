@@ -24,9 +24,20 @@ from typing import Any
 import numpy as np
 
 from spatialvlm_ros.core.datatypes import CameraIntrinsics
-from spatialvlm_ros.core.geometry import invert_transform, project, transform_points
+from spatialvlm_ros.core.geometry import (
+    backproject,
+    invert_transform,
+    project,
+    transform_points,
+)
 from spatialvlm_ros.sim import catalog
-from spatialvlm_ros.sim.camera import Light, look_at, render
+from spatialvlm_ros.sim.camera import (
+    Light,
+    look_at,
+    render,
+    render_bodies,
+    segmentation_from_bodies,
+)
 
 ARM_JOINTS = (0, 1, 2, 3, 4, 5, 6)
 FINGER_JOINTS = (9, 10)
@@ -291,14 +302,41 @@ def _lowpoly_panda_urdf() -> str:
 
 
 class World:
-    """A scene built in its own PyBullet DIRECT client; use as a context manager."""
+    """
+    A scene built in its own PyBullet DIRECT client; use as a context manager.
 
-    def __init__(self, scene: Scene) -> None:
+    :meth:`reset` rebuilds the client for another scene while keeping the connection, which
+    the data engine uses to render many scenes in a row. With ``collision_meshes=False`` the
+    objects get no collision shapes (about 13 ms less per scene); rendering and boxes are
+    unchanged but :func:`~spatialvlm_ros.sim.truth.surface_distance` is unavailable.
+    """
+
+    def __init__(self, scene: Scene, collision_meshes: bool = True) -> None:
         """Connect a DIRECT client and create the table, robot, objects and a distance probe."""
         import pybullet as p
 
-        self.scene = scene
+        self.collision_meshes = collision_meshes
         self.client = p.connect(p.DIRECT)
+        self._build(scene)
+
+    def reset(self, scene: Scene) -> None:
+        """
+        Replace the current scene by ``scene``, keeping the client.
+
+        Uses ``resetSimulation`` and builds everything again: the frames equal those of a new
+        ``World(scene)`` exactly. (Removing only some bodies and keeping the loaded robot was
+        measured 10 ms faster but PyBullet reuses the removed body ids and the tiny renderer
+        then draws a different image.)
+        """
+        import pybullet as p
+
+        p.resetSimulation(physicsClientId=self.client)
+        self._build(scene)
+
+    def _build(self, scene: Scene) -> None:
+        import pybullet as p
+
+        self.scene = scene
         cid = self.client
         p.setGravity(0, 0, -9.81, physicsClientId=cid)
         sx, sy = scene.config.table_size
@@ -341,10 +379,14 @@ class World:
             vis = p.createVisualShape(p.GEOM_MESH, fileName=path, meshScale=scale.tolist(),
                                       rgbaColor=[*obj.rgb, 1], visualFramePosition=offset.tolist(),
                                       visualFrameOrientation=quat, physicsClientId=cid)
-            col = p.createCollisionShape(p.GEOM_MESH, fileName=path, meshScale=scale.tolist(),
-                                         collisionFramePosition=offset.tolist(),
-                                         collisionFrameOrientation=quat,
-                                         flags=p.GEOM_FORCE_CONCAVE_TRIMESH, physicsClientId=cid)
+            col = -1
+            if self.collision_meshes:
+                col = p.createCollisionShape(p.GEOM_MESH, fileName=path,
+                                             meshScale=scale.tolist(),
+                                             collisionFramePosition=offset.tolist(),
+                                             collisionFrameOrientation=quat,
+                                             flags=p.GEOM_FORCE_CONCAVE_TRIMESH,
+                                             physicsClientId=cid)
             body = p.createMultiBody(0, col, vis, obj.position.tolist(),
                                      p.getQuaternionFromEuler([0, 0, obj.yaw]),
                                      physicsClientId=cid)
@@ -437,6 +479,30 @@ class World:
         s = self.scene
         return render(self.client, s.intrinsics, s.T_world_cam, s.config.near, s.config.far,
                       self.body_to_index, s.light, s.background, self.robot)
+
+    def render_layers(self, top_tolerance: float = 0.005) -> tuple[
+            np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """
+        Render ``(rgb, depth, segmentation, masks)``; ``masks`` holds bool (H, W) layers.
+
+        Layers: ``'robot'`` (arm, gripper), ``'table'`` (the whole table body), ``'table_top'``
+        (table pixels whose back-projected height is within ``top_tolerance`` metres of the
+        table's top face, i.e. the horizontal support surface without legs and edges),
+        ``'floor'`` and ``'pedestal'``. Rendering is the same as :meth:`render`.
+        """
+        s = self.scene
+        rgb, depth, body = render_bodies(self.client, s.intrinsics, s.T_world_cam,
+                                         s.config.near, s.config.far, s.light, s.background)
+        segmentation = segmentation_from_bodies(body, self.body_to_index)
+        table = body == self.table
+        points = backproject(depth, s.intrinsics, table)  # (N, 3), row-major pixel order
+        height = transform_points(s.T_world_cam, points)[:, 2]
+        top = np.zeros_like(table)
+        top[table & np.isfinite(depth) & (depth > 0)] = (
+            np.abs(height - s.table_height) <= top_tolerance)
+        masks = {'robot': body == self.robot, 'table': table, 'table_top': top,
+                 'floor': body == self.floor, 'pedestal': body == self.pedestal}
+        return rgb, depth, segmentation, masks
 
 
 def _pose(position: Any, quaternion: Any) -> np.ndarray:

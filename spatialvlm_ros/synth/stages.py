@@ -153,7 +153,10 @@ def build(stage: str, name: str, **kwargs: Any) -> Any:
 
 
 # Modules whose import registers backends; importing them is cheap (heavy imports are lazy).
-BUILTIN_BACKEND_MODULES: list[str] = []
+BUILTIN_BACKEND_MODULES: list[str] = [
+    'spatialvlm_ros.synth.sim_backends',
+    'spatialvlm_ros.synth.text_embedding',
+]
 
 
 def _load_builtin_backends() -> None:

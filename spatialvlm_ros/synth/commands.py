@@ -1,0 +1,92 @@
+"""``spatialvlm synth run|summary``: generate a spatial VQA dataset, or summarise one."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``synth`` command and its ``run`` and ``summary`` subcommands."""
+    parser = subparsers.add_parser('synth', help='the SpatialVLM data engine (QA datasets)')
+    sub = parser.add_subparsers(dest='synth_command', metavar='SUBCOMMAND', required=True)
+    run = sub.add_parser('run', help='generate a sharded chat-format dataset (resumable)',
+                         description='Run the data engine over N scenes and write Parquet '
+                                     'shards, metadata.jsonl and summary.json to --out. '
+                                     'Re-running the same command resumes an interrupted run.')
+    run.add_argument('--source', default='sim', help='scene source (default sim)')
+    run.add_argument('--scenes', type=int, required=True, help='number of scenes (images)')
+    run.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
+    run.add_argument('--out', required=True, help='output folder')
+    run.add_argument('--shard-size', type=int, default=100, help='scenes per shard (default 100)')
+    run.add_argument('--workers', type=int, default=1, help='worker processes (default 1)')
+    run.add_argument('--noise', default='none',
+                     help='input noise preset: none, mild, monocular, harsh (default none)')
+    run.add_argument('--qa-per-image', type=int, default=10, help='QA pairs per image')
+    run.add_argument('--width', type=int, default=320, help='sim image width (default 320)')
+    run.add_argument('--height', type=int, default=240, help='sim image height (default 240)')
+    run.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+    run.add_argument('--json', action='store_true', help='print the summary as JSON')
+    run.set_defaults(func=_run)
+    summary = sub.add_parser('summary', help="print a dataset folder's summary")
+    summary.add_argument('dir', help='dataset folder (written by synth run)')
+    summary.add_argument('--json', action='store_true', help='print JSON')
+    summary.set_defaults(func=_summary)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from spatialvlm_ros.cli import CommandError, print_result
+    from spatialvlm_ros.synth.dataset import DatasetConfig, DatasetError, run_dataset
+    from spatialvlm_ros.synth.pipeline import EngineConfig
+
+    try:
+        engine = EngineConfig(seed=args.seed, noise=args.noise, qa_per_image=args.qa_per_image)
+        source_kwargs = {'width': args.width, 'height': args.height} if args.source == 'sim' \
+            else {}
+        config = DatasetConfig(out=args.out, num_scenes=args.scenes, shard_size=args.shard_size,
+                               source=args.source, source_kwargs=source_kwargs, engine=engine)
+        summary = run_dataset(config, workers=args.workers, progress=not args.no_progress)
+    except (ValueError, DatasetError) as exc:
+        raise CommandError(str(exc)) from exc
+    print_result(summary, args.json, format_summary(summary))
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from spatialvlm_ros.cli import CommandError, print_result
+    from spatialvlm_ros.synth.dataset import DatasetError, read_summary
+
+    try:
+        summary = read_summary(args.dir)
+    except (OSError, DatasetError) as exc:
+        raise CommandError(str(exc)) from exc
+    print_result(summary, args.json, format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Return the human-readable summary text."""
+    lines = [f'images {summary["images"]}, kept {summary["images_kept"]}, rows '
+             f'{summary.get("rows", "?")}, shards {summary.get("shards", "?")}, '
+             f'QA {summary["total_qa"]} ({summary["qa_qualitative"]} qualitative)']
+    if summary['images_rejected']:
+        lines.append('rejected: ' + ', '.join(f'{k} {v}'
+                                              for k, v in summary['images_rejected'].items()))
+    lines.append(f'canonicalization failures: {summary["canonical_failures"]}')
+    for reason, n in summary['canonical_failure_reasons'].items():
+        lines.append(f'  {reason}: {n}')
+    lines.append('mean ms per image: ' + ', '.join(
+        f'{k} {v:.1f}' for k, v in summary['stage_mean_ms'].items()))
+    run = summary.get('last_run')
+    if run and run.get('scenes_per_s'):
+        lines.append(f'last run: {run["scenes"]} scenes in {run["seconds"]:.1f} s '
+                     f'({run["scenes_per_s"]:.2f} scenes/s, {run["workers"]} workers)')
+    agree = summary.get('sim_agreement', {})
+    for kind, c in agree.items():
+        known = c.get('agree', 0) + c.get('disagree', 0)
+        if known:
+            lines.append(f'sim truth agreement ({kind}): {c.get("agree", 0)}/{known}')
+    lines.append('QA per type:')
+    for name, n in summary['qa_per_type'].items():
+        lines.append(f'  {name:<24} {n}')
+    return '\n'.join(lines)
