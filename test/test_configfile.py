@@ -47,7 +47,7 @@ def test_sim_episode_command_with_config_writes_a_bag(tmp_path):
            '--seed', '4', '--out', str(tmp_path / 'bag'), '--storage', 'mcap', '--json']
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
-    summary = __import__('json').loads(result.stdout[result.stdout.index('{'):])
+    summary = __import__('json').loads(result.stdout)
     assert summary['seed'] == 4 and summary['scenario'] == 'pause' and summary['frames'] == 12
     assert Path(summary['bag']).joinpath('metadata.yaml').is_file()
 
