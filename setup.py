@@ -33,6 +33,9 @@ CORE = [
     'pyarrow>=14',
 ]
 
+# Real expert models and VLMs through transformers, loaded from local folders only.
+HF = ['torch>=2.2', 'transformers>=4.56', 'tokenizers>=0.19', 'safetensors>=0.4', 'pillow>=9']
+
 setup(
     name=PACKAGE,
     version='0.1.0',
@@ -43,8 +46,8 @@ setup(
     install_requires=['setuptools'] + CORE,
     extras_require={
         'sim': ['pybullet>=3.2.5'],
-        'train': ['torch>=2.2', 'transformers>=4.45', 'tokenizers>=0.19', 'safetensors>=0.4',
-                  'accelerate>=0.30', 'peft>=0.11', 'tensorboard>=2.14'],
+        'hf': HF,
+        'train': HF + ['accelerate>=0.30', 'peft>=0.11', 'tensorboard>=2.14'],
         'ray': ['ray[data]>=2.9'],
         'dev': ['pytest>=7', 'datasets>=2.18', 'ruff>=0.5', 'mypy>=1.8', 'flake8>=4,<5',
                 'ament-lint-flake8', 'ament-lint-pep257', 'flake8-quotes', 'flake8-import-order',

@@ -154,6 +154,8 @@ def build(stage: str, name: str, **kwargs: Any) -> Any:
 
 # Modules whose import registers backends; importing them is cheap (heavy imports are lazy).
 BUILTIN_BACKEND_MODULES: list[str] = [
+    'spatialvlm_ros.synth.hf',
+    'spatialvlm_ros.synth.rgbd',
     'spatialvlm_ros.synth.sim_backends',
     'spatialvlm_ros.synth.text_embedding',
 ]
