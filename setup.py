@@ -34,7 +34,7 @@ CORE = [
 ]
 
 # Real expert models and VLMs through transformers, loaded from local folders only.
-HF = ['torch>=2.2', 'transformers>=4.56', 'tokenizers>=0.19', 'safetensors>=0.4', 'pillow>=9']
+HF = ['torch>=2.2', 'transformers>=5.0', 'tokenizers>=0.19', 'safetensors>=0.4', 'pillow>=9']
 
 setup(
     name=PACKAGE,

@@ -1,0 +1,229 @@
+"""
+The spatial VLM inference API: image(s) + question(s) -> answer text and a distance in metres.
+
+``SpatialVLM(loaded, InferenceConfig(...)).ask(images, questions)`` batches the
+``(image, question)`` pairs (left-padded, ``batch_size`` at a time), generates greedily or by
+sampling, decodes only the continuation and parses each answer with
+``spatialvlm_ros.core.answers.parse_distance``. With ``num_samples > 1`` (sampling) every pair
+gets that many answers and ``value_m`` is the mean of the ones that state a length, as the
+paper averages samples for precise distances; answers with no readable length never count as a
+number (``value_m`` stays None and ``parse_error`` says why).
+
+Images are RGB ``uint8`` ``(H, W, 3)`` arrays (the project's pinned format) or PIL images.
+Generation is seeded: the same inputs, batch size and seed give the same answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import math
+from typing import Any, Callable, Sequence
+
+from spatialvlm_ros.model.loading import build_inputs, decode_new_tokens, LoadedVLM
+
+DISTANCE_QUESTION = 'What is the distance between [A] and [B]?'
+
+# A parser maps an answer to (metres or None, reason when None).
+Parser = Callable[[str], tuple[float | None, str | None]]
+
+
+@dataclass
+class InferenceConfig:
+    """
+    Decoding settings.
+
+    :ivar max_new_tokens: most tokens generated per answer.
+    :ivar decoding: ``'greedy'`` or ``'sample'``.
+    :ivar temperature: sampling temperature (> 0; sampling only).
+    :ivar top_p: nucleus sampling mass in (0, 1] (sampling only).
+    :ivar num_samples: answers per question; > 1 needs sampling (values are averaged).
+    :ivar seed: ``torch`` seed set before each batch is generated.
+    :ivar batch_size: ``(image, question)`` pairs per forward pass.
+    """
+
+    max_new_tokens: int = 16
+    decoding: str = 'greedy'
+    temperature: float = 1.0
+    top_p: float = 1.0
+    num_samples: int = 1
+    seed: int = 0
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f'max_new_tokens must be >= 1, got {self.max_new_tokens}')
+        if self.decoding not in ('greedy', 'sample'):
+            raise ValueError(f"decoding must be 'greedy' or 'sample', got {self.decoding!r}")
+        if not self.temperature > 0:
+            raise ValueError(f'temperature must be > 0, got {self.temperature}')
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f'top_p must be in (0, 1], got {self.top_p}')
+        if self.num_samples < 1:
+            raise ValueError(f'num_samples must be >= 1, got {self.num_samples}')
+        if self.num_samples > 1 and self.decoding != 'sample':
+            raise ValueError("num_samples > 1 needs decoding='sample' (greedy answers repeat)")
+        if self.batch_size < 1:
+            raise ValueError(f'batch_size must be >= 1, got {self.batch_size}')
+
+
+@dataclass
+class Answer:
+    """
+    One question's answer.
+
+    :ivar text: the first sample's text (the answer, for greedy decoding).
+    :ivar samples: every sampled answer text.
+    :ivar values_m: each sample's parsed length in metres, None where none was read.
+    :ivar value_m: mean of the parsed lengths; None when no sample states a length.
+    :ivar std_m: their standard deviation (0 for one value; None without values).
+    :ivar n_numeric: how many samples state a length.
+    :ivar parse_error: when ``value_m`` is None, why the first sample was not read.
+    """
+
+    text: str
+    samples: list[str] = field(default_factory=list)
+    values_m: list[float | None] = field(default_factory=list)
+    value_m: float | None = None
+    std_m: float | None = None
+    n_numeric: int = 0
+    parse_error: str | None = None
+
+    @property
+    def numeric(self) -> bool:
+        """Return whether at least one sample states a length."""
+        return self.value_m is not None
+
+
+def default_parser() -> Parser:
+    """
+    Return ``core.answers.parse_distance`` as a :data:`Parser`.
+
+    Raises ``ImportError`` naming the module when it is missing.
+    """
+    try:
+        from spatialvlm_ros.core.answers import parse_distance
+    except ImportError as error:
+        raise ImportError('spatialvlm_ros.core.answers.parse_distance is needed to read '
+                          f'distances from answers: {error}') from error
+
+    def parse(text: str) -> tuple[float | None, str | None]:
+        parsed = parse_distance(text)
+        if parsed.value_m is None:
+            return None, parsed.reason or 'no length'
+        return float(parsed.value_m), None
+
+    return parse
+
+
+def aggregate(samples: Sequence[str], parser: Parser) -> Answer:
+    """Parse every sample and average the lengths that parse (unparseable ones are skipped)."""
+    if not samples:
+        raise ValueError('no samples to aggregate')
+    parsed = [parser(text) for text in samples]
+    values = [value for value, _ in parsed]
+    numeric = [v for v in values if v is not None and math.isfinite(v)]
+    answer = Answer(text=samples[0], samples=list(samples), values_m=values,
+                    n_numeric=len(numeric))
+    if numeric:
+        mean = sum(numeric) / len(numeric)
+        answer.value_m = mean
+        answer.std_m = math.sqrt(sum((v - mean) ** 2 for v in numeric) / len(numeric))
+    else:
+        answer.parse_error = parsed[0][1] or 'no length'
+    return answer
+
+
+def _pairs(images: Any, questions: Sequence[str] | str) -> tuple[list[Any], list[str]]:
+    """Broadcast one image over many questions or one question over many images."""
+    question_list = [questions] if isinstance(questions, str) else list(questions)
+    image_list = list(images) if isinstance(images, (list, tuple)) else [images]
+    if len(image_list) == 1 and len(question_list) > 1:
+        image_list = image_list * len(question_list)
+    elif len(question_list) == 1 and len(image_list) > 1:
+        question_list = question_list * len(image_list)
+    if len(image_list) != len(question_list):
+        raise ValueError(f'{len(image_list)} images and {len(question_list)} questions: give '
+                         'one image per question, one image, or one question')
+    return image_list, question_list
+
+
+class SpatialVLM:
+    """
+    Ask a loaded VLM spatial questions; parse the metric answers.
+
+    :param loaded: from :func:`spatialvlm_ros.model.loading.load_vlm` (or ``from_memory``).
+    :param config: decoding settings.
+    :param parser: answer -> ``(metres or None, reason)``; defaults to
+        ``core.answers.parse_distance``.
+    """
+
+    def __init__(self, loaded: LoadedVLM, config: InferenceConfig | None = None,
+                 parser: Parser | None = None) -> None:
+        self.loaded = loaded
+        self.config = config or InferenceConfig()
+        self.parser = parser or default_parser()
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        """Return the ``generate`` keyword arguments of the configured decoding."""
+        cfg = self.config
+        tokenizer = self.loaded.tokenizer
+        kwargs: dict[str, Any] = {'max_new_tokens': cfg.max_new_tokens,
+                                  'pad_token_id': tokenizer.pad_token_id}
+        if cfg.decoding == 'greedy':
+            kwargs.update(do_sample=False, num_beams=1, temperature=None, top_p=None,
+                          top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+                          top_k=None, num_return_sequences=cfg.num_samples)
+        return kwargs
+
+    def generate(self, images: Sequence[Any], questions: Sequence[str]) -> list[list[str]]:
+        """Return ``num_samples`` answer texts per ``(image, question)`` pair (one batch)."""
+        import torch
+
+        inputs = build_inputs(self.loaded, images, questions)
+        prompt_length = inputs['input_ids'].shape[1]
+        if self.config.decoding == 'greedy':  # deterministic; seeding costs ~5 ms a call
+            with torch.inference_mode():
+                sequences = self.loaded.model.generate(**inputs, **self.generation_kwargs())
+        else:
+            with torch.random.fork_rng(devices=_cuda_devices(self.loaded.device)):
+                torch.manual_seed(self.config.seed)
+                with torch.inference_mode():
+                    sequences = self.loaded.model.generate(**inputs, **self.generation_kwargs())
+        texts = decode_new_tokens(self.loaded, sequences, prompt_length)
+        k = self.config.num_samples
+        return [texts[i * k:(i + 1) * k] for i in range(len(questions))]  # samples per pair
+
+    def ask(self, images: Any, questions: Sequence[str] | str) -> list[Answer]:
+        """
+        Answer questions about images.
+
+        :param images: one image (RGB ``uint8`` ``(H, W, 3)`` array or PIL) or a list of them.
+        :param questions: one question or a list; one image is asked every question, one
+            question is asked of every image, else they pair up.
+        :return: one :class:`Answer` per pair, in order.
+        """
+        if self.loaded.model is None:
+            raise RuntimeError('the model was unloaded')
+        image_list, question_list = _pairs(images, questions)
+        answers: list[Answer] = []
+        size = self.config.batch_size
+        for start in range(0, len(question_list), size):
+            batch = self.generate(image_list[start:start + size],
+                                  question_list[start:start + size])
+            answers.extend(aggregate(samples, self.parser) for samples in batch)
+        return answers
+
+    def distance(self, image: Any, subject: str, target: str) -> Answer:
+        """Ask 'What is the distance between [A] and [B]?' about one image."""
+        question = DISTANCE_QUESTION.replace('[A]', subject).replace('[B]', target)
+        return self.ask(image, [question])[0]
+
+
+def _cuda_devices(device: str) -> list[int]:
+    if not str(device).startswith('cuda'):
+        return []
+    import torch
+
+    return [torch.device(device).index or 0]
