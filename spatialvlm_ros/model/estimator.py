@@ -12,6 +12,7 @@ Formats: images RGB ``uint8`` ``(H, W, 3)``; distances in metres.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 import time
 from typing import Any, Callable, Protocol
 
@@ -85,3 +86,98 @@ class OracleDistanceEstimator:
 
     def close(self) -> None:
         """Release nothing."""
+
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / 'default_model'
+"""The shipped compact spatial VLM (safetensors + processor), installed with the package."""
+
+
+def default_model_folder() -> Path:
+    """Return the shipped default model's folder, or raise naming how to produce it."""
+    if not (DEFAULT_MODEL_DIR / 'config.json').is_file():
+        raise FileNotFoundError(
+            f'the shipped default model is missing from {DEFAULT_MODEL_DIR}; train it with '
+            '`spatialvlm train --config config/train_default.yaml` or pass a model folder')
+    return DEFAULT_MODEL_DIR
+
+
+class VLMDistanceEstimator:
+    """
+    Distances from a spatial VLM: the shipped default or any local Hugging Face VLM folder.
+
+    :param model_folder: a local model folder; empty for the shipped default.
+    :param device: ``'auto'`` (CUDA when available), ``'cpu'``, ``'cuda'``, ``'cuda:1'``...
+    :param samples: answers sampled per frame and averaged (the paper averages several samples
+        for precise distances); 1 decodes greedily.
+    :param temperature: sampling temperature when ``samples > 1``.
+    :param question_template: the question, with ``[A]`` (subject) and ``[B]`` (target) slots.
+    :param max_new_tokens: generated tokens per answer.
+    :param threads: torch CPU threads (None leaves torch's default).
+    :param seed: sampling seed.
+    :param trust_remote_code: allow model code from the folder (off unless asked for).
+    """
+
+    def __init__(self, model_folder: str | Path = '', device: str = 'auto', samples: int = 1,
+                 temperature: float = 0.7,
+                 question_template: str = 'What is the distance between [A] and [B]?',
+                 max_new_tokens: int = 12, threads: int | None = None, seed: int = 0,
+                 trust_remote_code: bool = False) -> None:
+        if samples < 1:
+            raise ValueError(f'samples must be >= 1, got {samples}')
+        if '[A]' not in question_template or '[B]' not in question_template:
+            raise ValueError(f'question_template needs [A] and [B] slots: {question_template!r}')
+        from spatialvlm_ros.model.inference import InferenceConfig, SpatialVLM
+        from spatialvlm_ros.model.loading import load_vlm
+
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        folder = Path(model_folder) if str(model_folder) else default_model_folder()
+        self.folder = folder
+        self.question_template = question_template
+        self._loaded = load_vlm(folder, device=device, trust_remote_code=trust_remote_code)
+        config = InferenceConfig(max_new_tokens=max_new_tokens,
+                                 decoding='sample' if samples > 1 else 'greedy',
+                                 temperature=temperature, num_samples=samples, seed=seed,
+                                 batch_size=max(1, samples))
+        self._vlm: Any = SpatialVLM(self._loaded, config)
+
+    @property
+    def device(self) -> str:
+        """Return the device the model runs on."""
+        return str(self._loaded.device)
+
+    def question(self, subject: str, target: str) -> str:
+        """Return the question asked for ``subject`` and ``target``."""
+        return self.question_template.replace('[A]', subject).replace('[B]', target)
+
+    def estimate(self, image: np.ndarray, subject: str, target: str) -> DistanceEstimate:
+        """Ask the VLM for the distance; unparseable answers give ``value_m`` None."""
+        if self._vlm is None:
+            raise RuntimeError('the estimator was closed')
+        start = time.perf_counter()
+        answer = self._vlm.ask(check_image(image), [self.question(subject, target)])[0]
+        return DistanceEstimate(answer.value_m, answer.text, list(answer.samples),
+                                time.perf_counter() - start, answer.parse_error or '')
+
+    def close(self) -> None:
+        """Unload the model and free GPU memory."""
+        if self._vlm is not None:
+            from spatialvlm_ros.model.loading import unload
+
+            self._vlm = None
+            unload(self._loaded)
+
+
+ESTIMATORS: dict[str, Callable[..., Any]] = {
+    'vlm': VLMDistanceEstimator,
+    'oracle': OracleDistanceEstimator,
+}
+
+
+def build_estimator(kind: str, **kwargs: Any) -> Any:
+    """Build the estimator registered as ``kind`` (``'vlm'`` or ``'oracle'``) with ``kwargs``."""
+    if kind not in ESTIMATORS:
+        raise ValueError(f'unknown estimator {kind!r}; available: {sorted(ESTIMATORS)}')
+    return ESTIMATORS[kind](**kwargs)
