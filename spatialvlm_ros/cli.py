@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     'bag': 'spatialvlm_ros.bags.commands',
     'demo': 'spatialvlm_ros.demo',
     'synth': 'spatialvlm_ros.synth.commands',
+    'train': 'spatialvlm_ros.train.commands',
+    'eval': 'spatialvlm_ros.evaluate.commands',
 }
 
 

@@ -1,0 +1,196 @@
+"""The training loop on a tiny random LLaVA: learning, schedule, freezing, LoRA, outputs, CLI."""
+
+import argparse
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip('torch')
+pytest.importorskip('transformers')
+pytest.importorskip('accelerate')
+
+from spatialvlm_ros.train.config import TrainConfig  # noqa: E402
+from spatialvlm_ros.train.data import ConversationEncoder, read_rows  # noqa: E402
+from spatialvlm_ros.train.testing import (  # noqa: E402
+    build_tiny_vlm,
+    synthetic_rows,
+    write_qa_shard,
+)
+from spatialvlm_ros.train.trainer import lr_at, part_of, Trainer  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('loop_data')
+    write_qa_shard(folder / 'shard-00000.parquet', synthetic_rows(4, seed=0))
+    return folder
+
+
+def _config(data_dir, out, **kwargs):
+    values = {'data': (str(data_dir),), 'out_dir': str(out), 'max_steps': 4, 'batch_size': 4,
+              'lr': 3e-3, 'warmup_steps': 1, 'progress': False, 'save_final': False,
+              'log_every': 1}
+    values.update(kwargs)
+    return TrainConfig(**values)
+
+
+def _parts(model, config):
+    out = {'vision': {}, 'projector': {}, 'language': {}}
+    for name, param in model.named_parameters():
+        out[part_of(name, config)][name] = param
+    return out
+
+
+def test_lr_schedule():
+    config = TrainConfig(data=('d',), max_steps=110, lr=1e-3, min_lr=1e-4, warmup_steps=10)
+    assert lr_at(0, config) == pytest.approx(1e-4)
+    assert lr_at(9, config) == pytest.approx(1e-3)
+    assert lr_at(10, config) == pytest.approx(1e-3)
+    assert lr_at(60, config) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+    assert lr_at(110, config) == pytest.approx(1e-4)
+    values = [lr_at(s, config) for s in range(10, 110)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_loss_decreases_on_tiny_overfit_set(data_dir, tmp_path):
+    config = _config(data_dir, tmp_path / 'run', max_steps=20, freeze_vision=False, lr=1e-2,
+                     min_lr=1e-3, warmup_steps=2, save_final=True)
+    model, processor = build_tiny_vlm()
+    result = Trainer(config, model, processor).train()
+    assert result.step == 20
+    assert all(math.isfinite(x) for x in result.losses)
+    assert sum(result.losses[-3:]) / 3 < 0.6 * result.losses[0]
+    assert list((tmp_path / 'run' / 'tb').glob('events.out.tfevents.*'))
+    final = tmp_path / 'run' / 'final'
+    assert (final / 'model.safetensors').is_file() and (final / 'config.json').is_file()
+    assert not list(final.glob('*.bin')) and not list(final.glob('*.pt'))
+    from transformers import AutoModelForImageTextToText
+
+    reloaded = AutoModelForImageTextToText.from_pretrained(final, local_files_only=True)
+    encoder = ConversationEncoder(processor, 256)
+    rows = read_rows([data_dir])
+    from spatialvlm_ros.train.data import Example
+
+    batch = encoder.batch([Example(r.image, r.turns) for r in rows])
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).loss, model(**batch).loss, atol=1e-5)
+
+
+@pytest.mark.parametrize('freeze_projector', [False, True])
+def test_freeze_policy(data_dir, tmp_path, freeze_projector):
+    config = _config(data_dir, tmp_path / 'run', max_steps=2, freeze_vision=True,
+                     freeze_projector=freeze_projector)
+    model, processor = build_tiny_vlm()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    Trainer(config, model, processor).train()
+    parts = _parts(model, config)
+    assert parts['vision'] and parts['projector'] and parts['language']
+    for name, param in parts['vision'].items():
+        assert not param.requires_grad
+        assert torch.equal(param, before[name]), name
+    for name, param in parts['projector'].items():
+        assert param.requires_grad != freeze_projector
+        assert torch.equal(param, before[name]) == freeze_projector, name
+    changed = [n for n, p in parts['language'].items() if not torch.equal(p, before[n])]
+    assert len(changed) == len(parts['language'])
+
+
+def test_lora_trains_only_adapters_and_merges(data_dir, tmp_path):
+    pytest.importorskip('peft')
+    config = _config(data_dir, tmp_path / 'run', max_steps=3, lora_r=4, lora_alpha=8,
+                     freeze_vision=True, freeze_projector=True, lr=1e-2, save_final=True)
+    model, processor = build_tiny_vlm()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = Trainer(config, model, processor)
+    result = trainer.train()
+    peft_model = trainer.accelerator.unwrap_model(trainer.model) if trainer.is_peft else None
+    trained = [n for n, _ in trainer.params]
+    assert trained and all('lora_' in n for n in trained)
+    assert all('language_model' in n for n in trained)  # none in the frozen vision tower
+    assert result.trainable_parameters < sum(p.numel() for p in before.values()) / 4
+    # base weights untouched, adapters moved
+    final = trainer.final_model()
+    assert peft_model is None or final is not peft_model
+    merged = dict(final.named_parameters())
+    assert not [n for n in merged if 'lora_' in n]
+    assert merged.keys() == before.keys()
+    changed = [n for n in merged if not torch.equal(merged[n], before[n])]
+    assert changed and all('language_model' in n and n.split('.')[-2] in config.lora_targets
+                           for n in changed)
+    saved = (tmp_path / 'run' / 'final' / 'model.safetensors')
+    from safetensors.torch import load_file
+
+    assert not [k for k in load_file(str(saved)) if 'lora' in k]
+
+
+def test_lora_merge_preserves_outputs(data_dir, tmp_path):
+    pytest.importorskip('peft')
+    config = _config(data_dir, tmp_path / 'run', max_steps=2, lora_r=4, lora_alpha=8, lr=1e-2)
+    model, processor = build_tiny_vlm()
+    trainer = Trainer(config, model, processor)
+    trainer.train()
+    rows = read_rows([data_dir])
+    from spatialvlm_ros.train.data import Example
+
+    batch = ConversationEncoder(processor, 256).batch([Example(r.image, r.turns) for r in rows])
+    adapted = trainer.accelerator.unwrap_model(trainer.model)
+    adapted.eval()
+    with torch.no_grad():
+        expected = adapted(**batch).logits
+        merged = trainer.final_model()
+        merged.eval()
+        assert torch.allclose(merged(**batch).logits, expected, atol=1e-5)
+
+
+def test_train_command(data_dir, tmp_path, capsys):
+    from spatialvlm_ros.train import commands
+    from spatialvlm_ros.train.testing import build_tiny_vlm as build
+
+    model, processor = build()
+    model.save_pretrained(tmp_path / 'model')
+    processor.save_pretrained(tmp_path / 'model')
+    config = tmp_path / 'train.yaml'
+    config.write_text(f'train:\n  data: [{data_dir}]\n  max_steps: 5\n  batch_size: 2\n'
+                      '  lr: 0.003\n  warmup_steps: 1\n', encoding='utf-8')
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest='command'))
+    args = parser.parse_args(['train', '--config', str(config), '--model', str(tmp_path / 'model'),
+                              '--out', str(tmp_path / 'run'), '--max-steps', '2', '--set',
+                              'save_every=1', 'keep_last=1', '--no-progress', '--json'])
+    assert args.func(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary['step'] == 2 and summary['final_dir'].endswith('final')
+    assert [p.rsplit('/', 1)[-1] for p in summary['checkpoints']] == ['step-00000002']
+    args = parser.parse_args(['train', '--config', str(config), '--model', str(tmp_path / 'model'),
+                              '--out', str(tmp_path / 'run'), '--max-steps', '3', '--resume',
+                              '--no-progress', '--json'])
+    assert args.func(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary['resumed_from'] == 2 and summary['step'] == 3
+
+
+def test_ablation_suite(data_dir, tmp_path):
+    from spatialvlm_ros.evaluate.runner import EvalConfig
+    from spatialvlm_ros.train.ablations import ABLATIONS, run_ablations
+
+    assert set(ABLATIONS) == {'baseline', 'no_spatial', 'unfrozen_vision', 'noise_0.1',
+                              'noise_0.2', 'noise_0.3'}
+    base = _config(data_dir, tmp_path / 'unused', max_steps=2, batch_size=2, general_ratio=0.25)
+    names = ['baseline', 'no_spatial', 'noise_0.2']
+    eval_config = EvalConfig(max_new_tokens=6, batch_size=4)
+    rows = run_ablations(base, [data_dir], tmp_path / 'suite', names, eval_config,
+                         model_factory=build_tiny_vlm)
+    assert [r['name'] for r in rows] == names
+    for row in rows:
+        assert math.isfinite(row['final_loss'])
+        assert 'qualitative_accuracy' in row and 'within_50_200' in row
+    table = (tmp_path / 'suite' / 'results.md').read_text()
+    assert table.count('\n') == 2 + len(names) and '| no_spatial |' in table
+    stored = json.loads((tmp_path / 'suite' / 'no_spatial' / 'eval.json').read_text())
+    assert stored['changes'] == {'general_ratio': 1.0}
+    # a second call reuses the finished variants instead of training again
+    again = run_ablations(base, [data_dir], tmp_path / 'suite', names, eval_config,
+                          model_factory=lambda: pytest.fail('retrained'))
+    assert again == rows
