@@ -19,7 +19,16 @@ def register(subparsers: Any) -> None:
     run.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
     run.add_argument('--out', required=True, help='output folder')
     run.add_argument('--shard-size', type=int, default=100, help='scenes per shard (default 100)')
-    run.add_argument('--workers', type=int, default=1, help='worker processes (default 1)')
+    run.add_argument('--workers', type=int, default=1,
+                     help='worker processes of the local runner (default 1)')
+    run.add_argument('--runner', choices=('local', 'ray'), default='local',
+                     help='local: multiprocessing pool of --workers; ray: Ray Data, local or '
+                          'on a cluster (default local)')
+    run.add_argument('--ray-address', default=None,
+                     help="Ray cluster to join ('auto' = the one started with `ray start` on "
+                          'this node); default: start a local Ray instance')
+    run.add_argument('--num-cpus', type=int, default=None,
+                     help='CPUs of the local Ray instance (default all; --runner ray only)')
     run.add_argument('--noise', default='none',
                      help='input noise preset: none, mild, monocular, harsh (default none)')
     run.add_argument('--qa-per-image', type=int, default=10, help='QA pairs per image')
@@ -45,7 +54,13 @@ def _run(args: argparse.Namespace) -> int:
             else {}
         config = DatasetConfig(out=args.out, num_scenes=args.scenes, shard_size=args.shard_size,
                                source=args.source, source_kwargs=source_kwargs, engine=engine)
-        summary = run_dataset(config, workers=args.workers, progress=not args.no_progress)
+        if args.runner == 'ray':
+            from spatialvlm_ros.synth.ray_runner import run_dataset_ray
+
+            summary = run_dataset_ray(config, num_cpus=args.num_cpus, address=args.ray_address,
+                                      progress=not args.no_progress)
+        else:
+            summary = run_dataset(config, workers=args.workers, progress=not args.no_progress)
     except (ValueError, DatasetError) as exc:
         raise CommandError(str(exc)) from exc
     print_result(summary, args.json, format_summary(summary))
@@ -64,6 +79,13 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runner_text(run: dict[str, Any]) -> str:
+    if run.get('runner') == 'ray':
+        where = run.get('ray_address') or f'local, {run.get("workers") or "all"} CPUs'
+        return f'ray ({where})'
+    return f'{run.get("workers")} workers'
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """Return the human-readable summary text."""
     lines = [f'images {summary["images"]}, kept {summary["images_kept"]}, rows '
@@ -80,7 +102,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     run = summary.get('last_run')
     if run and run.get('scenes_per_s'):
         lines.append(f'last run: {run["scenes"]} scenes in {run["seconds"]:.1f} s '
-                     f'({run["scenes_per_s"]:.2f} scenes/s, {run["workers"]} workers)')
+                     f'({run["scenes_per_s"]:.2f} scenes/s, {_runner_text(run)})')
     agree = summary.get('sim_agreement', {})
     for kind, c in agree.items():
         known = c.get('agree', 0) + c.get('disagree', 0)

@@ -315,19 +315,16 @@ def _shard_task(args: tuple[DatasetConfig, int]) -> tuple[int, str]:
     return shard_index, str(process_shard(config, shard_index))
 
 
-def run_dataset(config: DatasetConfig, workers: int = 1, progress: bool = True,
-                start_method: str = 'spawn') -> dict[str, Any]:
+def prepare_run(config: DatasetConfig) -> tuple[dict[str, Any], dict[str, Any], list[int]]:
     """
-    Write (or finish) the dataset of ``config``; return the summary.
+    Check the output folder of ``config`` and return ``(run, shards, pending)``.
 
-    Shards already listed in the manifest (with an intact file) are skipped; a folder that
-    holds a different run raises ``DatasetError``. ``workers > 1`` processes shards in a
-    ``multiprocessing`` pool (results do not depend on it).
+    ``run`` is the manifest's run description, ``shards`` the finished shards kept from an
+    earlier run (listed in the manifest, with both files present and the Parquet hash intact)
+    and ``pending`` the shard indices still to compute. Writes the manifest (so the folder is
+    claimed for this run); ``DatasetError`` if the folder holds a different run. Shared by
+    :func:`run_dataset` and ``synth.ray_runner.run_dataset_ray``.
     """
-    from tqdm import tqdm
-
-    if workers < 1:
-        raise ValueError(f'workers must be >= 1, got {workers}')
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     run = json.loads(dumps(config.run_dict()))
@@ -342,40 +339,75 @@ def run_dataset(config: DatasetConfig, workers: int = 1, progress: bool = True,
             if path.exists() and (out / _meta_name(int(key))).exists() and (
                     _sha256(path) == entry['sha256']):
                 shards[key] = entry  # else: missing or changed -> recompute
+    _write_manifest(out, run, shards)
     pending = [k for k in range(config.num_shards) if str(k) not in shards]
+    return run, shards, pending
+
+
+def record_shard(config: DatasetConfig, run: dict[str, Any], shards: dict[str, Any],
+                 shard_index: int, path: str | Path) -> int:
+    """
+    Add a finished shard (files written by :func:`process_shard`) to ``shards`` and the manifest.
+
+    Returns the number of scenes the shard covers.
+    """
+    out = Path(config.out)
+    p = Path(path)
+    meta = json.loads((out / _meta_name(shard_index)).read_text(encoding='utf-8'))
+    shards[str(shard_index)] = {'file': p.name, 'rows': meta['rows'],
+                                'scenes': meta['scenes'], 'sha256': _sha256(p)}
+    _write_manifest(out, run, shards)
+    return meta['scenes'][1] - meta['scenes'][0]
+
+
+def finish_run(config: DatasetConfig, pending: list[int], elapsed: float,
+               **runner: Any) -> dict[str, Any]:
+    """
+    Write ``metadata.jsonl`` and ``summary.json`` after a run; return the summary.
+
+    ``summary['last_run']`` holds the run's wall time, scenes processed and rate, plus
+    ``runner`` (e.g. ``workers=2`` or ``runner='ray', num_cpus=2``).
+    """
+    out = Path(config.out)
+    summary = write_summary(out)
+    processed = int(sum(np.diff(config.shard_range(k))[0] for k in pending))
+    summary['last_run'] = {'seconds': elapsed, 'scenes': processed, **runner,
+                           'scenes_per_s': processed / elapsed if elapsed > 0 else None}
+    atomic_write(out / SUMMARY, json.dumps(summary, indent=1, sort_keys=True).encode())
+    return summary
+
+
+def run_dataset(config: DatasetConfig, workers: int = 1, progress: bool = True,
+                start_method: str = 'spawn') -> dict[str, Any]:
+    """
+    Write (or finish) the dataset of ``config``; return the summary.
+
+    Shards already listed in the manifest (with an intact file) are skipped; a folder that
+    holds a different run raises ``DatasetError``. ``workers > 1`` processes shards in a
+    ``multiprocessing`` pool (results do not depend on it).
+    """
+    from tqdm import tqdm
+
+    if workers < 1:
+        raise ValueError(f'workers must be >= 1, got {workers}')
+    run, shards, pending = prepare_run(config)
     started = time.perf_counter()
     bar = tqdm(total=config.num_scenes, desc='scenes', unit='scene', disable=not progress)
     bar.update(config.num_scenes - sum(np.diff(config.shard_range(k))[0] for k in pending))
-
-    def finished(shard_index: int, path: str) -> None:
-        p = Path(path)
-        meta = json.loads((out / _meta_name(shard_index)).read_text(encoding='utf-8'))
-        shards[str(shard_index)] = {'file': p.name, 'rows': meta['rows'],
-                                    'scenes': meta['scenes'], 'sha256': _sha256(p)}
-        _write_manifest(out, run, shards)
-        bar.update(meta['scenes'][1] - meta['scenes'][0])
-
-    _write_manifest(out, run, shards)
     try:
         if workers == 1 or len(pending) <= 1:
             for k in pending:
-                finished(k, str(process_shard(config, k)))
+                bar.update(record_shard(config, run, shards, k, process_shard(config, k)))
         else:
             import multiprocessing
 
             ctx = multiprocessing.get_context(start_method)
             with ctx.Pool(min(workers, len(pending))) as pool:
                 for k, path in pool.imap_unordered(_shard_task, [(config, k) for k in pending]):
-                    finished(k, path)
+                    bar.update(record_shard(config, run, shards, k, path))
     finally:
         bar.close()
-    elapsed = time.perf_counter() - started
-    summary = write_summary(out)
-    processed = sum(np.diff(config.shard_range(k))[0] for k in pending)
-    summary['last_run'] = {'seconds': elapsed, 'scenes': int(processed), 'workers': workers,
-                           'scenes_per_s': processed / elapsed if elapsed > 0 else None}
-    atomic_write(out / SUMMARY, json.dumps(summary, indent=1, sort_keys=True).encode())
-    return summary
+    return finish_run(config, pending, time.perf_counter() - started, workers=workers)
 
 
 def iter_records(out: str | Path) -> Iterator[dict[str, Any]]:

@@ -365,7 +365,8 @@ class Engine:
 
         cfg = self.config.qa
         truth = true_scene_objects(scene.truth, {o.object_id: o.caption for o in objects},
-                                   scene.extras.get('table_height'))
+                                   scene.extras.get('table_height'),
+                                   scene.extras.get('vertices_world'))
         for qa, meta in zip(result.qa, result.qa_metadata, strict=True):
             if not all(i in truth for i in qa.object_ids):
                 continue

@@ -189,18 +189,23 @@ def true_canonical_transform(T_world_cam: np.ndarray, plane_height: float) -> np
 
 
 def true_scene_objects(frame: Frame, captions: dict[str, str],
-                       plane_height: float | None = None) -> dict[str, SceneObject]:
+                       plane_height: float | None = None,
+                       vertices_world: dict[str, np.ndarray] | None = None,
+                       ) -> dict[str, SceneObject]:
     """
     Return exact QA geometry per object id from the simulator's ground truth.
 
     Centroids are the oriented-box centres; camera boxes are the tight mesh bounds; canonical
-    boxes are the bounds of the oriented-box corners in the true canonical frame (world z up,
-    origin below the camera on the plane at ``plane_height``, default: the lowest object
-    bottom, i.e. the table top).
+    boxes are the tight mesh bounds in the true canonical frame (world z up, origin below the
+    camera on the plane at ``plane_height``, default: the lowest object bottom, i.e. the table
+    top) when ``vertices_world`` has the object's mesh, else the bounds of its oriented-box
+    corners there (larger than the mesh bounds for round objects turned about z).
 
     :param frame: the rendered frame.
     :param captions: object id -> the caption to use (objects not listed are skipped).
     :param plane_height: world height of the support plane.
+    :param vertices_world: object id -> mesh vertices ``(V, 3)`` in the world frame (the sim
+        source's ``extras['vertices_world']``).
     """
     if plane_height is None:
         plane_height = min(float(o.aabb_world[0, 2]) for o in frame.objects)
@@ -210,10 +215,13 @@ def true_scene_objects(frame: Frame, captions: dict[str, str],
     for obj in frame.objects:
         if obj.object_id not in captions:
             continue
-        corners = transform_points(T_canon_world, obj.obb_world.corners())  # (8, 3)
+        vertices = (vertices_world or {}).get(obj.object_id)
+        if vertices is None:
+            vertices = obj.obb_world.corners()  # (8, 3)
         out[obj.object_id] = SceneObject(
             obj.object_id, captions[obj.object_id], obj.centroid_cam, obj.aabb_cam,
-            transform_points(T_canon_world, obj.centroid_world[None])[0], aabb(corners))
+            transform_points(T_canon_world, obj.centroid_world[None])[0],
+            aabb(transform_points(T_canon_world, vertices)))
     return out
 
 
@@ -238,8 +246,9 @@ def sim_scenes(seed: int, n: int, width: int = 320, height: int = 240, start: in
         ``[-arm_jitter, arm_jitter]`` radians (the arm is part of the scene's variety).
 
     Yields ``SceneInput`` with ``truth`` (the Frame) and ``extras``: ``surface_mask`` (table
-    top), ``floor_mask``, ``table_height``, ``scene_index``, ``seed`` and ``up_hint`` (world
-    up in the camera frame, (3,): what a robot knows from TF / an IMU).
+    top), ``floor_mask``, ``table_height``, ``scene_index``, ``seed``, ``up_hint`` (world
+    up in the camera frame, (3,): what a robot knows from TF / an IMU) and ``vertices_world``
+    (object id -> mesh vertices (V, 3) in the world frame, for exact truth boxes).
     """
     from spatialvlm_ros.sim.scene import HOME_JOINTS, sample_scene, SceneConfig, World
     from spatialvlm_ros.sim.truth import capture_layers
@@ -267,7 +276,11 @@ def sim_scenes(seed: int, n: int, width: int = 320, height: int = 240, start: in
                 intrinsics=frame.intrinsics, truth=frame,
                 extras={'surface_mask': masks['table_top'], 'floor_mask': masks['floor'],
                         'table_height': scene.table_height, 'scene_index': index,
-                        'seed': seed, 'up_hint': frame.T_world_cam[2, :3].copy()})
+                        'seed': seed, 'up_hint': frame.T_world_cam[2, :3].copy(),
+                        'vertices_world': {
+                            obj.object_id: transform_points(world.object_pose(k),
+                                                            world.object_geometry[k][0])
+                            for k, obj in enumerate(scene.objects)}})
     finally:
         if world is not None:
             world.close()
