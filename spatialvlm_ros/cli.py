@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     'demo': 'spatialvlm_ros.demo',
     'synth': 'spatialvlm_ros.synth.commands',
     'train': 'spatialvlm_ros.train.commands',
+    'train-default': 'spatialvlm_ros.train.default',
     'eval': 'spatialvlm_ros.evaluate.commands',
 }
 

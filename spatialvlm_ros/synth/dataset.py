@@ -221,9 +221,6 @@ def process_shard(config: DatasetConfig, shard_index: int) -> Path:
     shards, workers or time). Writes are atomic; the manifest is not touched (the caller
     records finished shards). Returns the Parquet path.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     start, stop = config.shard_range(shard_index)
@@ -255,6 +252,24 @@ def process_shard(config: DatasetConfig, shard_index: int) -> Path:
     if index != stop:
         raise RuntimeError(f'source {config.source!r} yielded {index - start} scenes for shard '
                            f'{shard_index}, expected {stop - start}')
+    path = out / shard_name(shard_index)
+    meta = {'shard': shard_index, 'scenes': [start, stop], 'rows': len(rows['image_id']),
+            'images': records}
+    atomic_write(out / _meta_name(shard_index), dumps(meta).encode('utf-8'))
+    atomic_write(path, parquet_bytes(rows))
+    return path
+
+
+def parquet_bytes(rows: dict[str, list[Any]]) -> bytes:
+    """
+    Return the Parquet file (bytes) of chat-format rows, with the HF ``datasets`` features.
+
+    :param rows: columns ``image`` (``{'bytes', 'path'}``), ``image_id``, ``messages`` and
+        ``qa_metadata`` (JSON strings), of equal length.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     schema = pa.schema([
         ('image', pa.struct([('bytes', pa.binary()), ('path', pa.string())])),
         ('image_id', pa.string()),
@@ -266,12 +281,7 @@ def process_shard(config: DatasetConfig, shard_index: int) -> Path:
     table = pa.Table.from_pydict(rows, schema=schema)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression='zstd', row_group_size=max(1, len(table) or 1))
-    path = out / shard_name(shard_index)
-    meta = {'shard': shard_index, 'scenes': [start, stop], 'rows': len(table),
-            'images': records}
-    atomic_write(out / _meta_name(shard_index), dumps(meta).encode('utf-8'))
-    atomic_write(path, sink.getvalue().to_pybytes())
-    return path
+    return sink.getvalue().to_pybytes()
 
 
 def _sha256(path: Path) -> str:

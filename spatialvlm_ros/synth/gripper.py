@@ -1,0 +1,173 @@
+"""
+Gripper-to-object distance QA from simulated robot episodes (the reward node's question).
+
+The engine's object-centric pipeline (regions, lifting, canonical frame) asks about pairs of
+objects; a robot also knows where its gripper is (kinematics and camera calibration), which is
+how the paper labelled its robot data. This module renders episodes of the Panda approaching,
+retreating from and lifting objects, and for sampled frames writes questions such as 'What is
+the distance between the gripper and the red mug?' answered with the exact grasp-point to
+object-centre distance, rounded the human way (``synth.rounding``). Rows use the engine's chat
+format (``synth.dataset.parquet_bytes``), so training and evaluation read them unchanged; each
+QA's metadata has type ``gripper_distance``, ``value_m`` (exact) and ``sim_truth``.
+
+Shard ``k`` holds episodes ``[k * episodes_per_shard, (k + 1) * episodes_per_shard)``; files
+are written atomically, and a shard whose file exists is skipped, so a killed run resumes.
+Deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spatialvlm_ros.synth.dataset import atomic_write, dumps, encode_png, parquet_bytes
+from spatialvlm_ros.synth.rounding import humanize_distance
+
+TEMPLATES = Path(__file__).resolve().parent / 'templates' / 'gripper_templates.json'
+QA_TYPE = 'gripper_distance'
+
+
+@dataclass
+class GripperDataConfig:
+    """
+    One gripper-distance dataset run.
+
+    :ivar out: output folder.
+    :ivar episodes: episodes to render.
+    :ivar seed: base seed; episode ``i`` uses ``SeedSequence([seed, i])``.
+    :ivar frames_per_episode: frames rendered per episode (10..200).
+    :ivar samples_per_episode: frames of each episode turned into rows.
+    :ivar qa_per_frame: questions per row (the target first, then other objects).
+    :ivar width: image width in pixels.
+    :ivar height: image height in pixels.
+    :ivar episodes_per_shard: episodes per Parquet shard.
+    """
+
+    out: str
+    episodes: int = 100
+    seed: int = 0
+    frames_per_episode: int = 30
+    samples_per_episode: int = 6
+    qa_per_frame: int = 2
+    width: int = 320
+    height: int = 240
+    episodes_per_shard: int = 20
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ValueError(f'episodes must be >= 1, got {self.episodes}')
+        if not 10 <= self.frames_per_episode <= 200:
+            raise ValueError(f'frames_per_episode must be in [10, 200], got '
+                             f'{self.frames_per_episode}')
+        if not 1 <= self.samples_per_episode <= self.frames_per_episode:
+            raise ValueError('samples_per_episode must be in [1, frames_per_episode], got '
+                             f'{self.samples_per_episode}')
+        if self.qa_per_frame < 1:
+            raise ValueError(f'qa_per_frame must be >= 1, got {self.qa_per_frame}')
+        if self.episodes_per_shard < 1:
+            raise ValueError(f'episodes_per_shard must be >= 1, got {self.episodes_per_shard}')
+
+    @property
+    def num_shards(self) -> int:
+        """Return the number of shards."""
+        return -(-self.episodes // self.episodes_per_shard)
+
+
+def load_templates(path: str | Path = TEMPLATES) -> dict[str, list[str]]:
+    """Return the subject phrases and question / answer templates."""
+    data = json.loads(Path(path).read_text(encoding='utf-8'))
+    for key in ('subjects', 'questions', 'answers'):
+        if not data.get(key):
+            raise ValueError(f'{path}: no {key!r} templates')
+    return data
+
+
+def _fill(template: str, a: str, b: str, x: str = '') -> str:
+    text = template.replace('[A]', a).replace('[B]', b).replace('[X]', x)
+    return text[0].upper() + text[1:]
+
+
+def episode_rows(config: GripperDataConfig, index: int,
+                 templates: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Render episode ``index`` and return its rows (image, messages, metadata)."""
+    from spatialvlm_ros.sim.episode import EpisodeConfig, generate_episode, SCENARIOS
+
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, index]))
+    scenario = str(rng.choice(SCENARIOS))
+    episode = generate_episode(EpisodeConfig(
+        seed=int(rng.integers(2**31)), scenario=scenario, width=config.width,
+        height=config.height, num_frames=config.frames_per_episode))
+    frames = np.sort(rng.choice(len(episode.frames), config.samples_per_episode, replace=False))
+    rows = []
+    for k in frames:
+        frame = episode.frames[int(k)]
+        others = [o.object_id for o in frame.objects if o.object_id != episode.target_id]
+        rng.shuffle(others)
+        ids = ([episode.target_id] + others)[:config.qa_per_frame]
+        messages: list[dict[str, Any]] = []
+        metadata = []
+        for turn, object_id in enumerate(ids):
+            obj = frame.get_object(object_id)
+            subject = str(rng.choice(templates['subjects']))
+            caption = str(rng.choice([c for c in obj.captions if len(c.split()) > 1]
+                                     or list(obj.captions)))
+            target = caption if caption.startswith('the ') else f'the {caption}'
+            value = float(frame.distance_centre[object_id])
+            text, stated, unit = humanize_distance(max(value, 1e-3), rng)
+            question = _fill(str(rng.choice(templates['questions'])), subject, target)
+            answer = _fill(str(rng.choice(templates['answers'])), subject, target, text)
+            content: list[dict[str, Any]] = [{'type': 'image', 'text': None}] if turn == 0 else []
+            content.append({'type': 'text', 'text': question})
+            messages.append({'role': 'user', 'content': content})
+            messages.append({'role': 'assistant', 'content': [{'type': 'text', 'text': answer}]})
+            metadata.append({
+                'type': QA_TYPE, 'kind': 'quantitative', 'needs_canonical': False,
+                'object_ids': ['gripper', object_id], 'captions': [subject, target],
+                'value_m': value, 'stated_value_m': stated, 'stated_text': text, 'unit': unit,
+                'surface_distance_m': float(frame.distance_surface[object_id]),
+                'sim_truth': {'value_m': value, 'ambiguous': False},
+                'episode': {'index': index, 'scenario': scenario, 'frame': int(k)}})
+        rows.append({'image': {'bytes': encode_png(frame.rgb), 'path': None},
+                     'image_id': f'gripper-{config.seed}-{index:06d}-{int(k):03d}',
+                     'messages': messages, 'qa_metadata': dumps(metadata)})
+    return rows
+
+
+def shard_path(config: GripperDataConfig, shard: int) -> Path:
+    """Return the Parquet path of ``shard``."""
+    return Path(config.out) / f'gripper-{shard:05d}.parquet'
+
+
+def write_gripper_dataset(config: GripperDataConfig, progress: bool = True) -> dict[str, Any]:
+    """Write (or finish) the dataset; return a summary (rows, QA, shards written/skipped)."""
+    from tqdm import tqdm
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_file = out / 'gripper_run.json'
+    run = dumps(asdict(config))
+    if run_file.exists() and run_file.read_text(encoding='utf-8') != run:
+        raise ValueError(f'{out} holds a different gripper run ({run_file}); use another --out')
+    atomic_write(run_file, run.encode('utf-8'))
+    templates = load_templates()
+    written = skipped = 0
+    for shard in tqdm(range(config.num_shards), desc='gripper shards', disable=not progress):
+        path = shard_path(config, shard)
+        if path.exists():
+            skipped += 1
+            continue
+        first = shard * config.episodes_per_shard
+        last = min(config.episodes, first + config.episodes_per_shard)
+        rows = [r for i in range(first, last) for r in episode_rows(config, i, templates)]
+        columns = {key: [r[key] for r in rows] for key in
+                   ('image', 'image_id', 'messages', 'qa_metadata')}
+        atomic_write(path, parquet_bytes(columns))
+        written += 1
+    rows_total = config.episodes * config.samples_per_episode
+    return {'out': str(out), 'shards': config.num_shards, 'written': written,
+            'skipped': skipped, 'rows': rows_total,
+            'qa': rows_total * config.qa_per_frame}

@@ -1,0 +1,276 @@
+"""
+``spatialvlm train-default``: the one command that produces the shipped compact spatial VLM.
+
+Steps, each resumable (re-running the command skips what is done):
+
+1. the data engine on simulated scenes (train and held-out seeds), ``out/data/{train,heldout}``;
+2. gripper-to-object distance QA from simulated robot episodes (the reward node's question),
+   ``out/data/{gripper_train,gripper_heldout}``;
+3. the compact model, untrained, with its tokenizer trained on the engine's text, ``out/init``;
+4. training from scratch (vision encoder unfrozen: there is nothing pretrained to keep),
+   ``out/run`` (checkpoints, TensorBoard, ``final/``);
+5. evaluation on the held-out sets against the simulator's truth (``out/eval_*.json`` and
+   predicted-vs-true plots), and a model card (``out/run/final/README.md``);
+6. with ``--install``, the final model is copied into the package
+   (``spatialvlm_ros/model/default_model``), which the reward node loads by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+import json
+from pathlib import Path
+import shutil
+import sys
+import time
+from typing import Any
+
+
+@dataclass
+class DefaultRecipe:
+    """
+    The recipe of the shipped default (every number the model card reports).
+
+    :ivar out: working folder (data, runs, evaluation).
+    :ivar train_scenes: engine scenes for training.
+    :ivar heldout_scenes: engine scenes for the held-out benchmark (other seeds).
+    :ivar gripper_episodes: robot episodes for gripper-distance training QA.
+    :ivar heldout_gripper_episodes: robot episodes for the held-out gripper subset.
+    :ivar width: rendered image width.
+    :ivar height: rendered image height.
+    :ivar workers: engine worker processes.
+    :ivar steps: optimizer steps.
+    :ivar batch_size: examples per step.
+    :ivar lr: peak learning rate.
+    :ivar warmup_steps: linear warm-up steps.
+    :ivar general_ratio: share of general description examples.
+    :ivar seed: training seed (data seeds: 1 for training, 9001 for held-out).
+    :ivar eval_limit: questions evaluated per held-out set (0: all).
+    """
+
+    out: str = 'runs/default'
+    train_scenes: int = 4000
+    heldout_scenes: int = 300
+    gripper_episodes: int = 300
+    heldout_gripper_episodes: int = 40
+    width: int = 320
+    height: int = 240
+    workers: int = 2
+    steps: int = 1500
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    general_ratio: float = 0.05
+    seed: int = 0
+    eval_limit: int = 1500
+
+    def __post_init__(self) -> None:
+        for name in ('train_scenes', 'heldout_scenes', 'gripper_episodes',
+                     'heldout_gripper_episodes', 'steps', 'batch_size', 'workers'):
+            if getattr(self, name) < 1:
+                raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        if not self.lr > 0:
+            raise ValueError(f'lr must be positive, got {self.lr}')
+
+
+TRAIN_SEED = 1
+HELDOUT_SEED = 9001
+
+
+def _log(message: str) -> None:
+    print(f'[train-default] {message}', file=sys.stderr, flush=True)
+
+
+def build_data(recipe: DefaultRecipe) -> dict[str, Path]:
+    """Run the data engine and the gripper QA generator (resumable); return the folders."""
+    from spatialvlm_ros.synth.dataset import DatasetConfig, run_dataset
+    from spatialvlm_ros.synth.gripper import GripperDataConfig, write_gripper_dataset
+    from spatialvlm_ros.synth.pipeline import EngineConfig
+
+    data = Path(recipe.out) / 'data'
+    folders = {'train': data / 'train', 'heldout': data / 'heldout',
+               'gripper_train': data / 'gripper_train',
+               'gripper_heldout': data / 'gripper_heldout'}
+    size = {'width': recipe.width, 'height': recipe.height}
+    for name, scenes, seed in (('train', recipe.train_scenes, TRAIN_SEED),
+                               ('heldout', recipe.heldout_scenes, HELDOUT_SEED)):
+        _log(f'data engine: {scenes} scenes -> {folders[name]}')
+        run_dataset(DatasetConfig(out=str(folders[name]), num_scenes=scenes, shard_size=100,
+                                  source='sim', source_kwargs=size,
+                                  engine=EngineConfig(seed=seed)),
+                    workers=recipe.workers)
+    for name, episodes, seed in (('gripper_train', recipe.gripper_episodes, TRAIN_SEED),
+                                 ('gripper_heldout', recipe.heldout_gripper_episodes,
+                                  HELDOUT_SEED)):
+        _log(f'gripper QA: {episodes} episodes -> {folders[name]}')
+        write_gripper_dataset(GripperDataConfig(out=str(folders[name]), episodes=episodes,
+                                                seed=seed, width=recipe.width,
+                                                height=recipe.height, frames_per_episode=20))
+    return folders
+
+
+def init_model(folder: Path) -> Path:
+    """Build and save the untrained compact model (tokenizer trained on the engine text)."""
+    from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig, save_compact
+    from spatialvlm_ros.model.tokenizer import build_default_tokenizer
+
+    if (folder / 'config.json').is_file():
+        return folder
+    _log(f'initial compact model -> {folder}')
+    model, processor = build_compact_model(CompactVLMConfig(), build_default_tokenizer())
+    tmp = folder.with_name(folder.name + '.tmp')
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_compact(model, processor, tmp)
+    tmp.rename(folder)
+    return folder
+
+
+def run_training(recipe: DefaultRecipe, model: Path, folders: dict[str, Path]) -> Any:
+    """Train (resuming from the latest checkpoint when there is one)."""
+    from spatialvlm_ros.train.config import TrainConfig
+    from spatialvlm_ros.train.trainer import list_checkpoints, train
+
+    run = Path(recipe.out) / 'run'
+    config = TrainConfig(
+        model=str(model), data=(str(folders['train']), str(folders['gripper_train'])),
+        general_ratio=recipe.general_ratio, out_dir=str(run), max_steps=recipe.steps,
+        batch_size=recipe.batch_size, lr=recipe.lr, min_lr=recipe.lr / 50,
+        warmup_steps=recipe.warmup_steps, freeze_vision=False, seed=recipe.seed,
+        save_every=100, keep_last=2, eval_every=0)
+    resume = bool(run.exists() and list_checkpoints(run))
+    _log(f'training {recipe.steps} steps (resume: {resume}) -> {run}')
+    return train(config, resume=resume)
+
+
+def evaluate(recipe: DefaultRecipe, model_dir: Path, folders: dict[str, Path]) -> dict[str, Any]:
+    """Evaluate on the held-out sets against the simulator's truth; write JSON and plots."""
+    from spatialvlm_ros.evaluate.plots import plot_predicted_vs_true
+    from spatialvlm_ros.evaluate.runner import EvalConfig, evaluate_model
+
+    out = Path(recipe.out)
+    reports = {}
+    for name in ('heldout', 'gripper_heldout'):
+        _log(f'evaluating on {folders[name]}')
+        result = evaluate_model(model_dir, [folders[name]],
+                                EvalConfig(truth='sim', limit=recipe.eval_limit,
+                                           max_new_tokens=24, batch_size=16), progress=True)
+        report = result.to_dict()
+        truths, predictions, types = result.distance_pairs(sampled=False)
+        report['plot'] = str(plot_predicted_vs_true(truths, predictions,
+                                                    out / f'eval_{name}.png', types))
+        relative = [abs(p - t) / t for t, p in zip(truths, predictions, strict=True)
+                    if p is not None and t > 0]
+        report['median_relative_error'] = float(sorted(relative)[len(relative) // 2]) \
+            if relative else None
+        (out / f'eval_{name}.json').write_text(json.dumps(report, indent=1, default=str))
+        reports[name] = report
+    return reports
+
+
+def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
+               seconds: float) -> str:
+    """Return the model card (markdown)."""
+    def metric(name: str, key: str) -> str:
+        value = reports[name]['greedy']['overall'].get(key)
+        return '-' if value is None else f'{100 * value:.1f}%' if key != 'mse' else f'{value:.4f}'
+
+    rows = [('qualitative accuracy', 'heldout', 'qualitative_accuracy'),
+            ('numeric answers', 'heldout', 'numeric_share'),
+            ('within [50%, 200%]', 'heldout', 'within_50_200'),
+            ('within [66.7%, 150%]', 'heldout', 'within_66_150'),
+            ('within [90%, 110%]', 'heldout', 'within_90_110'),
+            ('MSE (m^2)', 'heldout', 'mse'),
+            ('gripper: numeric answers', 'gripper_heldout', 'numeric_share'),
+            ('gripper: within [50%, 200%]', 'gripper_heldout', 'within_50_200'),
+            ('gripper: within [90%, 110%]', 'gripper_heldout', 'within_90_110')]
+    table = '\n'.join(f'| {label} | {metric(name, key)} |' for label, name, key in rows)
+    mre = reports['gripper_heldout'].get('median_relative_error')
+    gripper_mre = '-' if mre is None else f'{100 * mre:.1f}%'
+    return f"""# spatialvlm_ros compact spatial VLM (shipped default)
+
+A LLaVA-style model (SigLIP-style vision tower, projector, small Llama decoder; about 5.7 M
+parameters, 96 px input) trained from scratch on this package's data engine, for
+gripper-to-object and object-to-object spatial questions about simulated tabletop scenes.
+It is a small reproduction artefact, not a general VLM: on real images use a real VLM folder.
+
+## Command
+
+```
+spatialvlm train-default --out {recipe.out} --install
+```
+
+Recipe (``DefaultRecipe``): `{json.dumps(asdict(recipe), sort_keys=True)}`
+
+- data: {recipe.train_scenes} simulated scenes through the data engine (seed {TRAIN_SEED}) and
+  {recipe.gripper_episodes} robot episodes of gripper-distance QA (seed {TRAIN_SEED});
+  held-out: {recipe.heldout_scenes} scenes and {recipe.heldout_gripper_episodes} episodes with
+  seed {HELDOUT_SEED} (scenes, camera poses and episodes never used in training).
+- training: {result.step} steps, batch {recipe.batch_size}, AdamW, lr {recipe.lr} with
+  {recipe.warmup_steps} warm-up steps and cosine decay, seed {recipe.seed}; first loss
+  {result.losses[0]:.3f}, last loss {result.losses[-1]:.3f}.
+- wall time of the whole command on the machine that made it: {seconds / 60:.1f} min.
+
+## Held-out evaluation (greedy decoding, truth = simulator)
+
+| metric | value |
+|---|---|
+{table}
+
+Gripper-to-object distance, median relative error: {gripper_mre}.
+Full reports: `eval_heldout.json`, `eval_gripper_heldout.json` in the working folder.
+"""
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train-default`` subcommand."""
+    parser = subparsers.add_parser(
+        'train-default', help='produce the shipped compact model: data, training, evaluation',
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--out', default='runs/default', help='working folder')
+    parser.add_argument('--steps', type=int, help='optimizer steps (default 1500)')
+    parser.add_argument('--train-scenes', type=int, help='engine scenes (default 4000)')
+    parser.add_argument('--gripper-episodes', type=int, help='robot episodes (default 300)')
+    parser.add_argument('--heldout-scenes', type=int, help='held-out scenes (default 300)')
+    parser.add_argument('--heldout-gripper-episodes', type=int,
+                        help='held-out robot episodes (default 40)')
+    parser.add_argument('--eval-limit', type=int, help='questions per held-out set (default 1500)')
+    parser.add_argument('--workers', type=int, help='engine worker processes (default 2)')
+    parser.add_argument('--install', action='store_true',
+                        help='copy the final model into the package as the shipped default')
+    parser.add_argument('--json', action='store_true', help='print the reports as JSON')
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from spatialvlm_ros.cli import CommandError, print_result
+
+    overrides = {k: getattr(args, k) for k in ('steps', 'train_scenes', 'gripper_episodes',
+                                               'heldout_scenes', 'heldout_gripper_episodes',
+                                               'eval_limit', 'workers')
+                 if getattr(args, k) is not None}
+    try:
+        recipe = DefaultRecipe(out=args.out, **overrides)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    start = time.perf_counter()
+    folders = build_data(recipe)
+    model = init_model(Path(recipe.out) / 'init')
+    result = run_training(recipe, model, folders)
+    final = Path(result.final_dir)
+    reports = evaluate(recipe, final, folders)
+    seconds = time.perf_counter() - start
+    (final / 'README.md').write_text(model_card(recipe, result, reports, seconds))
+    if args.install:
+        from spatialvlm_ros.model.estimator import DEFAULT_MODEL_DIR
+
+        tmp = DEFAULT_MODEL_DIR.with_name(DEFAULT_MODEL_DIR.name + '.tmp')
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(final, tmp)
+        shutil.rmtree(DEFAULT_MODEL_DIR, ignore_errors=True)
+        tmp.rename(DEFAULT_MODEL_DIR)
+        _log(f'installed the model into {DEFAULT_MODEL_DIR}')
+    summary = {'final': str(final), 'seconds': seconds,
+               'reports': {k: v['greedy']['overall'] for k, v in reports.items()}}
+    print_result(summary, args.json, (final / 'README.md').read_text())
+    return 0
