@@ -61,6 +61,8 @@ setup(
     entry_points={
         'console_scripts': [
             'spatialvlm = spatialvlm_ros.cli:main',
+            'reward_node = spatialvlm_ros.ros.reward_node:main',
+            'sim_camera_node = spatialvlm_ros.ros.sim_camera_node:main',
         ],
     },
 )

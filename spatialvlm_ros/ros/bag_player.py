@@ -1,0 +1,274 @@
+"""
+Live replay: a bag played onto topics at its recorded rate, the reward node's outputs recorded.
+
+This is the live mode of the offline replay (``spatialvlm replay --live``): instead of calling
+the estimator per frame, the frames go over DDS to a real :class:`RewardNode` running at its
+own pace, so the records show what a robot would get (latest-frame-only: frames that arrive
+during inference are dropped).
+
+:class:`BagPlayer` reads the bag with :func:`spatialvlm_ros.bags.reader.iter_messages` and
+publishes each message's raw CDR bytes (no deserialisation) on the same topic name, paced by
+the bag timestamps divided by ``rate``. Messages sharing a timestamp are published together,
+the colour image last, so a frame's ground truth, camera info and depth are out before it.
+:class:`ResultRecorder` subscribes to the node's ``spatialvlm/result`` (stamped with the source
+frame's header) and keeps one record per processed frame; :func:`write_records_csv` writes
+them.
+
+Everything runs in one process on its own rclpy context, in the domain of ``ROS_DOMAIN_ID`` or
+a random one (so a replay never talks to a robot on the default domain).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+import threading
+import time
+from typing import Any, Iterable, Iterator
+
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+
+from spatialvlm_ros.bags import topics as layout
+from spatialvlm_ros.bags.reader import _episode_metadata, iter_messages, open_bag
+from spatialvlm_ros.ros.conversions import message_class
+from spatialvlm_ros.ros.estimators import EstimatorFactory
+from spatialvlm_ros.ros.harness import RosHarness
+from spatialvlm_ros.ros.reward_node import OUTPUTS, RewardNode
+
+RECORD_FIELDS = ('stamp_ns', 'frame_id', 'answer', 'reason', 'distance_raw', 'distance',
+                 'reward', 'success', 'valid', 'stale', 'rejected', 'latency_ms', 'subject',
+                 'target')
+"""CSV columns, in order (the key/values of the node's ``spatialvlm/result``)."""
+
+DEFAULT_TOPICS = ('rgb', 'camera_info', 'depth', 'distance_centre')
+"""Bag layout keys played by default (the colour image, what the node may use with it)."""
+
+
+def _groups(messages: Iterable[Any]) -> Iterator[list[Any]]:
+    """Yield runs of messages sharing a timestamp."""
+    group: list[Any] = []
+    for msg in messages:
+        if group and msg.timestamp_ns != group[0].timestamp_ns:
+            yield group
+            group = []
+        group.append(msg)
+    if group:
+        yield group
+
+
+class BagPlayer(Node):
+    """
+    Publish a bag's messages (raw CDR bytes) at the recorded rate, in a background thread.
+
+    :param bag: the bag folder or file.
+    :param topics: bag topic names to play (on the same names).
+    :param rate: playback speed factor (2 = twice as fast).
+    :param image_topic: the topic published last within a timestamp.
+    """
+
+    def __init__(self, bag: str | os.PathLike[str], topics: Iterable[str], rate: float = 1.0,
+                 image_topic: str = layout.TOPICS['rgb'].name, **kwargs: Any) -> None:
+        super().__init__('spatialvlm_bag_player', **kwargs)
+        if not rate > 0:
+            raise ValueError(f'rate must be > 0, got {rate}')
+        self.bag = Path(bag)
+        self.topics = tuple(topics)
+        self.rate = float(rate)
+        self.image_topic = image_topic
+        self._pubs: dict[str, Any] = {}
+        self.published = 0
+        self.images = 0
+        self.finished = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def publisher_for(self, topic: str, msgtype: str) -> Any:
+        """Return (creating it once) the publisher of ``topic``."""
+        if topic not in self._pubs:
+            self._pubs[topic] = self.create_publisher(message_class(msgtype), topic,
+                                                      QoSProfile(depth=10))
+        return self._pubs[topic]
+
+    def prepare(self) -> None:
+        """Create the publishers from the bag's first messages (before subscribers wait)."""
+        seen: set[str] = set()
+        for msg in iter_messages(self.bag, self.topics):
+            if msg.topic not in seen:
+                self.publisher_for(msg.topic, msg.msgtype)
+                seen.add(msg.topic)
+            if len(seen) == len(self.topics):
+                break
+
+    def start(self) -> None:
+        """Start playing in a background thread."""
+        self._thread = threading.Thread(target=self._play, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop playing and wait for the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def _play(self) -> None:
+        try:
+            start_wall: float | None = None
+            first_ns = 0
+            for group in _groups(iter_messages(self.bag, self.topics)):
+                if self._stop.is_set():
+                    break
+                stamp = group[0].timestamp_ns
+                if start_wall is None:
+                    start_wall, first_ns = time.monotonic(), stamp
+                due = start_wall + (stamp - first_ns) / 1e9 / self.rate
+                if self._stop.wait(max(due - time.monotonic(), 0.0)):
+                    break
+                group.sort(key=lambda m: m.topic == self.image_topic)  # image last
+                for msg in group:
+                    self.publisher_for(msg.topic, msg.msgtype).publish(bytes(msg.data))
+                    self.published += 1
+                    self.images += msg.topic == self.image_topic
+        except Exception as exc:  # report, then let the caller finish
+            self.get_logger().error(f'playing {self.bag} failed: {exc}')
+        finally:
+            self.finished.set()
+
+
+def parse_result(msg: DiagnosticArray) -> dict[str, Any]:
+    """Return a typed record (see :data:`RECORD_FIELDS`) from a ``spatialvlm/result`` message."""
+    values = {kv.key: kv.value for kv in msg.status[0].values} if msg.status else {}
+    record: dict[str, Any] = {}
+    for name in RECORD_FIELDS:
+        text = values.get(name, '')
+        if name == 'stamp_ns':
+            record[name] = int(text) if text else 0
+        elif name in ('distance_raw', 'distance', 'reward', 'latency_ms'):
+            record[name] = float(text) if text else math.nan
+        elif name in ('success', 'valid', 'stale', 'rejected'):
+            record[name] = text == 'True'
+        else:
+            record[name] = text
+    return record
+
+
+class ResultRecorder:
+    """Keep one record per ``spatialvlm/result`` message of a reward node (thread-safe)."""
+
+    def __init__(self, node: Node, topic: str = '/' + OUTPUTS['result'][0]) -> None:
+        self._lock = threading.Lock()
+        self.records: list[dict[str, Any]] = []
+        self.subscription = node.create_subscription(DiagnosticArray, topic, self._store,
+                                                     QoSProfile(depth=100))
+
+    def _store(self, msg: DiagnosticArray) -> None:
+        record = parse_result(msg)
+        record['received_s'] = time.time()
+        with self._lock:
+            self.records.append(record)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.records)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Return a copy of the records so far."""
+        with self._lock:
+            return [dict(r) for r in self.records]
+
+
+def write_records_csv(records: Iterable[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write records as CSV (columns :data:`RECORD_FIELDS` plus ``received_s``); return path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(RECORD_FIELDS) + ['received_s']
+    with path.open('w', newline='', encoding='utf-8') as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction='ignore')
+        writer.writeheader()
+        for record in records:
+            writer.writerow(record)
+    return path
+
+
+def run_live_replay(bag: str | os.PathLike[str], node_params: dict[str, Any] | None = None, *,
+                    estimator_factory: EstimatorFactory | None = None, rate: float = 1.0,
+                    topics: Iterable[str] = DEFAULT_TOPICS,
+                    csv_path: str | os.PathLike[str] | None = None,
+                    settle_s: float = 10.0, report: dict[str, Any] | None = None,
+                    ) -> list[dict[str, Any]]:
+    """
+    Play ``bag`` live through a reward node and return its records (one per processed frame).
+
+    :param bag: an episode bag (layout of :mod:`spatialvlm_ros.bags.topics`).
+    :param node_params: reward node parameters (e.g. ``{'estimator': 'oracle', 'target':
+        'the red mug'}``); ``use_depth`` is honoured, the inputs are remapped to the bag's
+        topics.
+    :param estimator_factory: injected into the node (default: the node's own).
+    :param rate: playback speed factor.
+    :param topics: bag layout keys to play (missing ones are skipped).
+    :param csv_path: if given, the records are also written there.
+    :param settle_s: after the last message, how long to wait for the last frame's outputs.
+    :param report: if given, filled with ``frames_played``, ``node`` (the node's final
+        diagnostics) and ``wall_s``.
+    """
+    params = dict(node_params or {})
+    wanted = [layout.TOPICS[key].name for key in topics if key in layout.TOPICS]
+    with open_bag(bag) as opened:
+        present = set(opened.topics)
+        meta = _episode_metadata(opened)
+    if meta.get('target_id'):
+        params.setdefault('oracle_object_id', str(meta['target_id']))
+    play = [name for name in wanted if name in present]
+    rgb = layout.TOPICS['rgb'].name
+    if rgb not in play:
+        raise ValueError(f'{bag}: no {rgb} messages to play; topics: {sorted(present)}')
+    remaps = ['image:=' + rgb, 'camera_info:=' + layout.TOPICS['camera_info'].name,
+              'depth:=' + layout.TOPICS['depth'].name,
+              'ground_truth_distance:=' + layout.TOPICS['distance_centre'].name]
+    params.setdefault('input_reliability', 'reliable')
+    params.setdefault('autostart', True)
+    from rclpy.parameter import Parameter
+
+    overrides = [Parameter(name, value=value) for name, value in params.items()]
+    started = time.monotonic()
+    with RosHarness() as session:
+        node = session.add(RewardNode(
+            estimator_factory, context=session.context, parameter_overrides=overrides,
+            cli_args=['--ros-args'] + [arg for r in remaps for arg in ('-r', r)]))
+        node.trigger_configure()
+        if node.lifecycle_state != 'inactive':
+            raise RuntimeError('the reward node failed to configure (see its log)')
+        node.trigger_activate()
+        if node.lifecycle_state != 'active':
+            raise RuntimeError('the reward node failed to activate (see its log)')
+        player = session.add(BagPlayer(bag, play, rate=rate, image_topic=rgb,
+                                       context=session.context))
+        recorder = ResultRecorder(player)
+        player.prepare()
+        image_pub = player.publisher_for(rgb, 'sensor_msgs/msg/Image')
+        session.wait_for(lambda: image_pub.get_subscription_count() > 0
+                         and node.input_publisher_count() > 0
+                         and recorder.subscription.get_publisher_count() > 0, 10.0)
+        time.sleep(0.2)  # matched both ways; let reliable delivery of the first frame settle
+        player.start()
+        player.finished.wait()
+        stats = node.stats
+
+        def settled() -> bool:
+            c = stats.counts
+            handled = c['frames_processed'] + c['frames_dropped'] + c['malformed_messages']
+            return (c['frames_received'] >= player.images and handled >= c['frames_received']
+                    and len(recorder) >= c['frames_processed'])
+
+        session.wait_for(settled, settle_s)
+        records = recorder.snapshot()
+        if report is not None:
+            report.update({'frames_played': player.images, 'node': node.diagnostics(),
+                           'wall_s': time.monotonic() - started})
+        node.trigger_deactivate()
+    if csv_path is not None:
+        write_records_csv(records, csv_path)
+    return records
