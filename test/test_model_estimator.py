@@ -36,6 +36,8 @@ def test_vlm_estimator_answers_from_a_local_folder(model_folder):
         assert result.reason
     again = estimator.estimate(image, 'the gripper', 'the red mug')
     assert again.text == result.text  # greedy decoding is deterministic
+    sampled = estimator.estimate(image, 'the gripper', 'the red mug', samples=3)
+    assert len(sampled.samples) == 3
     assert estimator.question('A', 'B') == 'What is the distance between A and B?'
     estimator.close()
     with pytest.raises(RuntimeError, match='closed'):
@@ -48,6 +50,11 @@ def test_vlm_estimator_rejects_bad_input(model_folder):
         estimator.estimate(np.zeros((4, 4), np.float32), 'a', 'b')
     with pytest.raises(ValueError, match=r'\[A\] and \[B\]'):
         est.VLMDistanceEstimator(model_folder, question_template='How far?')
+    node_style = est.VLMDistanceEstimator(model_folder, device='cpu', max_new_tokens=2,
+                                          question_template='How far is {subject} from {target}?')
+    assert node_style.question('A', 'B') == 'How far is A from B?'
+    assert node_style.question('A', 'B', '[B] to [A]?') == 'B to A?'
+    node_style.close()
     estimator.close()
 
 

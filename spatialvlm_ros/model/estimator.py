@@ -11,6 +11,7 @@ Formats: images RGB ``uint8`` ``(H, W, 3)``; distances in metres.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 import time
@@ -88,6 +89,20 @@ class OracleDistanceEstimator:
         """Release nothing."""
 
 
+def normalize_template(template: str) -> str:
+    """
+    Return a question template with ``[A]`` / ``[B]`` slots.
+
+    Accepts the data engine's ``[A]`` / ``[B]`` and the ROS node's ``{subject}`` / ``{target}``
+    spellings; a template without both slots is a ValueError.
+    """
+    text = template.replace('{subject}', '[A]').replace('{target}', '[B]')
+    if '[A]' not in text or '[B]' not in text:
+        raise ValueError('question_template needs [A] and [B] (or {subject} and {target}) '
+                         f'slots: {template!r}')
+    return text
+
+
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / 'default_model'
 """The shipped compact spatial VLM (safetensors + processor), installed with the package."""
 
@@ -124,8 +139,7 @@ class VLMDistanceEstimator:
                  trust_remote_code: bool = False) -> None:
         if samples < 1:
             raise ValueError(f'samples must be >= 1, got {samples}')
-        if '[A]' not in question_template or '[B]' not in question_template:
-            raise ValueError(f'question_template needs [A] and [B] slots: {question_template!r}')
+        question_template = normalize_template(question_template)
         from spatialvlm_ros.model.inference import InferenceConfig, SpatialVLM
         from spatialvlm_ros.model.loading import load_vlm
 
@@ -148,16 +162,32 @@ class VLMDistanceEstimator:
         """Return the device the model runs on."""
         return str(self._loaded.device)
 
-    def question(self, subject: str, target: str) -> str:
+    def question(self, subject: str, target: str, template: str | None = None) -> str:
         """Return the question asked for ``subject`` and ``target``."""
-        return self.question_template.replace('[A]', subject).replace('[B]', target)
+        template = self.question_template if template is None else normalize_template(template)
+        return template.replace('[A]', subject).replace('[B]', target)
 
-    def estimate(self, image: np.ndarray, subject: str, target: str) -> DistanceEstimate:
-        """Ask the VLM for the distance; unparseable answers give ``value_m`` None."""
+    def estimate(self, image: np.ndarray, subject: str, target: str,
+                 question_template: str | None = None,
+                 samples: int | None = None) -> DistanceEstimate:
+        """
+        Ask the VLM for the distance; unparseable answers give ``value_m`` None.
+
+        :param question_template: overrides the constructor's template for this call
+            (``[A]``/``[B]`` or ``{subject}``/``{target}`` slots).
+        :param samples: overrides the number of sampled answers averaged (1: greedy).
+        """
         if self._vlm is None:
             raise RuntimeError('the estimator was closed')
+        if samples is not None and samples != self._vlm.config.num_samples:
+            if samples < 1:
+                raise ValueError(f'samples must be >= 1, got {samples}')
+            self._vlm.config = dataclasses.replace(
+                self._vlm.config, num_samples=int(samples),
+                decoding='sample' if samples > 1 else 'greedy', batch_size=max(1, samples))
         start = time.perf_counter()
-        answer = self._vlm.ask(check_image(image), [self.question(subject, target)])[0]
+        question = self.question(subject, target, question_template)
+        answer = self._vlm.ask(check_image(image), [question])[0]
         return DistanceEstimate(answer.value_m, answer.text, list(answer.samples),
                                 time.perf_counter() - start, answer.parse_error or '')
 
