@@ -49,6 +49,7 @@ setup(
         'hf': HF,
         'train': HF + ['accelerate>=0.30', 'peft>=0.11', 'tensorboard>=2.14'],
         'ray': ['ray[data]>=2.9'],
+        'rl': ['gymnasium>=1.0', 'stable-baselines3>=2.3'],
         'dev': ['pytest>=7', 'datasets>=2.18', 'ruff>=0.5', 'mypy>=1.8', 'flake8>=4,<5',
                 'ament-lint-flake8', 'ament-lint-pep257', 'flake8-quotes', 'flake8-import-order',
                 'flake8-builtins', 'flake8-comprehensions', 'flake8-docstrings'],

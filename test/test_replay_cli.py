@@ -1,0 +1,135 @@
+"""``spatialvlm replay``: files written, relabelled bag contents, clear errors."""
+
+import argparse
+import csv
+import json
+
+import pytest
+
+from spatialvlm_ros.bags.reader import bag_info, open_bag
+from spatialvlm_ros.cli import CommandError
+from spatialvlm_ros.replay import commands
+from spatialvlm_ros.replay.outputs import CSV_COLUMNS
+from spatialvlm_ros.replay.topics import REWARD_TOPICS
+
+FRAMES = 16
+
+
+@pytest.fixture(scope='module')
+def bags(tmp_path_factory):
+    from spatialvlm_ros.bags.writer import write_episode
+    from spatialvlm_ros.sim.episode import EpisodeConfig, generate_episode
+
+    root = tmp_path_factory.mktemp('bags')
+    out = []
+    for seed, scenario, storage in ((2, 'approach', 'sqlite3'),
+                                    (3, 'approach_retreat', 'mcap')):
+        episode = generate_episode(EpisodeConfig(seed=seed, scenario=scenario,
+                                                 num_frames=FRAMES, width=48, height=36))
+        out.append(write_episode(episode, root / f'{scenario}_{seed}', storage=storage))
+    return out
+
+
+def replay(*argv):
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    args = parser.parse_args(['replay', *map(str, argv)])
+    return args.func(args)
+
+
+def test_replay_writes_csv_plot_summary_and_relabelled_bags(bags, tmp_path, capsys):
+    out = tmp_path / 'out'
+    assert replay(*bags, '--estimator', 'noisy_oracle', '--out', out, '--write-bag',
+                  '--json') == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary['total']['episodes'] == 2
+    assert json.loads((out / 'summary.json').read_text()) == summary
+    assert '| approach_2 |' in (out / 'summary.md').read_text()
+    for bag in bags:
+        with open(out / f'{bag.name}.csv', newline='') as f:
+            rows = list(csv.reader(f))
+        assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 1 + FRAMES
+        assert (out / f'{bag.name}.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+        _check_relabelled(bag, out / f'{bag.name}_reward', rows)
+
+
+def _check_relabelled(source, relabelled, rows):
+    before, after = bag_info(source), bag_info(relabelled)
+    for name, topic in before['topics'].items():
+        assert after['topics'][name]['count_read'] == topic['count_read'], name
+    for spec in REWARD_TOPICS.values():
+        assert after['topics'][spec.name]['count_read'] == FRAMES
+        assert after['topics'][spec.name]['type'] == spec.msgtype
+    assert after['messages_read'] == before['messages_read'] + FRAMES * len(REWARD_TOPICS)
+    with open_bag(source) as bag:
+        original = [(m.topic, m.timestamp_ns, m.data) for m in bag.messages()]
+    with open_bag(relabelled) as bag:
+        copied = []
+        rewards = []
+        for m in bag.messages():
+            if m.topic in before['topics']:
+                copied.append((m.topic, m.timestamp_ns, m.data))
+            elif m.topic == REWARD_TOPICS['reward'].name:
+                msg = bag.deserialize(m.data, m.msgtype)
+                stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+                rewards.append((m.timestamp_ns, stamp, msg.header.frame_id, msg.point.x))
+        assert bag.custom_data == open_bag(source).custom_data
+    assert sorted(copied) == sorted(original)  # byte for byte
+    image_stamps = [int(r[0]) for r in rows[1:]]
+    assert [r[0] for r in rewards] == image_stamps
+    assert [r[1] for r in rewards] == image_stamps
+    assert {r[2] for r in rewards} == {'camera_color_optical_frame'}
+    column = rows[0].index('reward')
+    for (_, _, _, x), row in zip(rewards, rows[1:], strict=True):
+        assert row[column] == '' or x == pytest.approx(float(row[column]), rel=1e-5)
+
+
+def test_missing_image_topic_is_a_clear_error_and_writes_nothing(bags, tmp_path):
+    out = tmp_path / 'out'
+    with pytest.raises(CommandError, match="no image topic '/nope'.*image topics present"):
+        replay(bags[0], '--estimator', 'oracle', '--image-topic', '/nope', '--out', out)
+    assert not out.exists()
+
+
+def test_corrupt_bag_is_a_clear_error_and_writes_nothing(bags, tmp_path):
+    import shutil
+
+    broken = tmp_path / 'broken'
+    shutil.copytree(bags[0], broken)
+    db = next(broken.glob('*.db3'))
+    db.write_bytes(db.read_bytes()[:4096])
+    out = tmp_path / 'out'
+    with pytest.raises(CommandError, match='broken'):
+        replay(bags[1], broken, '--estimator', 'oracle', '--out', out)
+    assert not out.exists()  # every bag is checked before any output is written
+
+
+def test_vlm_from_a_missing_folder_is_a_clear_error(bags, tmp_path):
+    with pytest.raises(CommandError, match='no_such_model'):
+        replay(bags[0], '--model-folder', tmp_path / 'no_such_model', '--out', tmp_path / 'out')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_oracle_replay_with_default_smoother_orders_the_approach(bags, tmp_path, capsys):
+    assert replay(bags[0], '--estimator', 'oracle', '--out', tmp_path, '--no-plot') == 0
+    text = capsys.readouterr().out
+    assert '| approach_2 |' in text
+    row = json.loads((tmp_path / 'summary.json').read_text())['bags'][0]
+    assert row['mae_m'] == 0.0 and row['spearman'] > 0.9
+    assert not (tmp_path / 'approach_2.png').exists()
+
+
+def test_relabelled_messages_follow_the_node_conventions(bags, tmp_path):
+    assert replay(bags[0], '--estimator', 'noisy_oracle', '--out', tmp_path, '--no-plot',
+                  '--write-bag') == 0
+    seen = {}
+    with open_bag(tmp_path / 'approach_2_reward') as bag:
+        for m in bag.messages([s.name for s in REWARD_TOPICS.values()]):
+            seen.setdefault(m.topic, bag.deserialize(m.data, m.msgtype))
+    dist = seen[REWARD_TOPICS['distance'].name]
+    assert dist.max_range == 10.0 and dist.min_range == 0.0
+    result = seen[REWARD_TOPICS['result'].name].status[0]
+    values = {kv.key: kv.value for kv in result.values}
+    assert result.name == 'spatialvlm_reward/result'
+    assert values['subject'] == 'the gripper' and int(values['stamp_ns']) > 0
+    assert isinstance(seen[REWARD_TOPICS['valid'].name].data, bool)
