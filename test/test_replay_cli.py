@@ -3,6 +3,7 @@
 import argparse
 import csv
 import json
+import math
 
 import pytest
 
@@ -10,7 +11,12 @@ from spatialvlm_ros.bags.reader import bag_info, open_bag
 from spatialvlm_ros.cli import CommandError
 from spatialvlm_ros.replay import commands
 from spatialvlm_ros.replay.outputs import CSV_COLUMNS
-from spatialvlm_ros.replay.topics import REWARD_TOPICS
+from spatialvlm_ros.replay.topics import (
+    OUTPUT_TOPICS,
+    relative_name,
+    RESULT_KEYS,
+    REWARD_TOPICS,
+)
 
 FRAMES = 16
 
@@ -122,14 +128,47 @@ def test_oracle_replay_with_default_smoother_orders_the_approach(bags, tmp_path,
 def test_relabelled_messages_follow_the_node_conventions(bags, tmp_path):
     assert replay(bags[0], '--estimator', 'noisy_oracle', '--out', tmp_path, '--no-plot',
                   '--write-bag') == 0
-    seen = {}
-    with open_bag(tmp_path / 'approach_2_reward') as bag:
-        for m in bag.messages([s.name for s in REWARD_TOPICS.values()]):
-            seen.setdefault(m.topic, bag.deserialize(m.data, m.msgtype))
-    dist = seen[REWARD_TOPICS['distance'].name]
-    assert dist.max_range == 10.0 and dist.min_range == 0.0
-    result = seen[REWARD_TOPICS['result'].name].status[0]
-    values = {kv.key: kv.value for kv in result.values}
-    assert result.name == 'spatialvlm_reward/result'
-    assert values['subject'] == 'the gripper' and int(values['stamp_ns']) > 0
-    assert isinstance(seen[REWARD_TOPICS['valid'].name].data, bool)
+    relabelled = tmp_path / 'approach_2_reward'
+    added = {name: info['type'] for name, info in bag_info(relabelled)['topics'].items()
+             if name not in bag_info(bags[0])['topics']}
+    # exactly the node's per-frame outputs, as a live recording names them (/spatialvlm/...)
+    assert added == {spec.name: spec.msgtype for spec in REWARD_TOPICS.values()}
+    assert set(OUTPUT_TOPICS) - set(REWARD_TOPICS) == {'debug_image'}  # live only
+    for key, spec in REWARD_TOPICS.items():
+        assert spec.name == '/' + relative_name(key)
+        assert relative_name(key).startswith('spatialvlm/')
+    assert REWARD_TOPICS['distance_raw'].name == '/spatialvlm/distance/raw'
+    frames = {}  # stamp -> key -> message
+    keys = {spec.name: key for key, spec in REWARD_TOPICS.items()}
+    with open_bag(relabelled) as bag:
+        for m in bag.messages(list(keys)):
+            frames.setdefault(m.timestamp_ns, {})[keys[m.topic]] = \
+                bag.deserialize(m.data, m.msgtype)
+    assert len(frames) == FRAMES
+    for msgs in frames.values():
+        assert list(msgs) == list(REWARD_TOPICS)  # the node's publication order
+        status = msgs['result'].status[0]
+        values = {kv.key: kv.value for kv in status.values}
+        assert tuple(values) == RESULT_KEYS
+        assert status.name == 'spatialvlm_reward/result'
+        assert values['subject'] == 'the gripper' and int(values['stamp_ns']) > 0
+        raw, dist, reward = msgs['distance_raw'], msgs['distance'], msgs['reward']
+        for msg in (raw, dist, reward):  # PointStamped with the image's header
+            stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+            assert stamp == int(values['stamp_ns'])
+            assert msg.header.frame_id == values['frame_id'] == 'camera_color_optical_frame'
+        assert raw.point.y == (0.0 if math.isnan(raw.point.x) else 1.0) and raw.point.z == 0.0
+        assert _same(raw.point.x, float(values['distance_raw']))
+        assert _same(dist.point.x, float(values['distance'])) and dist.point.y in (0.0, 1.0)
+        assert _same(reward.point.x, float(values['reward']))
+        assert reward.point.y == (1.0 if values['success'] == 'True' else 0.0)
+        assert reward.point.z == (1.0 if values['valid'] == 'True' else 0.0)
+        assert msgs['valid'].data is (values['valid'] == 'True')
+        assert msgs['stale'].data is (values['stale'] == 'True')
+        assert msgs['answer'].data == values['answer']
+        assert status.level == (3 if values['stale'] == 'True'
+                                else 0 if values['valid'] == 'True' else 1)
+
+
+def _same(a, b):
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-5)

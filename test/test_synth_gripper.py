@@ -16,8 +16,8 @@ from spatialvlm_ros.synth.gripper import (
 
 
 def _config(out, **kw):
-    base = dict(out=str(out), episodes=3, episodes_per_shard=2, frames_per_episode=12,
-                samples_per_episode=2, qa_per_frame=2, width=96, height=72, seed=4)
+    base = {'out': str(out), 'episodes': 3, 'episodes_per_shard': 2, 'frames_per_episode': 12,
+            'samples_per_episode': 2, 'qa_per_frame': 2, 'width': 96, 'height': 72, 'seed': 4}
     base.update(kw)
     return GripperDataConfig(**base)
 

@@ -181,8 +181,8 @@ def write_relabelled_bag(source_path: Path, out_path: Path, headers: Sequence[tu
     and an ``episode.json`` sidecar are kept. Storage (sqlite3 / mcap) follows the source.
 
     :param headers: per record, the source image's ``(stamp_ns, frame_id)``.
-    :param subject: the subject phrase (recorded in ``~/result``).
-    :param target: the target phrase (recorded in ``~/result``).
+    :param subject: the subject phrase (recorded in ``spatialvlm/result``).
+    :param target: the target phrase (recorded in ``spatialvlm/result``).
     :return: message counts ``{'original': n, 'added': m, 'topics': {topic: count}}``.
     :raise BagExistsError: ``out_path`` exists and ``overwrite`` is False.
     :raise BagError: the source cannot be read or the copy cannot be written.

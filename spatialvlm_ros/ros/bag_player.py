@@ -34,14 +34,13 @@ from rclpy.qos import QoSProfile
 
 from spatialvlm_ros.bags import topics as layout
 from spatialvlm_ros.bags.reader import _episode_metadata, iter_messages, open_bag
+from spatialvlm_ros.replay.topics import RESULT_KEYS, REWARD_TOPICS
 from spatialvlm_ros.ros.conversions import message_class
 from spatialvlm_ros.ros.estimators import EstimatorFactory
 from spatialvlm_ros.ros.harness import RosHarness
-from spatialvlm_ros.ros.reward_node import OUTPUTS, RewardNode
+from spatialvlm_ros.ros.reward_node import RewardNode
 
-RECORD_FIELDS = ('stamp_ns', 'frame_id', 'answer', 'reason', 'distance_raw', 'distance',
-                 'reward', 'success', 'valid', 'stale', 'rejected', 'latency_ms', 'subject',
-                 'target')
+RECORD_FIELDS = RESULT_KEYS
 """CSV columns, in order (the key/values of the node's ``spatialvlm/result``)."""
 
 DEFAULT_TOPICS = ('rgb', 'camera_info', 'depth', 'distance_centre')
@@ -158,7 +157,7 @@ def parse_result(msg: DiagnosticArray) -> dict[str, Any]:
 class ResultRecorder:
     """Keep one record per ``spatialvlm/result`` message of a reward node (thread-safe)."""
 
-    def __init__(self, node: Node, topic: str = '/' + OUTPUTS['result'][0]) -> None:
+    def __init__(self, node: Node, topic: str = REWARD_TOPICS['result'].name) -> None:
         self._lock = threading.Lock()
         self.records: list[dict[str, Any]] = []
         self.subscription = node.create_subscription(DiagnosticArray, topic, self._store,

@@ -26,22 +26,24 @@ Inputs (relative names, remappable):
 | ``camera_info`` | sensor_msgs/CameraInfo | if ``use_camera_info``: latest kept, passed as ``intrinsics=`` |
 | ``ground_truth_distance`` | sensor_msgs/JointState | ``estimator: oracle`` only: name = object ids, position = metres (bag layout) |
 
-Outputs, under the relative namespace ``spatialvlm/`` (so ``/spatialvlm/...`` by default, the
-names and field meanings of :mod:`spatialvlm_ros.replay.topics`, so live recordings and offline
-replays look alike). Every stamped one carries the SOURCE image's header (stamp and frame_id);
-the unstamped ones are published right after the stamped ones of the same frame, and
-``spatialvlm/result`` carries all values of the frame stamped. ROS 2 has no stamped scalar, so
-distances and the reward travel in geometry_msgs/PointStamped (plottable, keeps the stamp):
+Outputs, under the relative namespace ``spatialvlm/`` (so ``/spatialvlm/...`` by default):
+the publishers are created from :data:`spatialvlm_ros.replay.topics.OUTPUT_TOPICS` and the
+result key/values are :data:`~spatialvlm_ros.replay.topics.RESULT_KEYS`, the one table shared
+with the offline replay, so live recordings and relabelled bags carry the same topics, types and
+fields. Every stamped one carries the SOURCE image's header (stamp and frame_id); the unstamped
+ones are published right after the stamped ones of the same frame, and ``spatialvlm/result``
+carries all values of the frame stamped. ROS 2 has no stamped scalar, so distances and the
+reward travel in geometry_msgs/PointStamped (plottable, keeps the stamp):
 
 | topic | type | content |
 |---|---|---|
 | ``spatialvlm/distance/raw`` | geometry_msgs/PointStamped | ``x`` = this frame's answer (m), nan when it held no distance; ``y`` = 1 if it held one, else 0 |
 | ``spatialvlm/distance`` | geometry_msgs/PointStamped | ``x`` = smoothed distance (m), held through invalid answers, nan before the first; ``y`` = 1 while the smoother is valid (not stale) |
 | ``spatialvlm/reward`` | geometry_msgs/PointStamped | ``x`` = reward (held when invalid; nan before the first valid one), ``y`` = success (1/0), ``z`` = 1 when this frame's reward is fresh (the answer was accepted), 0 when held |
+| ``spatialvlm/result`` | diagnostic_msgs/DiagnosticArray | stamped record of the frame: one status ``<node name>/result``, key/values ``stamp_ns``, ``frame_id``, ``answer``, ``reason``, ``distance_raw``, ``distance``, ``reward``, ``success``, ``valid``, ``stale``, ``rejected``, ``latency_ms``, ``subject``, ``target`` |
 | ``spatialvlm/valid`` | std_msgs/Bool | this frame's answer was a distance accepted by the smoother (not an outlier, not stale) |
 | ``spatialvlm/stale`` | std_msgs/Bool | no accepted estimate for ``stale_after_s``; also published by the stale timer when it changes |
 | ``spatialvlm/answer`` | std_msgs/String | the raw answer text (first sample); its stamp is in ``spatialvlm/result`` |
-| ``spatialvlm/result`` | diagnostic_msgs/DiagnosticArray | stamped record of the frame: one status, key/values ``stamp_ns``, ``frame_id``, ``answer``, ``reason``, ``distance_raw``, ``distance``, ``reward``, ``success``, ``valid``, ``stale``, ``rejected``, ``latency_ms``, ``subject``, ``target`` |
 | ``spatialvlm/debug_image`` | sensor_msgs/Image | if ``publish_debug_image``: rgb8 frame with distance / reward drawn |
 | ``/diagnostics`` | diagnostic_msgs/DiagnosticArray | every ``diagnostics_period_s``: see :data:`DIAGNOSTIC_KEYS` |
 
@@ -93,6 +95,14 @@ from spatialvlm_ros.core.smoothing import (
     SmootherConfig,
 )
 from spatialvlm_ros.model.estimator import DistanceEstimate, DistanceEstimator
+from spatialvlm_ros.replay.topics import (
+    NODE_NAME,
+    OUTPUT_TOPICS,
+    point_fields,
+    relative_name,
+    RESULT_KEYS,
+    result_level,
+)
 from spatialvlm_ros.ros.conversions import (
     decode_colour,
     decode_depth,
@@ -116,7 +126,6 @@ from spatialvlm_ros.ros.estimators import (
     release,
 )
 
-NODE_NAME = 'spatialvlm_reward'
 SMOOTHER_KINDS = ('median_ema', 'kalman', 'none')
 KALMAN_MODELS = ('random_walk', 'constant_velocity')
 TRANSPORTS = ('raw', 'compressed')
@@ -132,18 +141,10 @@ DIAGNOSTIC_KEYS = (
 """Key/values of the node's ``/diagnostics`` status (rates over the last period)."""
 
 OUTPUTS: dict[str, tuple[str, str]] = {
-    'distance_raw': ('spatialvlm/distance/raw', 'geometry_msgs/msg/PointStamped'),
-    'distance': ('spatialvlm/distance', 'geometry_msgs/msg/PointStamped'),
-    'reward': ('spatialvlm/reward', 'geometry_msgs/msg/PointStamped'),
-    'valid': ('spatialvlm/valid', 'std_msgs/msg/Bool'),
-    'stale': ('spatialvlm/stale', 'std_msgs/msg/Bool'),
-    'answer': ('spatialvlm/answer', 'std_msgs/msg/String'),
-    'result': ('spatialvlm/result', 'diagnostic_msgs/msg/DiagnosticArray'),
-    'debug_image': ('spatialvlm/debug_image', 'sensor_msgs/msg/Image'),
-}
+    key: (relative_name(key), spec.msgtype) for key, spec in OUTPUT_TOPICS.items()}
+"""Output key -> (relative topic name, message type), from :data:`OUTPUT_TOPICS`."""
 Bool = message_class('std_msgs/msg/Bool')
 String = message_class('std_msgs/msg/String')
-"""Output key -> (relative topic name, message type); see the module docstring."""
 
 
 @dataclass(frozen=True)
@@ -868,35 +869,33 @@ class RewardNode(Node):
         pubs = self._outputs
         if not pubs:
             return
-        for name, x, y, z in (
-                ('distance_raw', record['distance_raw'], result.valid, False),
-                ('distance', record['distance'], record['smoother_valid'], False),
-                ('reward', record['reward'], record['success'], record['valid'])):
+        values = self._result_values(header, result, record, settings)
+        for name, (x, y, z) in point_fields(values, result.valid,
+                                            record['smoother_valid']).items():
             point = PointStamped(header=header)
-            point.point.x, point.point.y, point.point.z = (float(x), 1.0 if y else 0.0,
-                                                           1.0 if z else 0.0)
+            point.point.x, point.point.y, point.point.z = x, y, z
             pubs[name].publish(point)
-        pubs['result'].publish(self._result_message(header, result, record, settings))
+        pubs['result'].publish(self._result_message(header, result, values))
         self._publish_flag('valid', record['valid'])
         self._publish_flag('stale', record['stale'])
         pubs['answer'].publish(String(data=result.text))
         if settings['publish_debug_image']:
             pubs['debug_image'].publish(self._debug_image(header, image, result, record))
 
-    def _result_message(self, header: Any, result: DistanceEstimate, record: dict[str, Any],
-                        settings: Settings) -> DiagnosticArray:
-        level = DiagnosticStatus.OK if record['valid'] else DiagnosticStatus.WARN
-        if record['stale']:
-            level = DiagnosticStatus.STALE
+    @staticmethod
+    def _result_values(header: Any, result: DistanceEstimate, record: dict[str, Any],
+                       settings: Settings) -> dict[str, Any]:
+        """Return the frame's ``spatialvlm/result`` key/values (:data:`RESULT_KEYS`)."""
         values = {
             'stamp_ns': stamp_to_ns(header.stamp), 'frame_id': header.frame_id,
             'answer': result.text, 'reason': result.reason,
-            'distance_raw': record['distance_raw'], 'distance': record['distance'],
-            'reward': record['reward'], 'success': record['success'],
-            'valid': record['valid'], 'stale': record['stale'],
-            'rejected': record['rejected'], 'latency_ms': record['latency_ms'],
-            'subject': settings['subject'], 'target': settings['target'],
+            'subject': settings['subject'], 'target': settings['target'], **record,
         }
+        return {key: values[key] for key in RESULT_KEYS}
+
+    def _result_message(self, header: Any, result: DistanceEstimate,
+                        values: dict[str, Any]) -> DiagnosticArray:
+        level = bytes((result_level(values['valid'], values['stale']),))  # byte field
         status = DiagnosticStatus(level=level, name=f'{self.get_name()}/result',
                                   message=result.text[:200] or result.reason[:200],
                                   hardware_id=str(header.frame_id),
