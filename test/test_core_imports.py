@@ -47,14 +47,30 @@ def test_cli_help_pulls_in_nothing_heavy():
     assert heavy == [], f'building the CLI imported heavy modules: {heavy}'
 
 
+def _imported_modules(path):
+    import ast
+
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+ROS_ONLY = ('rclpy', 'sensor_msgs', 'std_msgs', 'geometry_msgs', 'diagnostic_msgs',
+            'lifecycle_msgs', 'rcl_interfaces', 'builtin_interfaces', 'launch', 'launch_ros',
+            'spatialvlm_ros.ros')
+
+
 def test_nothing_outside_ros_imports_rclpy():
+    """Only spatialvlm_ros/ros imports rclpy or message packages; nothing imports ros/."""
     offenders = []
     for path in (ROOT / 'spatialvlm_ros').rglob('*.py'):
-        if 'ros' in path.relative_to(ROOT / 'spatialvlm_ros').parts[:1]:
+        if path.relative_to(ROOT / 'spatialvlm_ros').parts[0] == 'ros':
             continue
-        text = path.read_text()
-        for needle in ('import rclpy', 'from rclpy', 'sensor_msgs.msg', 'std_msgs.msg',
-                       'geometry_msgs.msg', 'diagnostic_msgs.msg', 'spatialvlm_ros.ros'):
-            if needle in text:
-                offenders.append(f'{path.relative_to(ROOT)}: {needle}')
+        for name in _imported_modules(path):
+            if any(name == m or name.startswith(m + '.') for m in ROS_ONLY):
+                offenders.append(f'{path.relative_to(ROOT)}: {name}')
     assert offenders == []

@@ -271,3 +271,49 @@ def run_live_replay(bag: str | os.PathLike[str], node_params: dict[str, Any] | N
     if csv_path is not None:
         write_records_csv(records, csv_path)
     return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Play an episode bag live through the reward node; write its outputs (CSV) and a report.
+
+    ``python -m spatialvlm_ros.ros.bag_player BAG --csv OUT.csv [--report OUT.json]``: the
+    node runs in this process on real DDS with the shipped default model (or
+    ``--model-folder``); the bag's images are published at their recorded rate.
+    """
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(prog='python -m spatialvlm_ros.ros.bag_player',
+                                     description=main.__doc__)
+    parser.add_argument('bag', help='episode bag folder')
+    parser.add_argument('--csv', required=True, help='CSV of the node outputs per frame')
+    parser.add_argument('--report', help='JSON report (frames played, node diagnostics)')
+    parser.add_argument('--estimator', default='vlm', choices=('vlm', 'oracle'))
+    parser.add_argument('--model-folder', default='', help="local VLM folder ('' = default)")
+    parser.add_argument('--subject', default='the gripper', help='subject phrase')
+    parser.add_argument('--target', help='target phrase (default: the node default)')
+    parser.add_argument('--samples', type=int, default=1, help='answers per frame')
+    parser.add_argument('--rate', type=float, default=1.0, help='playback speed factor')
+    args = parser.parse_args(argv)
+    params: dict[str, Any] = {'estimator': args.estimator, 'model_folder': args.model_folder,
+                              'subject': args.subject, 'samples_per_frame': args.samples}
+    if args.target:
+        params['target'] = args.target
+    report: dict[str, Any] = {}
+    try:
+        records = run_live_replay(args.bag, params, rate=args.rate, csv_path=args.csv,
+                                  report=report)
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f'live replay failed: {exc}', file=sys.stderr)
+        return 1
+    report['records'] = len(records)
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=1, default=str),
+                                     encoding='utf-8')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
