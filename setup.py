@@ -40,7 +40,7 @@ setup(
     name=PACKAGE,
     version='0.1.0',
     packages=find_packages(exclude=['test', 'test.*', 'benchmarks']),
-    package_data={PACKAGE: ['py.typed', 'synth/templates/*.json']},
+    package_data={PACKAGE: ['py.typed', 'synth/templates/*.json', 'model/default_model/*']},
     data_files=_data_files(),
     python_requires='>=3.10',
     install_requires=['setuptools'] + CORE,

@@ -173,14 +173,16 @@ def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
     """Return the model card (markdown)."""
     def metric(name: str, key: str) -> str:
         value = reports[name]['greedy']['overall'].get(key)
-        return '-' if value is None else f'{100 * value:.1f}%' if key != 'mse' else f'{value:.4f}'
+        if value is None:
+            return '-'
+        return f'{value:.4f}' if key == 'mse_m2' else f'{100 * value:.1f}%'
 
     rows = [('qualitative accuracy', 'heldout', 'qualitative_accuracy'),
             ('numeric answers', 'heldout', 'numeric_share'),
             ('within [50%, 200%]', 'heldout', 'within_50_200'),
             ('within [66.7%, 150%]', 'heldout', 'within_66_150'),
             ('within [90%, 110%]', 'heldout', 'within_90_110'),
-            ('MSE (m^2)', 'heldout', 'mse'),
+            ('MSE (m^2)', 'heldout', 'mse_m2'),
             ('gripper: numeric answers', 'gripper_heldout', 'numeric_share'),
             ('gripper: within [50%, 200%]', 'gripper_heldout', 'within_50_200'),
             ('gripper: within [90%, 110%]', 'gripper_heldout', 'within_90_110')]
@@ -219,7 +221,33 @@ Recipe (``DefaultRecipe``): `{json.dumps(asdict(recipe), sort_keys=True)}`
 
 Gripper-to-object distance, median relative error: {gripper_mre}.
 Full reports: `eval_heldout.json`, `eval_gripper_heldout.json` in the working folder.
+
+## Against the project's goals
+
+{goals_table(reports)}
 """
+
+
+GOALS = (('qualitative accuracy', 'heldout', 'qualitative_accuracy', 0.90, True),
+         ('numeric answers', 'heldout', 'numeric_share', 0.99, True),
+         ('within [50%, 200%]', 'heldout', 'within_50_200', 0.90, True),
+         ('within [90%, 110%]', 'heldout', 'within_90_110', 0.40, True),
+         ('gripper distance median relative error', 'gripper_heldout',
+          'median_relative_error', 0.15, False))
+
+
+def goals_table(reports: dict[str, Any]) -> str:
+    """Return a markdown table of the held-out figures against the issue's goals."""
+    lines = ['| metric | goal | measured | met |', '|---|---|---|---|']
+    for label, name, key, goal, higher in GOALS:
+        report = reports[name]
+        value = report.get(key) if key == 'median_relative_error' else \
+            report['greedy']['overall'].get(key)
+        met = value is not None and (value >= goal if higher else value <= goal)
+        shown = '-' if value is None else f'{100 * value:.1f}%'
+        lines.append(f"| {label} | {'>=' if higher else '<='} {100 * goal:.0f}% | {shown} | "
+                     f"{'yes' if met else 'no'} |")
+    return '\n'.join(lines)
 
 
 def register(subparsers: Any) -> None:
