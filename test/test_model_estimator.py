@@ -58,6 +58,18 @@ def test_vlm_estimator_rejects_bad_input(model_folder):
     estimator.close()
 
 
+def test_shipped_default_loads_and_answers_with_a_distance():
+    from spatialvlm_ros.sim.episode import EpisodeConfig, generate_episode
+
+    episode = generate_episode(EpisodeConfig(seed=3, num_frames=10, width=160, height=120))
+    target = f'the {episode.target_captions[-1]}'
+    estimator = est.VLMDistanceEstimator(None, device='cpu')
+    assert estimator.folder == est.DEFAULT_MODEL_DIR
+    answers = [estimator.estimate(f.rgb, 'the gripper', target) for f in episode.frames[::3]]
+    assert all(a.valid and 0 < a.value_m < 5 for a in answers), answers
+    estimator.close()
+
+
 def test_missing_folders_name_the_problem(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / 'nope')):
         est.VLMDistanceEstimator(tmp_path / 'nope')

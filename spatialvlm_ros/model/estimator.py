@@ -120,7 +120,7 @@ class VLMDistanceEstimator:
     """
     Distances from a spatial VLM: the shipped default or any local Hugging Face VLM folder.
 
-    :param model_folder: a local model folder; empty for the shipped default.
+    :param model_folder: a local model folder; empty or None for the shipped default.
     :param device: ``'auto'`` (CUDA when available), ``'cpu'``, ``'cuda'``, ``'cuda:1'``...
     :param samples: answers sampled per frame and averaged (the paper averages several samples
         for precise distances); 1 decodes greedily.
@@ -132,10 +132,11 @@ class VLMDistanceEstimator:
     :param trust_remote_code: allow model code from the folder (off unless asked for).
     """
 
-    def __init__(self, model_folder: str | Path = '', device: str = 'auto', samples: int = 1,
+    def __init__(self, model_folder: str | Path | None = '', device: str = 'auto',
+                 samples: int = 1,
                  temperature: float = 0.7,
                  question_template: str = 'What is the distance between [A] and [B]?',
-                 max_new_tokens: int = 12, threads: int | None = None, seed: int = 0,
+                 max_new_tokens: int = 24, threads: int | None = None, seed: int = 0,
                  trust_remote_code: bool = False) -> None:
         if samples < 1:
             raise ValueError(f'samples must be >= 1, got {samples}')
@@ -147,7 +148,7 @@ class VLMDistanceEstimator:
             import torch
 
             torch.set_num_threads(int(threads))
-        folder = Path(model_folder) if str(model_folder) else default_model_folder()
+        folder = Path(model_folder) if model_folder else default_model_folder()
         self.folder = folder
         self.question_template = question_template
         self._loaded = load_vlm(folder, device=device, trust_remote_code=trust_remote_code)
