@@ -140,7 +140,8 @@ def summarize(records: list[dict[str, Any]], bag: Any, report: dict[str, Any]) -
     rel = [abs(t['distance_raw_m'] - t['true_centre_m']) / t['true_centre_m'] for t in trace
            if math.isfinite(t['distance_raw_m']) and t['true_centre_m'] > 0]
     rewards, negative = [p[0] for p in pairs], [p[1] for p in pairs]
-    rho = float(spearmanr(rewards, negative).statistic) if len(pairs) > 2 else None
+    rho = float(spearmanr(rewards, negative).statistic) if len(pairs) > 2 else math.nan
+    rho = rho if math.isfinite(rho) else None  # undefined when either side is constant
     node = report.get('node', {})
     return {
         'frames_in_bag': len(bag.frames), 'frames_processed': len(records),
