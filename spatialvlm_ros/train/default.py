@@ -18,6 +18,7 @@ Steps, each resumable (re-running the command skips what is done):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import asdict, dataclass
 import json
 from pathlib import Path
@@ -47,6 +48,9 @@ class DefaultRecipe:
     :ivar general_ratio: share of general description examples.
     :ivar seed: training seed (data seeds: 1 for training, 9001 for held-out).
     :ivar eval_limit: questions evaluated per held-out set (0: all).
+    :ivar focus_steps: steps of a second stage on the gripper-distance data alone (0: none),
+        starting from the first stage's final model: the reward node's question.
+    :ivar focus_lr: peak learning rate of that stage.
     """
 
     out: str = 'runs/default'
@@ -64,6 +68,8 @@ class DefaultRecipe:
     general_ratio: float = 0.05
     seed: int = 0
     eval_limit: int = 1500
+    focus_steps: int = 700
+    focus_lr: float = 3e-4
 
     def __post_init__(self) -> None:
         for name in ('train_scenes', 'heldout_scenes', 'gripper_episodes',
@@ -140,7 +146,20 @@ def run_training(recipe: DefaultRecipe, model: Path, folders: dict[str, Path]) -
         save_every=100, keep_last=2, eval_every=0)
     resume = bool(run.exists() and list_checkpoints(run))
     _log(f'training {recipe.steps} steps (resume: {resume}) -> {run}')
-    return train(config, resume=resume)
+    result = train(config, resume=resume)
+    if recipe.focus_steps <= 0:
+        return result
+    focus = Path(recipe.out) / 'run_gripper'
+    config = dataclasses.replace(
+        config, model=str(result.final_dir or run / 'final'),
+        data=(str(folders['gripper_train']),),
+        general_ratio=0.0, out_dir=str(focus), max_steps=recipe.focus_steps, lr=recipe.focus_lr,
+        min_lr=recipe.focus_lr / 50, warmup_steps=min(50, recipe.focus_steps // 10))
+    resume = bool(focus.exists() and list_checkpoints(focus))
+    _log(f'gripper stage: {recipe.focus_steps} steps (resume: {resume}) -> {focus}')
+    second = train(config, resume=resume)
+    second.losses = list(result.losses) + list(second.losses)
+    return second
 
 
 def evaluate(recipe: DefaultRecipe, model_dir: Path, folders: dict[str, Path]) -> dict[str, Any]:
@@ -208,9 +227,10 @@ Recipe (``DefaultRecipe``): `{json.dumps(asdict(recipe), sort_keys=True)}`
   {recipe.gripper_episodes} robot episodes of gripper-distance QA (seed {TRAIN_SEED});
   held-out: {recipe.heldout_scenes} scenes and {recipe.heldout_gripper_episodes} episodes with
   seed {HELDOUT_SEED} (scenes, camera poses and episodes never used in training).
-- training: {result.step} steps, batch {recipe.batch_size}, AdamW, lr {recipe.lr} with
-  {recipe.warmup_steps} warm-up steps and cosine decay, seed {recipe.seed}; first loss
-  {result.losses[0]:.3f}, last loss {result.losses[-1]:.3f}.
+- training: {recipe.steps} steps on all the data, batch {recipe.batch_size}, AdamW, lr
+  {recipe.lr} with {recipe.warmup_steps} warm-up steps and cosine decay, seed {recipe.seed};
+  then {recipe.focus_steps} steps on the gripper-distance data alone (lr {recipe.focus_lr});
+  first loss {result.losses[0]:.3f}, last loss {result.losses[-1]:.3f}.
 - wall time of the whole command on the machine that made it: {seconds / 60:.1f} min.
 
 ## Held-out evaluation (greedy decoding, truth = simulator)
@@ -257,6 +277,8 @@ def register(subparsers: Any) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='runs/default', help='working folder')
     parser.add_argument('--steps', type=int, help='optimizer steps (default 1500)')
+    parser.add_argument('--focus-steps', type=int,
+                        help='gripper-distance stage steps (default 700; 0: none)')
     parser.add_argument('--train-scenes', type=int, help='engine scenes (default 4000)')
     parser.add_argument('--gripper-episodes', type=int, help='robot episodes (default 300)')
     parser.add_argument('--heldout-scenes', type=int, help='held-out scenes (default 300)')
@@ -273,9 +295,9 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from spatialvlm_ros.cli import CommandError, print_result
 
-    overrides = {k: getattr(args, k) for k in ('steps', 'train_scenes', 'gripper_episodes',
-                                               'heldout_scenes', 'heldout_gripper_episodes',
-                                               'eval_limit', 'workers')
+    names = ('steps', 'focus_steps', 'train_scenes', 'gripper_episodes', 'heldout_scenes',
+             'heldout_gripper_episodes', 'eval_limit', 'workers')
+    overrides = {k: getattr(args, k) for k in names
                  if getattr(args, k) is not None}
     try:
         recipe = DefaultRecipe(out=args.out, **overrides)
