@@ -144,7 +144,8 @@ def summarize(records: list[dict[str, Any]], bag: Any, report: dict[str, Any]) -
     rho = rho if math.isfinite(rho) else None  # undefined when either side is constant
     node = report.get('node', {})
     return {
-        'frames_in_bag': len(bag.frames), 'frames_processed': len(records),
+        'frames_in_bag': len(bag.frames), 'frames_played': report.get('frames_played'),
+        'frames_received': node.get('frames_received'), 'frames_processed': len(records),
         'frames_dropped': node.get('frames_dropped'),
         'answers_with_distance': sum(t['valid'] for t in trace),
         'spearman_reward_vs_true_negative_distance': rho,
@@ -179,8 +180,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         'median_relative_error']
     lines += [
         '',
-        f"frames: {summary['frames_processed']} processed of {summary['frames_in_bag']} "
-        f"({summary['frames_dropped']} dropped), {summary['answers_with_distance']} answers "
+        f"frames: {summary['frames_played']} played, {summary['frames_received']} received "
+        '(newer frames replace older ones in the depth-1 input queue while the model runs), '
+        f"{summary['frames_processed']} processed, {summary['frames_dropped']} dropped; "
+        f"{summary['answers_with_distance']} answers "
         f"held a distance; model {summary['model']} on {summary['device']}, latency p50 "
         f"{summary['latency_p50_ms']} ms",
         f"reward vs true negative distance, Spearman: {'-' if rho is None else f'{rho:.3f}'}; "
