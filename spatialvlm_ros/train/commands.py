@@ -57,6 +57,11 @@ def register(subparsers: Any) -> None:
                              '--eval-data')
     parser.add_argument('--samples', type=int, default=1,
                         help='ablations: answers averaged per question (default 1: greedy)')
+    parser.add_argument('--eval-limit', type=int, default=0,
+                        help='ablations: questions evaluated per variant (default 0: all)')
+    parser.add_argument('--eval-truth', choices=('value_m', 'sim'), default='sim',
+                        help="ablations: grade against the simulator's truth (default) or the "
+                             "engine's value")
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     parser.add_argument('--json', action='store_true', help='print the result as JSON')
     parser.set_defaults(func=_train)
@@ -121,7 +126,10 @@ def _ablations(args: argparse.Namespace, config: Any) -> int:
         raise CommandError('--ablations needs --eval-data (a held-out Parquet folder)')
     try:
         rows = run_ablations(config, config.eval_data, config.out_dir, args.ablations or None,
-                             EvalConfig(samples=args.samples), progress=not args.no_progress)
+                             EvalConfig(samples=args.samples, limit=args.eval_limit,
+                                        truth=args.eval_truth, max_new_tokens=24,
+                                        batch_size=16),
+                             progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from exc
     print_result(rows, args.json, markdown_table(rows))
