@@ -213,14 +213,14 @@ def test_reward_launch_wires_parameters_and_remappings(ros, launch_env):
         truth_pub = aux.create_publisher(JointState, 'ground_truth_distance', 10)
         topics = dict(aux.get_topic_names_and_types())
         assert ros.wait_for(lambda: '/spatialvlm/reward' in dict(
-            aux.get_topic_names_and_types()), 10), topics
+            aux.get_topic_names_and_types()), 30), topics
         assert ros.wait_for(lambda: node.input_publisher_count() > 0
-                            and truth_pub.get_subscription_count() > 0, 10)
+                            and truth_pub.get_subscription_count() > 0, 30)
         stamp = 1_700_000_000_000_000_000
         truth_pub.publish(JointState(header=Header(stamp=ns_to_stamp(stamp, Time)),
                                      name=['mug'], position=[0.42]))
         image_pub.publish(make_image(10, stamp))
-        assert ros.wait_for(lambda: out.count('/spatialvlm/reward') > 0, 10)
+        assert ros.wait_for(lambda: out.count('/spatialvlm/reward') > 0, 30)
         assert out.get('/spatialvlm/reward')[0].point.x == pytest.approx(-0.42)
     finally:
         ros.remove(aux)

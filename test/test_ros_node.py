@@ -76,7 +76,7 @@ class Rig:
         assert self.node.lifecycle_state == 'active'
         assert self.ros.wait_for(lambda: self.pub.get_subscription_count() > 0
                                  and self.node.input_publisher_count() > 0
-                                 and self.out.subscriptions[6].get_publisher_count() > 0, 10)
+                                 and self.out.subscriptions[6].get_publisher_count() > 0, 30)
         return self
 
     def send(self, value, stamp_ns, wait=True, **kwargs):
@@ -124,7 +124,7 @@ def test_lifecycle_transitions_via_the_node_api(rig):
     assert node.trigger_activate().name == 'SUCCESS'
     assert node.lifecycle_state == 'active' and len(r.built) == 1
     assert r.built[0].kind == 'vlm' and r.built[0].model_folder == ''
-    assert r.ros.wait_for(lambda: node.input_publisher_count() > 0, 10)
+    assert r.ros.wait_for(lambda: node.input_publisher_count() > 0, 30)
     assert node.trigger_deactivate().name == 'SUCCESS'
     assert node.lifecycle_state == 'inactive' and fake.closed
     assert not node._inputs
@@ -141,7 +141,7 @@ def test_lifecycle_transitions_via_the_node_api(rig):
 
 def _call(ros, client, request):
     future = client.call_async(request)
-    assert ros.wait_for(future.done, 10), 'service call timed out'
+    assert ros.wait_for(future.done, 30), 'service call timed out'
     return future.result()
 
 
@@ -343,7 +343,7 @@ def test_depth_and_camera_info_reach_the_estimator(rig):
     depth_pub = r.aux.create_publisher(Image, 'depth', 10)
     info_pub = r.aux.create_publisher(CameraInfo, 'camera_info', 10)
     assert r.ros.wait_for(lambda: depth_pub.get_subscription_count() > 0
-                          and info_pub.get_subscription_count() > 0, 10)
+                          and info_pub.get_subscription_count() > 0, 30)
     depth = np.full((48, 64), 0.75, dtype=np.float32)
     depth[0, 0] = np.nan
     depth_pub.publish(array_to_image(depth, '32FC1', Image, header=header(T0),

@@ -72,7 +72,7 @@ def test_latest_frame_only_with_a_slow_model(ros):
     aux = ros.add(rclpy.create_node('camera_30hz', context=ros.context))
     try:
         pub = aux.create_publisher(Image, 'image', 10)
-        assert ros.wait_for(lambda: node.input_publisher_count() > 0, 10)
+        assert ros.wait_for(lambda: node.input_publisher_count() > 0, 30)
         sent = _publish_at(ros, pub, 30.0, 3.0,
                            lambda i: make_image(50, T0 + int(i * 1e9 / 30), 160, 120))
         counts = node.stats.counts
@@ -128,7 +128,7 @@ def test_fuzzed_inputs_never_kill_the_node(ros):
         depth_pub = aux.create_publisher(Image, 'depth', 10)
         info_pub = aux.create_publisher(CameraInfo, 'camera_info', 10)
         assert ros.wait_for(lambda: all(p.get_subscription_count() > 0
-                                        for p in (image_pub, depth_pub, info_pub)), 10)
+                                        for p in (image_pub, depth_pub, info_pub)), 30)
         counts = node.stats.counts
         started = time.monotonic()
         sent = 0
@@ -156,7 +156,7 @@ def test_fuzzed_inputs_never_kill_the_node(ros):
         compressed_node = _node(ros, FakeEstimator(), 'jpeg', image_transport='compressed',
                                 input_reliability='reliable', input_queue_depth=10)
         jpeg_pub = aux.create_publisher(CompressedImage, '/jpeg/image', 10)
-        assert ros.wait_for(lambda: compressed_node.input_publisher_count() > 0, 10)
+        assert ros.wait_for(lambda: compressed_node.input_publisher_count() > 0, 30)
         c_counts = compressed_node.stats.counts
         for i in range(60):
             msg = make_compressed(80, T0 + i)
@@ -200,7 +200,7 @@ def test_backpressure_60hz_with_a_slow_model_keeps_memory_and_latency_flat(ros):
     aux = ros.add(rclpy.create_node('camera_60hz', context=ros.context))
     try:
         pub = aux.create_publisher(Image, 'image', 10)
-        assert ros.wait_for(lambda: node.input_publisher_count() > 0, 10)
+        assert ros.wait_for(lambda: node.input_publisher_count() > 0, 30)
         frame = make_image(50, T0, 320, 240)
         rss = []
 

@@ -73,7 +73,7 @@ def test_running_node_publishes_the_table(ros, node):
     # and the ROS graph, as any other node (or ros2 topic list / rosbag2 record) sees it
     expected = {name: [msgtype] for name, msgtype in TABLE.items()}
     assert ros.wait_for(lambda: _ours(aux.get_publisher_names_and_types_by_node(
-        NODE_NAME, '/')) == expected, 10), \
+        NODE_NAME, '/')) == expected, 30), \
         _ours(aux.get_publisher_names_and_types_by_node(NODE_NAME, '/'))
 
 
@@ -92,11 +92,11 @@ def test_live_outputs_match_the_relabelled_messages(ros, node):
     node.trigger_configure()
     node.trigger_activate()
     assert ros.wait_for(lambda: pub.get_subscription_count() > 0
-                        and all(s.get_publisher_count() > 0 for s in out.subscriptions), 10)
+                        and all(s.get_publisher_count() > 0 for s in out.subscriptions), 30)
     for i, value in enumerate((40, 55)):
         pub.publish(make_image(value, T0 + i * 50_000_000))
         assert ros.wait_for(lambda n=i + 1: all(out.count(spec.name) >= n
-                                                for spec in REWARD_TOPICS.values()), 10)
+                                                for spec in REWARD_TOPICS.values()), 30)
     live = {key: out.get(spec.name)[-1] for key, spec in REWARD_TOPICS.items()}
 
     subject, target = node.settings['subject'], node.settings['target']
