@@ -77,8 +77,11 @@ def test_latest_frame_only_with_a_slow_model(ros):
                            lambda i: make_image(50, T0 + int(i * 1e9 / 30), 160, 120))
         counts = node.stats.counts
         assert ros.wait_for(lambda: counts['frames_processed'] + counts['frames_dropped']
-                            >= counts['frames_received'] > 0.8 * sent, 5)
+                            >= counts['frames_received'] > 0, 5)
         received, processed = counts['frames_received'], counts['frames_processed']
+        # best-effort delivery may lose frames on a loaded machine (that is what sensor-data
+        # QoS means); what must hold is that frames came faster than they could be processed
+        assert sent == 90 and received >= 2 * processed, (sent, received, processed)
         assert processed <= 3.0 / inference + 3  # at most one inference at a time
         assert processed >= 3.0 / inference / 2
         assert counts['frames_dropped'] == received - processed  # every other frame dropped
@@ -217,8 +220,12 @@ def test_backpressure_60hz_with_a_slow_model_keeps_memory_and_latency_flat(ros):
         counts = node.stats.counts
         assert ros.wait_for(lambda: counts['frames_processed'] + counts['frames_dropped']
                             >= counts['frames_received'], 5)
-        assert counts['frames_received'] > 0.8 * sent
-        assert counts['frames_processed'] <= duration / inference + 3
+        # best-effort delivery may lose frames on a loaded machine; the backpressure case is
+        # frames arriving several times faster than they can be processed
+        received, processed = counts['frames_received'], counts['frames_processed']
+        assert sent == 600 and received >= 3 * processed, (sent, received, processed)
+        assert counts['frames_dropped'] == received - processed
+        assert processed <= duration / inference + 3
         latency = np.array(node.stats.latency)
         assert np.percentile(latency, 99) < 2 * inference
         growth = max(rss[2:]) - rss[2]  # after a 2 s warm-up
