@@ -86,8 +86,8 @@ def test_latest_frame_only_with_a_slow_model(ros):
         assert processed >= 3.0 / inference / 2
         assert counts['frames_dropped'] == received - processed  # every other frame dropped
         latency = np.array(node.stats.latency)
-        # bounded by ~one inference (+ one frame interval + scheduling), never a queue
-        assert np.percentile(latency, 99) < 2 * inference, latency
+        # bounded by ~one inference (+ a frame interval + scheduling on a loaded machine)
+        assert np.percentile(latency, 99) < 3 * inference, latency  # a queue would be ~10x
         half = len(latency) // 2
         assert latency[half:].mean() < latency[:half].mean() + inference / 2
     finally:
@@ -227,7 +227,7 @@ def test_backpressure_60hz_with_a_slow_model_keeps_memory_and_latency_flat(ros):
         assert counts['frames_dropped'] == received - processed
         assert processed <= duration / inference + 3
         latency = np.array(node.stats.latency)
-        assert np.percentile(latency, 99) < 2 * inference
+        assert np.percentile(latency, 99) < 3 * inference  # a queue would be ~10x
         growth = max(rss[2:]) - rss[2]  # after a 2 s warm-up
         assert growth < 20.0, rss
     finally:
