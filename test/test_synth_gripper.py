@@ -55,6 +55,17 @@ def test_deterministic_and_resumable(tmp_path):
         write_gripper_dataset(_config(tmp_path / 'b', seed=5), progress=False)
 
 
+def test_parallel_workers_write_the_same_files(tmp_path):
+    a, c = _config(tmp_path / 'a'), _config(tmp_path / 'c')
+    write_gripper_dataset(a, progress=False)
+    summary = write_gripper_dataset(c, progress=False, workers=2)
+    assert summary['written'] == 2
+    for k in range(2):
+        assert shard_path(a, k).read_bytes() == shard_path(c, k).read_bytes()
+    with pytest.raises(ValueError, match='workers'):
+        write_gripper_dataset(c, progress=False, workers=0)
+
+
 def test_bad_config_and_templates():
     with pytest.raises(ValueError, match='samples_per_episode'):
         GripperDataConfig(out='x', frames_per_episode=10, samples_per_episode=11)

@@ -12,7 +12,8 @@ QA's metadata has type ``gripper_distance``, ``value_m`` (exact) and ``sim_truth
 
 Shard ``k`` holds episodes ``[k * episodes_per_shard, (k + 1) * episodes_per_shard)``; files
 are written atomically, and a shard whose file exists is skipped, so a killed run resumes.
-Deterministic for a seed.
+Deterministic for a seed: a shard's bytes depend only on the configuration and its index, so
+writing shards in parallel (``workers``) gives the same files.
 """
 
 from __future__ import annotations
@@ -142,10 +143,30 @@ def shard_path(config: GripperDataConfig, shard: int) -> Path:
     return Path(config.out) / f'gripper-{shard:05d}.parquet'
 
 
-def write_gripper_dataset(config: GripperDataConfig, progress: bool = True) -> dict[str, Any]:
-    """Write (or finish) the dataset; return a summary (rows, QA, shards written/skipped)."""
+def _write_shard(config: GripperDataConfig, shard: int) -> int:
+    """Render and write ``shard`` (atomically); return its index."""
+    templates = load_templates()
+    first = shard * config.episodes_per_shard
+    last = min(config.episodes, first + config.episodes_per_shard)
+    rows = [r for i in range(first, last) for r in episode_rows(config, i, templates)]
+    columns = {key: [r[key] for r in rows] for key in
+               ('image', 'image_id', 'messages', 'qa_metadata')}
+    atomic_write(shard_path(config, shard), parquet_bytes(columns))
+    return shard
+
+
+def write_gripper_dataset(config: GripperDataConfig, progress: bool = True,
+                          workers: int = 1) -> dict[str, Any]:
+    """
+    Write (or finish) the dataset; return a summary (rows, QA, shards written/skipped).
+
+    :param workers: processes rendering shards in parallel (1: in this process). Each worker
+        owns its own simulator; the files are the same for any number of workers.
+    """
     from tqdm import tqdm
 
+    if workers < 1:
+        raise ValueError(f'workers must be >= 1, got {workers}')
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     run_file = out / 'gripper_run.json'
@@ -153,21 +174,27 @@ def write_gripper_dataset(config: GripperDataConfig, progress: bool = True) -> d
     if run_file.exists() and run_file.read_text(encoding='utf-8') != run:
         raise ValueError(f'{out} holds a different gripper run ({run_file}); use another --out')
     atomic_write(run_file, run.encode('utf-8'))
-    templates = load_templates()
-    written = skipped = 0
-    for shard in tqdm(range(config.num_shards), desc='gripper shards', disable=not progress):
-        path = shard_path(config, shard)
-        if path.exists():
-            skipped += 1
-            continue
-        first = shard * config.episodes_per_shard
-        last = min(config.episodes, first + config.episodes_per_shard)
-        rows = [r for i in range(first, last) for r in episode_rows(config, i, templates)]
-        columns = {key: [r[key] for r in rows] for key in
-                   ('image', 'image_id', 'messages', 'qa_metadata')}
-        atomic_write(path, parquet_bytes(columns))
-        written += 1
+    todo = [k for k in range(config.num_shards) if not shard_path(config, k).exists()]
+    skipped = config.num_shards - len(todo)
+    bar = tqdm(total=config.num_shards, initial=skipped, desc='gripper shards',
+               disable=not progress)
+    if workers == 1 or len(todo) <= 1:
+        for shard in todo:
+            _write_shard(config, shard)
+            bar.update()
+    else:
+        # processes, not threads: the simulator and PNG encoding hold the GIL; 'spawn' because
+        # a forked PyBullet client is not safe
+        from concurrent.futures import as_completed, ProcessPoolExecutor
+        import multiprocessing
+
+        context = multiprocessing.get_context('spawn')
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
+            for future in as_completed([pool.submit(_write_shard, config, k) for k in todo]):
+                future.result()
+                bar.update()
+    bar.close()
     rows_total = config.episodes * config.samples_per_episode
-    return {'out': str(out), 'shards': config.num_shards, 'written': written,
+    return {'out': str(out), 'shards': config.num_shards, 'written': len(todo),
             'skipped': skipped, 'rows': rows_total,
             'qa': rows_total * config.qa_per_frame}

@@ -5,14 +5,19 @@ Steps, each resumable (re-running the command skips what is done):
 
 1. the data engine on simulated scenes (train and held-out seeds), ``out/data/{train,heldout}``;
 2. gripper-to-object distance QA from simulated robot episodes (the reward node's question),
-   ``out/data/{gripper_train,gripper_heldout}``;
+   ``out/data/{gripper_train,gripper_focus,gripper_heldout}``;
 3. the compact model, untrained, with its tokenizer trained on the engine's text, ``out/init``;
 4. training from scratch (vision encoder unfrozen: there is nothing pretrained to keep),
-   ``out/run`` (checkpoints, TensorBoard, ``final/``);
+   ``out/run`` (checkpoints, TensorBoard, ``final/``), then a second stage that adds more
+   gripper episodes (``gripper_focus``) while keeping the engine's data in the mix (a stage on
+   gripper data alone made the model forget the object-to-object questions), ``out/run_focus``;
 5. evaluation on the held-out sets against the simulator's truth (``out/eval_*.json`` and
    predicted-vs-true plots), and a model card (``out/run/final/README.md``);
 6. with ``--install``, the final model is copied into the package
    (``spatialvlm_ros/model/default_model``), which the reward node loads by default.
+
+Each step's wall time is kept in ``out/timings.json`` when it runs, so the model card reports
+the cost of the whole recipe even when the command was resumed.
 """
 
 from __future__ import annotations
@@ -48,9 +53,13 @@ class DefaultRecipe:
     :ivar general_ratio: share of general description examples.
     :ivar seed: training seed (data seeds: 1 for training, 9001 for held-out).
     :ivar eval_limit: questions evaluated per held-out set (0: all).
-    :ivar focus_steps: steps of a second stage on the gripper-distance data alone (0: none),
-        starting from the first stage's final model: the reward node's question.
+    :ivar focus_steps: steps of a second stage (0: none), starting from the first stage's final
+        model, on the gripper-distance data (the reward node's question) plus
+        ``focus_gripper_episodes`` more episodes, mixed with the engine data when
+        ``focus_mix_engine``.
     :ivar focus_lr: peak learning rate of that stage.
+    :ivar focus_gripper_episodes: extra robot episodes (another seed) for the second stage.
+    :ivar focus_mix_engine: keep the engine's object-to-object data in the second stage.
     """
 
     out: str = 'runs/default'
@@ -61,26 +70,32 @@ class DefaultRecipe:
     width: int = 320
     height: int = 240
     workers: int = 2
-    steps: int = 1500
+    steps: int = 1200
     batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 100
     general_ratio: float = 0.05
     seed: int = 0
     eval_limit: int = 1500
-    focus_steps: int = 700
+    focus_steps: int = 600
     focus_lr: float = 3e-4
+    focus_gripper_episodes: int = 600
+    focus_mix_engine: bool = True
 
     def __post_init__(self) -> None:
         for name in ('train_scenes', 'heldout_scenes', 'gripper_episodes',
                      'heldout_gripper_episodes', 'steps', 'batch_size', 'workers'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
+        for name in ('focus_steps', 'focus_gripper_episodes'):
+            if getattr(self, name) < 0:
+                raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
         if not self.lr > 0:
             raise ValueError(f'lr must be positive, got {self.lr}')
 
 
 TRAIN_SEED = 1
+FOCUS_SEED = 2
 HELDOUT_SEED = 9001
 
 
@@ -88,7 +103,31 @@ def _log(message: str) -> None:
     print(f'[train-default] {message}', file=sys.stderr, flush=True)
 
 
-def build_data(recipe: DefaultRecipe) -> dict[str, Path]:
+class Timings:
+    """Wall time of each step of the recipe, kept in ``out/timings.json`` across resumed runs."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.path = Path(out) / 'timings.json'
+        self.seconds: dict[str, float] = {}
+        if self.path.is_file():
+            self.seconds = {str(k): float(v) for k, v in
+                            json.loads(self.path.read_text(encoding='utf-8')).items()}
+
+    def record(self, name: str, seconds: float, did_work: bool) -> None:
+        """Keep ``seconds`` for ``name`` if the step did its work (else keep the old figure)."""
+        if did_work or name not in self.seconds:
+            self.seconds[name] = round(float(seconds), 1)
+            from spatialvlm_ros.synth.dataset import atomic_write
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, json.dumps(self.seconds, indent=1).encode('utf-8'))
+
+    def total(self) -> float:
+        """Return the summed seconds."""
+        return float(sum(self.seconds.values()))
+
+
+def build_data(recipe: DefaultRecipe, timings: Timings | None = None) -> dict[str, Path]:
     """Run the data engine and the gripper QA generator (resumable); return the folders."""
     from spatialvlm_ros.synth.dataset import DatasetConfig, run_dataset
     from spatialvlm_ros.synth.gripper import GripperDataConfig, write_gripper_dataset
@@ -97,22 +136,34 @@ def build_data(recipe: DefaultRecipe) -> dict[str, Path]:
     data = Path(recipe.out) / 'data'
     folders = {'train': data / 'train', 'heldout': data / 'heldout',
                'gripper_train': data / 'gripper_train',
+               'gripper_focus': data / 'gripper_focus',
                'gripper_heldout': data / 'gripper_heldout'}
     size = {'width': recipe.width, 'height': recipe.height}
     for name, scenes, seed in (('train', recipe.train_scenes, TRAIN_SEED),
                                ('heldout', recipe.heldout_scenes, HELDOUT_SEED)):
         _log(f'data engine: {scenes} scenes -> {folders[name]}')
+        start = time.perf_counter()
+        done = (folders[name] / 'summary.json').is_file()
         run_dataset(DatasetConfig(out=str(folders[name]), num_scenes=scenes, shard_size=100,
                                   source='sim', source_kwargs=size,
                                   engine=EngineConfig(seed=seed)),
                     workers=recipe.workers)
+        if timings is not None:
+            timings.record(f'data_{name}', time.perf_counter() - start, not done)
     for name, episodes, seed in (('gripper_train', recipe.gripper_episodes, TRAIN_SEED),
+                                 ('gripper_focus', recipe.focus_gripper_episodes, FOCUS_SEED),
                                  ('gripper_heldout', recipe.heldout_gripper_episodes,
                                   HELDOUT_SEED)):
+        if episodes < 1 or (name == 'gripper_focus' and recipe.focus_steps <= 0):
+            continue
         _log(f'gripper QA: {episodes} episodes -> {folders[name]}')
-        write_gripper_dataset(GripperDataConfig(out=str(folders[name]), episodes=episodes,
-                                                seed=seed, width=recipe.width,
-                                                height=recipe.height, frames_per_episode=20))
+        start = time.perf_counter()
+        summary = write_gripper_dataset(
+            GripperDataConfig(out=str(folders[name]), episodes=episodes, seed=seed,
+                              width=recipe.width, height=recipe.height, frames_per_episode=20),
+            workers=recipe.workers)
+        if timings is not None:
+            timings.record(f'data_{name}', time.perf_counter() - start, summary['written'] > 0)
     return folders
 
 
@@ -132,7 +183,8 @@ def init_model(folder: Path) -> Path:
     return folder
 
 
-def run_training(recipe: DefaultRecipe, model: Path, folders: dict[str, Path]) -> Any:
+def run_training(recipe: DefaultRecipe, model: Path, folders: dict[str, Path],
+                 timings: Timings | None = None) -> Any:
     """Train (resuming from the latest checkpoint when there is one)."""
     from spatialvlm_ros.train.config import TrainConfig
     from spatialvlm_ros.train.trainer import list_checkpoints, train
@@ -145,19 +197,33 @@ def run_training(recipe: DefaultRecipe, model: Path, folders: dict[str, Path]) -
         warmup_steps=recipe.warmup_steps, freeze_vision=False, seed=recipe.seed,
         save_every=100, keep_last=2, eval_every=0)
     resume = bool(run.exists() and list_checkpoints(run))
+    done = (run / 'final' / 'config.json').is_file()
     _log(f'training {recipe.steps} steps (resume: {resume}) -> {run}')
+    start = time.perf_counter()
     result = train(config, resume=resume)
+    if timings is not None:
+        timings.record('train_stage1', time.perf_counter() - start, not done)
     if recipe.focus_steps <= 0:
         return result
-    focus = Path(recipe.out) / 'run_gripper'
+    focus = Path(recipe.out) / 'run_focus'
+    data = [str(folders['gripper_train'])]
+    if recipe.focus_gripper_episodes > 0:
+        data.append(str(folders['gripper_focus']))
+    if recipe.focus_mix_engine:
+        data.append(str(folders['train']))
     config = dataclasses.replace(
-        config, model=str(result.final_dir or run / 'final'),
-        data=(str(folders['gripper_train']),),
-        general_ratio=0.0, out_dir=str(focus), max_steps=recipe.focus_steps, lr=recipe.focus_lr,
-        min_lr=recipe.focus_lr / 50, warmup_steps=min(50, recipe.focus_steps // 10))
+        config, model=str(result.final_dir or run / 'final'), data=tuple(data),
+        out_dir=str(focus), max_steps=recipe.focus_steps, lr=recipe.focus_lr,
+        min_lr=recipe.focus_lr / 50, warmup_steps=min(50, recipe.focus_steps // 10),
+        general_ratio=recipe.general_ratio if recipe.focus_mix_engine else 0.0)
     resume = bool(focus.exists() and list_checkpoints(focus))
-    _log(f'gripper stage: {recipe.focus_steps} steps (resume: {resume}) -> {focus}')
+    done = (focus / 'final' / 'config.json').is_file()
+    _log(f'second stage: {recipe.focus_steps} steps on {len(data)} datasets '
+         f'(resume: {resume}) -> {focus}')
+    start = time.perf_counter()
     second = train(config, resume=resume)
+    if timings is not None:
+        timings.record('train_stage2', time.perf_counter() - start, not done)
     second.losses = list(result.losses) + list(second.losses)
     return second
 
@@ -188,8 +254,8 @@ def evaluate(recipe: DefaultRecipe, model_dir: Path, folders: dict[str, Path]) -
 
 
 def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
-               seconds: float) -> str:
-    """Return the model card (markdown)."""
+               timings: dict[str, float]) -> str:
+    """Return the model card (markdown); ``timings``: seconds per step of the recipe."""
     def metric(name: str, key: str) -> str:
         value = reports[name]['greedy']['overall'].get(key)
         if value is None:
@@ -207,6 +273,11 @@ def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
             ('gripper: within [90%, 110%]', 'gripper_heldout', 'within_90_110')]
     table = '\n'.join(f'| {label} | {metric(name, key)} |' for label, name, key in rows)
     mre = reports['gripper_heldout'].get('median_relative_error')
+    steps = ', '.join(f'{name} {value / 60:.1f} min' for name, value in timings.items())
+    second = 'no second stage' if recipe.focus_steps <= 0 else (
+        f'then {recipe.focus_steps} steps (lr {recipe.focus_lr}) on the gripper data plus '
+        f'{recipe.focus_gripper_episodes} more episodes (seed {FOCUS_SEED})'
+        + (', still mixed with the engine data' if recipe.focus_mix_engine else ' alone'))
     gripper_mre = '-' if mre is None else f'{100 * mre:.1f}%'
     return f"""# spatialvlm_ros compact spatial VLM (shipped default)
 
@@ -229,9 +300,9 @@ Recipe (``DefaultRecipe``): `{json.dumps(asdict(recipe), sort_keys=True)}`
   seed {HELDOUT_SEED} (scenes, camera poses and episodes never used in training).
 - training: {recipe.steps} steps on all the data, batch {recipe.batch_size}, AdamW, lr
   {recipe.lr} with {recipe.warmup_steps} warm-up steps and cosine decay, seed {recipe.seed};
-  then {recipe.focus_steps} steps on the gripper-distance data alone (lr {recipe.focus_lr});
-  first loss {result.losses[0]:.3f}, last loss {result.losses[-1]:.3f}.
-- wall time of the whole command on the machine that made it: {seconds / 60:.1f} min.
+  {second}; first loss {result.losses[0]:.3f}, last loss {result.losses[-1]:.3f}.
+- wall time on the machine that made it: {sum(timings.values()) / 60:.1f} min in all
+  ({steps}; `timings.json`, kept across resumed runs).
 
 ## Held-out evaluation (greedy decoding, truth = simulator)
 
@@ -240,7 +311,7 @@ Recipe (``DefaultRecipe``): `{json.dumps(asdict(recipe), sort_keys=True)}`
 {table}
 
 Gripper-to-object distance, median relative error: {gripper_mre}.
-Full reports: `eval_heldout.json`, `eval_gripper_heldout.json` in the working folder.
+Full reports: `eval_heldout.json`, `eval_gripper_heldout.json` (beside this card).
 
 ## Against the project's goals
 
@@ -276,9 +347,11 @@ def register(subparsers: Any) -> None:
         'train-default', help='produce the shipped compact model: data, training, evaluation',
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='runs/default', help='working folder')
-    parser.add_argument('--steps', type=int, help='optimizer steps (default 1500)')
+    parser.add_argument('--steps', type=int, help='optimizer steps (default 1200)')
     parser.add_argument('--focus-steps', type=int,
-                        help='gripper-distance stage steps (default 700; 0: none)')
+                        help='second (gripper-focused) stage steps (default 600; 0: none)')
+    parser.add_argument('--focus-gripper-episodes', type=int,
+                        help='extra robot episodes for the second stage (default 600)')
     parser.add_argument('--train-scenes', type=int, help='engine scenes (default 4000)')
     parser.add_argument('--gripper-episodes', type=int, help='robot episodes (default 300)')
     parser.add_argument('--heldout-scenes', type=int, help='held-out scenes (default 300)')
@@ -295,8 +368,9 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     from spatialvlm_ros.cli import CommandError, print_result
 
-    names = ('steps', 'focus_steps', 'train_scenes', 'gripper_episodes', 'heldout_scenes',
-             'heldout_gripper_episodes', 'eval_limit', 'workers')
+    names = ('steps', 'focus_steps', 'focus_gripper_episodes', 'train_scenes',
+             'gripper_episodes', 'heldout_scenes', 'heldout_gripper_episodes', 'eval_limit',
+             'workers')
     overrides = {k: getattr(args, k) for k in names
                  if getattr(args, k) is not None}
     try:
@@ -304,13 +378,19 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     start = time.perf_counter()
-    folders = build_data(recipe)
+    timings = Timings(recipe.out)
+    folders = build_data(recipe, timings)
     model = init_model(Path(recipe.out) / 'init')
-    result = run_training(recipe, model, folders)
+    result = run_training(recipe, model, folders, timings)
     final = Path(result.final_dir)
+    tick = time.perf_counter()
     reports = evaluate(recipe, final, folders)
+    timings.record('evaluation', time.perf_counter() - tick, True)
     seconds = time.perf_counter() - start
-    (final / 'README.md').write_text(model_card(recipe, result, reports, seconds))
+    (final / 'README.md').write_text(model_card(recipe, result, reports, timings.seconds))
+    shutil.copy(timings.path, final / 'timings.json')
+    for name in ('heldout', 'gripper_heldout'):
+        shutil.copy(Path(recipe.out) / f'eval_{name}.json', final / f'eval_{name}.json')
     if args.install:
         from spatialvlm_ros.model.estimator import DEFAULT_MODEL_DIR
 
