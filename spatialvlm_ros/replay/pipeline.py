@@ -11,6 +11,10 @@ and shapes the smoothed distance into a reward (:mod:`spatialvlm_ros.core.reward
 - a distance the smoother rejects as an outlier also holds the reward;
 - a fresh reward is shaped only from an accepted sample of a smoother that is not stale.
 
+Staleness is judged on the image stamps (offline), or, when a ``clock`` is given (the live
+node passes ``time.monotonic``), on that clock: stale once no answer was accepted for the
+smoother's ``stale_after_s`` of clock time (see :meth:`RewardPipeline.stale_at`).
+
 Only numpy and the core are imported (no rclpy, no torch): the estimator is injected. The step is
 deterministic given the estimator's answers, so a replay reproduces the node's output.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -70,7 +74,8 @@ class FrameRecord:
         before the first accepted one).
     :ivar smoothed_valid: the smoother has an estimate that is not stale.
     :ivar rejected: the smoother rejected this answer as an outlier.
-    :ivar stale: no answer accepted for longer than the smoother's ``stale_after_s``.
+    :ivar stale: no answer accepted for longer than the smoother's ``stale_after_s`` (judged
+        on the stamps, or on the pipeline's ``clock`` when it has one).
     :ivar reward: the shaped reward (held when not fresh; ``nan`` before the first fresh one).
     :ivar reward_fresh: the reward was computed from this frame's answer.
     :ivar success: the (smoothed) distance is within the success threshold (held when not fresh).
@@ -126,11 +131,15 @@ class RewardPipeline:
     :param target: the phrase for the target object ('the red mug').
     :param smoother: a ``MedianEMAConfig`` / ``KalmanConfig``, or None for no smoothing.
     :param reward: the shaping settings (default ``RewardConfig()``).
+    :param clock: if given, a function returning seconds (``time.monotonic``): staleness is
+        judged on it instead of on the stamps (the live node's wall clock); the reference
+        before the first accepted answer is the time of construction / :meth:`reset`.
     """
 
     def __init__(self, estimator: Any, subject: str, target: str,
                  smoother: SmootherConfig | None = None,
-                 reward: RewardConfig | None = None) -> None:
+                 reward: RewardConfig | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         if not subject or not target:
             raise ValueError(f'subject and target must be non-empty, got {subject!r}, '
                              f'{target!r}')
@@ -141,13 +150,35 @@ class RewardPipeline:
         self.reward_config = reward or RewardConfig()
         self._smoother = make_smoother(smoother) if smoother is not None else _Passthrough()
         self._shaper = RewardShaper(self.reward_config)
+        self.clock = clock
         self.steps = 0
+        self.last_stamp_s: float | None = None
+        self._accepted_at: float | None = None
+        self._clock_start = clock() if clock is not None else 0.0
+
+    @property
+    def stale_after_s(self) -> float:
+        """Return the smoother's ``stale_after_s`` (``inf`` without a smoother)."""
+        return float(getattr(self.smoother_config, 'stale_after_s', math.inf))
 
     def reset(self) -> None:
         """Start a new episode (smoother and shaper forget everything)."""
         self._smoother.reset()
         self._shaper.reset()
         self.steps = 0
+        self.last_stamp_s = None
+        self._accepted_at = None
+        self._clock_start = self.clock() if self.clock is not None else 0.0
+
+    def stale_at(self, now_s: float) -> bool:
+        """
+        Return whether no answer was accepted for ``stale_after_s`` at ``clock`` time ``now_s``.
+
+        Measured from the last accepted answer, or from construction / :meth:`reset` before
+        one; meaningful with a ``clock`` only.
+        """
+        reference = self._accepted_at if self._accepted_at is not None else self._clock_start
+        return now_s - reference > self.stale_after_s
 
     def step(self, stamp_s: float, image: np.ndarray) -> FrameRecord:
         """
@@ -165,14 +196,21 @@ class RewardPipeline:
         valid = bool(estimate.valid)
         raw = float(estimate.value_m) if valid else None
         state = self._smoother.update(float(stamp_s), raw)
+        self.last_stamp_s = float(stamp_s)
         accepted = valid and not state.rejected
         fresh = accepted and state.valid
+        stale = bool(state.stale)
+        if self.clock is not None:
+            now = self.clock()
+            if fresh:
+                self._accepted_at = now
+            stale = self.stale_at(now)
         shaped = self._shaper.update(state.value if fresh else None, fresh)
         self.steps += 1
         return FrameRecord(
             stamp_s=float(stamp_s), text=str(estimate.text), distance_raw_m=raw, valid=valid,
             distance_m=float(state.value), smoothed_valid=bool(state.valid),
-            rejected=bool(state.rejected), stale=bool(state.stale), reward=float(shaped.reward),
+            rejected=bool(state.rejected), stale=stale, reward=float(shaped.reward),
             reward_fresh=bool(shaped.valid), success=bool(shaped.success),
             latency_s=float(getattr(estimate, 'latency_s', 0.0)),
             reason=str(getattr(estimate, 'reason', '') or ''))

@@ -12,7 +12,9 @@ the bag timestamps divided by ``rate``. Messages sharing a timestamp are publish
 the colour image last, so a frame's ground truth, camera info and depth are out before it.
 :class:`ResultRecorder` subscribes to the node's ``spatialvlm/result`` (stamped with the source
 frame's header) and keeps one record per processed frame; :func:`write_records_csv` writes
-them.
+them. Playing starts once every link the replay relies on (each played topic the node
+subscribes to, and the node's result to the recorder) is matched at both ends
+(:func:`wait_until_matched`), so the first frame is delivered like the others.
 
 Everything runs in one process on its own rclpy context, in the domain of ``ROS_DOMAIN_ID`` or
 a random one (so a replay never talks to a robot on the default domain).
@@ -45,6 +47,9 @@ RECORD_FIELDS = RESULT_KEYS
 
 DEFAULT_TOPICS = ('rgb', 'camera_info', 'depth', 'distance_centre')
 """Bag layout keys played by default (the colour image, what the node may use with it)."""
+
+MATCH_TIMEOUT_S = 10.0
+"""Default seconds to wait for the publishers and subscriptions to match before playing."""
 
 
 def _groups(messages: Iterable[Any]) -> Iterator[list[Any]]:
@@ -84,6 +89,11 @@ class BagPlayer(Node):
         self.finished = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def publishers(self) -> dict[str, Any]:
+        """Return the publishers created so far, by topic name."""
+        return dict(self._pubs)
 
     def publisher_for(self, topic: str, msgtype: str) -> Any:
         """Return (creating it once) the publisher of ``topic``."""
@@ -135,6 +145,48 @@ class BagPlayer(Node):
             self.get_logger().error(f'playing {self.bag} failed: {exc}')
         finally:
             self.finished.set()
+
+
+def replay_links(player: BagPlayer, node: RewardNode,
+                 recorder: ResultRecorder) -> list[tuple[Any, Any]]:
+    """
+    Return the (publisher, subscription) pairs a live replay relies on.
+
+    Each node input subscription on a topic the player publishes (after ``prepare``), and the
+    node's ``spatialvlm/result`` publisher with the recorder's subscription.
+    """
+    publishers = player.publishers
+    links = [(publishers[sub.topic_name], sub) for sub in node.input_subscriptions()
+             if sub.topic_name in publishers]
+    result = node.output_publisher('result')
+    if result is not None:
+        links.append((result, recorder.subscription))
+    return links
+
+
+def wait_until_matched(links: Iterable[tuple[Any, Any]], timeout_s: float,
+                       poll_s: float = 0.005) -> None:
+    """
+    Wait until every (publisher, subscription) pair is matched at both ends.
+
+    Both ends must report the match (``get_subscription_count`` of the publisher and
+    ``get_publisher_count`` of the subscription): a reliable sample published before the
+    subscription has matched the publisher may be lost.
+
+    :raise RuntimeError: naming the topics still unmatched after ``timeout_s`` seconds.
+    """
+    links = list(links)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pending = sorted({pub.topic_name for pub, sub in links
+                          if pub.get_subscription_count() < 1 or sub.get_publisher_count() < 1})
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f'publishers and subscriptions not matched after {timeout_s:g} s '
+                               f'on {", ".join(pending)} (discovery blocked? check '
+                               'ROS_DOMAIN_ID and ROS_AUTOMATIC_DISCOVERY_RANGE)')
+        time.sleep(poll_s)
 
 
 def parse_result(msg: DiagnosticArray) -> dict[str, Any]:
@@ -197,7 +249,7 @@ def run_live_replay(bag: str | os.PathLike[str], node_params: dict[str, Any] | N
                     topics: Iterable[str] = DEFAULT_TOPICS,
                     csv_path: str | os.PathLike[str] | None = None,
                     settle_s: float = 10.0, report: dict[str, Any] | None = None,
-                    ) -> list[dict[str, Any]]:
+                    match_timeout_s: float = MATCH_TIMEOUT_S) -> list[dict[str, Any]]:
     """
     Play ``bag`` live through a reward node and return its records (one per processed frame).
 
@@ -212,6 +264,9 @@ def run_live_replay(bag: str | os.PathLike[str], node_params: dict[str, Any] | N
     :param settle_s: after the last message, how long to wait for the last frame's outputs.
     :param report: if given, filled with ``frames_played``, ``node`` (the node's final
         diagnostics) and ``wall_s``.
+    :param match_timeout_s: how long to wait for the player, node and recorder to match.
+    :raise RuntimeError: if the node fails to configure / activate, or the topics do not match
+        within ``match_timeout_s``.
     """
     params = dict(node_params or {})
     wanted = [layout.TOPICS[key].name for key in topics if key in layout.TOPICS]
@@ -247,11 +302,7 @@ def run_live_replay(bag: str | os.PathLike[str], node_params: dict[str, Any] | N
                                        context=session.context))
         recorder = ResultRecorder(player)
         player.prepare()
-        image_pub = player.publisher_for(rgb, 'sensor_msgs/msg/Image')
-        session.wait_for(lambda: image_pub.get_subscription_count() > 0
-                         and node.input_publisher_count() > 0
-                         and recorder.subscription.get_publisher_count() > 0, 10.0)
-        time.sleep(0.2)  # matched both ways; let reliable delivery of the first frame settle
+        wait_until_matched(replay_links(player, node, recorder), match_timeout_s)
         player.start()
         player.finished.wait()
         stats = node.stats

@@ -3,7 +3,8 @@
 
 Per frame it asks a distance estimator 'how far is ``subject`` from ``target``?', smooths the
 answers (:mod:`spatialvlm_ros.core.smoothing`) and shapes them into a reward
-(:mod:`spatialvlm_ros.core.reward`).
+(:mod:`spatialvlm_ros.core.reward`), with the offline replay's step
+(:meth:`spatialvlm_ros.replay.pipeline.RewardPipeline.feed`), staleness judged by the wall clock.
 
 Lifecycle: *configure* reads and validates the parameters and creates the publishers and
 timers; *activate* builds the estimator (loads the model, see
@@ -87,14 +88,10 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 
 from spatialvlm_ros.bags.imageconv import array_to_image, ImageConversionError
-from spatialvlm_ros.core.reward import BONUS_MODES, REWARD_MODES, RewardConfig, RewardShaper
-from spatialvlm_ros.core.smoothing import (
-    KalmanConfig,
-    make_smoother,
-    MedianEMAConfig,
-    SmootherConfig,
-)
+from spatialvlm_ros.core.reward import BONUS_MODES, REWARD_MODES, RewardConfig
+from spatialvlm_ros.core.smoothing import KalmanConfig, MedianEMAConfig, SmootherConfig
 from spatialvlm_ros.model.estimator import DistanceEstimate, DistanceEstimator
+from spatialvlm_ros.replay.pipeline import RewardPipeline
 from spatialvlm_ros.replay.topics import (
     NODE_NAME,
     OUTPUT_TOPICS,
@@ -504,16 +501,17 @@ class RewardNode(Node):
         return self._settings
 
     def _reset_filters(self) -> None:
+        """Start a new filter and shaper: the offline pipeline's, stale by the wall clock."""
         with self._lock:
-            if self._settings is None:
-                self._smoother = make_smoother(MedianEMAConfig())
-                self._shaper = RewardShaper()
+            settings = self._settings
+            if settings is None:
+                self._pipeline = RewardPipeline(
+                    None, PARAMETER_SPECS['subject'].default, PARAMETER_SPECS['target'].default,
+                    MedianEMAConfig(), clock=time.monotonic)
             else:
-                self._smoother = make_smoother(self._settings.smoother)
-                self._shaper = RewardShaper(self._settings.reward)
-            self._last_t: float | None = None
-            self._last_accept: float | None = None
-            self._stale_since_ref = time.monotonic()
+                self._pipeline = RewardPipeline(None, settings['subject'], settings['target'],
+                                                settings.smoother, settings.reward,
+                                                clock=time.monotonic)
             self._stale = False
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -595,6 +593,14 @@ class RewardNode(Node):
     def input_publisher_count(self) -> int:
         """Return how many publishers the image subscription is matched with (0 inactive)."""
         return self._inputs[0].get_publisher_count() if self._inputs else 0
+
+    def input_subscriptions(self) -> tuple[Any, ...]:
+        """Return the input subscriptions, the image's first (empty while inactive)."""
+        return tuple(self._inputs)
+
+    def output_publisher(self, key: str) -> Any:
+        """Return the publisher of an :data:`OUTPUTS` key (None before configure)."""
+        return self._outputs.get(key)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Unsubscribe, wait for a running inference and close the estimator."""
@@ -816,40 +822,29 @@ class RewardNode(Node):
         self.stats.processed(latency, stamp_age, inference_s)
 
     def _update_filters(self, result: DistanceEstimate, stamp_ns: int) -> dict[str, Any]:
+        """Feed the answer to the pipeline (by stamp, monotonic clock if unstamped)."""
         t = stamp_ns / 1e9 if stamp_ns > 0 else time.monotonic()
-        if self._last_t is not None and t < self._last_t:
+        last = self._pipeline.last_stamp_s
+        if last is not None and t < last:
             self.get_logger().info('image stamps went back in time; starting a new episode')
             self._reset_filters()
-        self._last_t = t
-        if not result.valid:
+        frame = self._pipeline.feed(t, result)
+        if not frame.valid:
             self.stats.add('invalid_answers')
-        state = self._smoother.update(t, result.value_m if result.valid else None)
-        if state.rejected:
+        if frame.rejected:
             self.stats.add('rejected_outliers')
-        accepted = result.valid and not state.rejected and state.valid
-        now = time.monotonic()
-        if accepted:
-            self._last_accept = now
-        self._stale = self._stale_at(now)
-        shaped = self._shaper.update(state.value, valid=accepted)
-        return {'distance_raw': finite_or_nan(result.value_m if result.valid else None),
-                'distance': finite_or_nan(state.value), 'reward': shaped.reward,
-                'success': shaped.success, 'valid': accepted, 'stale': self._stale,
-                'smoother_valid': state.valid and not self._stale,
-                'rejected': state.rejected}
-
-    def _stale_at(self, now: float) -> bool:
-        reference = self._last_accept if self._last_accept is not None else \
-            self._stale_since_ref
-        settings = self._settings
-        limit = float(settings['stale_after_s']) if settings is not None else 1.0
-        return now - reference > limit
+        self._stale = frame.stale
+        return {'distance_raw': finite_or_nan(frame.distance_raw_m),
+                'distance': finite_or_nan(frame.distance_m), 'reward': frame.reward,
+                'success': frame.success, 'valid': frame.reward_fresh, 'stale': frame.stale,
+                'smoother_valid': frame.smoothed_valid and not frame.stale,
+                'rejected': frame.rejected}
 
     def _check_stale(self) -> None:
         if not self._active:
             return
         with self._lock:
-            stale = self._stale_at(time.monotonic())
+            stale = self._pipeline.stale_at(time.monotonic())
             changed = stale != self._stale
             self._stale = stale
         if changed:
