@@ -7,7 +7,13 @@ exactly ``--new-tokens`` greedy decoding steps (``min_new_tokens`` forces the le
 random model cannot stop early), decodes and parses the answer. Batch 1 is one
 ``SpatialVLM.ask`` per image; batch B asks B pairs at once. Latency is per call.
 
-Usage: ``python benchmarks/bench_inference.py [--calls 60] [--new-tokens 8] [--threads 2]``
+With ``--shipped`` it measures the trained shipped default instead, the way the reward node
+uses it: ``VLMDistanceEstimator.estimate`` on rendered simulator frames (320x240) with the
+gripper question, real answers of their natural length, once stopping as soon as the distance
+is read (the estimator's default) and once decoding the whole sentence.
+
+Usage: ``python benchmarks/bench_inference.py [--calls 60] [--new-tokens 8] [--threads 2]
+[--shipped]``
 """
 
 from __future__ import annotations
@@ -37,6 +43,40 @@ def _measure(vlm: SpatialVLM, images: list[np.ndarray], batch: int, calls: int,
     return times
 
 
+def shipped(calls: int, threads: int) -> None:
+    """Print rows for the shipped default answering the gripper question on rendered frames."""
+    import torch
+
+    from spatialvlm_ros.model.estimator import VLMDistanceEstimator
+    from spatialvlm_ros.sim.episode import EpisodeConfig, generate_episode
+
+    episode = generate_episode(EpisodeConfig(seed=9200, num_frames=20, width=320, height=240))
+    caption = episode.metadata['target_caption']
+    target = caption if caption.startswith('the ') else f'the {caption}'
+    frames = [f.rgb for f in episode.frames]
+    print(f'shipped default; torch threads {torch.get_num_threads()}; target {target!r}')
+    print('| device | decoding | calls | answers/s | p50 ms/call | p99 ms/call | mean answer |')
+    print('|---|---|---|---|---|---|---|')
+    devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+    for device in devices:
+        estimator = VLMDistanceEstimator(None, device=device,
+                                         threads=threads or None)
+        for label, stop in (('stop at distance', True), ('whole answer', False)):
+            estimator._vlm.config.stop_at_distance = stop
+            times, lengths = [], []
+            for i in range(3 + calls):
+                start = time.perf_counter()
+                result = estimator.estimate(frames[i % len(frames)], 'the gripper', target)
+                if i >= 3:
+                    times.append(time.perf_counter() - start)
+                    lengths.append(len(result.text))
+            t = np.array(times)
+            p50, p99 = np.percentile(t, [50, 99]) * 1e3
+            print(f'| {device} | {label} | {calls} | {len(t) / t.sum():.1f} | {p50:.1f} | '
+                  f'{p99:.1f} | {np.mean(lengths):.0f} chars |', flush=True)
+        estimator.close()
+
+
 def main() -> None:
     """Print a table of answers/s and latency percentiles."""
     import torch
@@ -46,9 +86,14 @@ def main() -> None:
     parser.add_argument('--new-tokens', type=int, default=8, help='generated tokens per answer')
     parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
     parser.add_argument('--batches', type=int, nargs='+', default=[1, 8], help='batch sizes')
+    parser.add_argument('--shipped', action='store_true',
+                        help='measure the trained shipped default on rendered frames')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.shipped:
+        shipped(args.calls, args.threads)
+        return
     cfg = CompactVLMConfig()
     model, processor = build_compact_model(cfg)
     counts = count_parameters(model)

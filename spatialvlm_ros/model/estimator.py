@@ -126,7 +126,9 @@ class VLMDistanceEstimator:
         for precise distances); 1 decodes greedily.
     :param temperature: sampling temperature when ``samples > 1``.
     :param question_template: the question, with ``[A]`` (subject) and ``[B]`` (target) slots.
-    :param max_new_tokens: generated tokens per answer.
+    :param max_new_tokens: most generated tokens per answer; generation stops once the stated
+        distance is read (``InferenceConfig.stop_at_distance``), so the answer text may end
+        mid-sentence ('The gripper is 20 cm from').
     :param threads: torch CPU threads (None leaves torch's default).
     :param seed: sampling seed.
     :param trust_remote_code: allow model code from the folder (off unless asked for).
@@ -155,7 +157,7 @@ class VLMDistanceEstimator:
         config = InferenceConfig(max_new_tokens=max_new_tokens,
                                  decoding='sample' if samples > 1 else 'greedy',
                                  temperature=temperature, num_samples=samples, seed=seed,
-                                 batch_size=max(1, samples))
+                                 batch_size=max(1, samples), stop_at_distance=True)
         self._vlm: Any = SpatialVLM(self._loaded, config)
 
     @property
