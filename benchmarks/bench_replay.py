@@ -66,24 +66,39 @@ def _fmt(value: float | None) -> str:
     return '-' if value is None else f'{value:.3f}'
 
 
+def _defined(rows: list[dict[str, Any]]) -> str:
+    return f"{sum(r.get('spearman') is not None for r in rows)}/{len(rows)}"
+
+
+def _mean_or_zero(rows: list[dict[str, Any]], key: str) -> float | None:
+    # a constant reward (correlation undefined) carries no order information: count it as 0
+    return float(np.mean([r.get(key) or 0.0 for r in rows])) if rows else None
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
-    """Return the markdown tables: overall per estimator, then per scenario."""
-    keys = ('spearman', 'kendall_tau', 'median_rel_error', 'mae_m', 'smoothed_mae_m',
-            'numeric_share')
-    lines = ['| estimator | episodes | Spearman | Kendall tau | median rel. err | MAE (m) | '
-             'smoothed MAE (m) | numeric |', '|' + '---|' * 8]
+    """
+    Return the markdown tables: overall per estimator, then per scenario.
+
+    Spearman is undefined for an episode whose reward is constant; the tables give the mean over
+    the episodes where it is defined, how many those are, and the mean counting undefined as 0.
+    """
+    keys = ('kendall_tau', 'median_rel_error', 'mae_m', 'smoothed_mae_m', 'numeric_share')
+    lines = ['| estimator | episodes | Spearman | defined | Spearman (undefined = 0) | '
+             'Kendall tau | median rel. err | MAE (m) | smoothed MAE (m) | numeric |',
+             '|' + '---|' * 10]
     for name, summary in results.items():
         rows = summary['bags']
-        lines.append(f'| {name} | {len(rows)} | '
+        lines.append(f'| {name} | {len(rows)} | {_fmt(_mean(rows, "spearman"))} | '
+                     f'{_defined(rows)} | {_fmt(_mean_or_zero(rows, "spearman"))} | '
                      + ' | '.join(_fmt(_mean(rows, k)) for k in keys) + ' |')
-    lines += ['', '| estimator | scenario | Spearman | Kendall tau | median rel. err |',
-              '|' + '---|' * 5]
+    lines += ['', '| estimator | scenario | Spearman | defined | Kendall tau | median rel. err |',
+              '|' + '---|' * 6]
     for name, summary in results.items():
         for scenario in SCENARIOS:
             rows = [r for r in summary['bags'] if scenario_of(r['bag_name']) == scenario]
             if rows:
                 lines.append(f'| {name} | {scenario} | {_fmt(_mean(rows, "spearman"))} | '
-                             f'{_fmt(_mean(rows, "kendall_tau"))} | '
+                             f'{_defined(rows)} | {_fmt(_mean(rows, "kendall_tau"))} | '
                              f'{_fmt(_mean(rows, "median_rel_error"))} |')
     return '\n'.join(lines)
 

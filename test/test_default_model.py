@@ -1,0 +1,114 @@
+"""
+The shipped default model: it loads from the package, answers, and beats clear accuracy floors.
+
+The floors sit below the shipped model's figures on this set (engine questions: 100% numeric,
+64% within [50%, 200%], qualitative 44%; gripper questions: 38% within [50%, 200%]) and far
+above what an untrained or broken model scores (the recipe's initial model: 0% on every one of
+them, it answers no number and no yes/no). They are floors against breakage, not the project's
+goals: the card reports those, and that the qualitative accuracy is below chance (about 50%)
+and the gripper answers barely follow the image. The small held-out set is made here from seeds
+no training run uses.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from spatialvlm_ros.core.answers import parse_distance
+
+HELDOUT_SEED = 9100  # training uses seeds 1 and 2, the card's benchmark 9001
+# below the card's held-out figures, above an untrained or constant-answer model (see above)
+FLOORS = {'engine_within_50_200': 0.45, 'qualitative_accuracy': 0.3,
+          'gripper_within_50_200': 0.25}
+
+
+@pytest.fixture(scope='module')
+def default_dir():
+    from spatialvlm_ros.model.estimator import default_model_folder
+
+    folder = default_model_folder()
+    assert (folder / 'model.safetensors').is_file()
+    return folder
+
+
+@pytest.fixture(scope='module')
+def heldout(tmp_path_factory):
+    """Write a small held-out set: 12 engine scenes and 4 robot episodes (6 frames each)."""
+    from spatialvlm_ros.synth.dataset import DatasetConfig, run_dataset
+    from spatialvlm_ros.synth.gripper import GripperDataConfig, write_gripper_dataset
+    from spatialvlm_ros.synth.pipeline import EngineConfig
+
+    root = tmp_path_factory.mktemp('heldout')
+    run_dataset(DatasetConfig(out=str(root / 'engine'), num_scenes=12, shard_size=12,
+                              source='sim', source_kwargs={'width': 320, 'height': 240},
+                              engine=EngineConfig(seed=HELDOUT_SEED)), workers=1)
+    write_gripper_dataset(GripperDataConfig(out=str(root / 'gripper'), episodes=4,
+                                            seed=HELDOUT_SEED, frames_per_episode=20,
+                                            episodes_per_shard=4), progress=False)
+    return root
+
+
+def test_model_card_and_files_ship(default_dir):
+    size = (default_dir / 'model.safetensors').stat().st_size
+    assert size <= 30 * 2**20
+    card = (default_dir / 'README.md').read_text(encoding='utf-8')
+    assert 'spatialvlm train-default' in card and 'Held-out evaluation' in card
+    report = json.loads((default_dir / 'eval_heldout.json').read_text(encoding='utf-8'))
+    assert report['greedy']['overall']['n'] >= 1000
+    assert not list(default_dir.glob('*.bin')) and not list(default_dir.glob('*.pt'))
+
+
+def test_default_loads_with_transformers_auto_classes(default_dir):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(default_dir)
+    processor = AutoProcessor.from_pretrained(default_dir)
+    assert model.config.model_type == 'llava'
+    assert processor.tokenizer.chat_template or processor.chat_template
+
+
+def test_default_beats_accuracy_floors(default_dir, heldout):
+    from spatialvlm_ros.evaluate.runner import EvalConfig, evaluate_model
+
+    config = EvalConfig(truth='sim', max_new_tokens=24, batch_size=16)
+    engine = evaluate_model(default_dir, [heldout / 'engine'], config).greedy.overall
+    assert engine['n'] >= 80
+    assert engine['numeric_share'] >= 0.95, engine
+    assert engine['within_50_200'] >= FLOORS['engine_within_50_200'], engine
+    assert engine['qualitative_accuracy'] >= FLOORS['qualitative_accuracy'], engine
+
+    result = evaluate_model(default_dir, [heldout / 'gripper'], config)
+    gripper = result.greedy.overall
+    assert gripper['n'] == 48 and gripper['numeric_share'] >= 0.95, gripper
+    assert gripper['within_50_200'] >= FLOORS['gripper_within_50_200'], gripper
+    truths, predictions, _ = result.distance_pairs()
+    assert all(p is not None and 0.0 < p < 3.0 for p in predictions), predictions
+
+
+def test_estimator_stops_once_the_distance_is_read(default_dir):
+    from spatialvlm_ros.model.estimator import VLMDistanceEstimator
+    from spatialvlm_ros.model.inference import InferenceConfig, SpatialVLM
+    from spatialvlm_ros.sim.episode import EpisodeConfig, generate_episode
+
+    episode = generate_episode(EpisodeConfig(seed=HELDOUT_SEED, num_frames=10, width=320,
+                                             height=240))
+    estimator = VLMDistanceEstimator(None, device='cpu')
+    full = SpatialVLM(estimator._loaded, InferenceConfig(max_new_tokens=24))
+    caption = episode.metadata['target_caption']
+    target = caption if caption.startswith('the ') else f'the {caption}'
+    shorter = 0
+    for frame in episode.frames[::3]:
+        stopped = estimator.estimate(frame.rgb, 'the gripper', target)
+        whole = full.ask(frame.rgb, [estimator.question('the gripper', target)])[0]
+        assert whole.text.startswith(stopped.text)
+        assert stopped.value_m == pytest.approx(whole.value_m)
+        assert parse_distance(stopped.text).value_m == pytest.approx(stopped.value_m)
+        shorter += len(stopped.text) < len(whole.text)
+    assert shorter >= 3
+    estimator.close()
+
+
+def test_package_data_lists_the_default_model():
+    setup = (Path(__file__).resolve().parents[1] / 'setup.py').read_text(encoding='utf-8')
+    assert 'default_model/*' in setup
