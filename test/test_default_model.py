@@ -87,26 +87,34 @@ def test_default_beats_accuracy_floors(default_dir, heldout):
 
 
 def test_estimator_stops_once_the_distance_is_read(default_dir):
-    from spatialvlm_ros.model.estimator import VLMDistanceEstimator
+    from spatialvlm_ros.model.estimator import DEFAULT_ANSWER_PREFIX, VLMDistanceEstimator
     from spatialvlm_ros.model.inference import InferenceConfig, SpatialVLM
     from spatialvlm_ros.sim.episode import EpisodeConfig, generate_episode
 
     episode = generate_episode(EpisodeConfig(seed=HELDOUT_SEED, num_frames=10, width=320,
                                              height=240))
-    estimator = VLMDistanceEstimator(None, device='cpu')
-    full = SpatialVLM(estimator._loaded, InferenceConfig(max_new_tokens=24))
     caption = episode.metadata['target_caption']
     target = caption if caption.startswith('the ') else f'the {caption}'
+    plain = VLMDistanceEstimator(None, device='cpu', answer_prefix='')
+    prefixed = VLMDistanceEstimator(None, device='cpu')
+    full = SpatialVLM(plain._loaded, InferenceConfig(max_new_tokens=24))
     shorter = 0
     for frame in episode.frames[::3]:
-        stopped = estimator.estimate(frame.rgb, 'the gripper', target)
-        whole = full.ask(frame.rgb, [estimator.question('the gripper', target)])[0]
+        question = plain.question('the gripper', target)
+        whole = full.ask(frame.rgb, [question])[0]
+        stopped = plain.estimate(frame.rgb, 'the gripper', target)
+        # the same answer, cut once its distance is read
         assert whole.text.startswith(stopped.text)
         assert stopped.value_m == pytest.approx(whole.value_m)
         assert parse_distance(stopped.text).value_m == pytest.approx(stopped.value_m)
         shorter += len(stopped.text) < len(whole.text)
+        # the prefix puts the number first: a short answer that still parses
+        short = prefixed.estimate(frame.rgb, 'the gripper', target)
+        assert short.text.startswith(DEFAULT_ANSWER_PREFIX + ' ') and short.valid, short
+        assert len(short.text) < len(whole.text)
     assert shorter >= 3
-    estimator.close()
+    plain.close()
+    prefixed.close()
 
 
 def test_package_data_lists_the_default_model():

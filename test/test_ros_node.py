@@ -289,11 +289,13 @@ def test_diagnostics_hold_the_documented_keys(rig):
         return [m for m in r.out.get('/diagnostics')
                 if m.status and m.status[0].name.startswith(NODE_NAME)]
 
-    assert r.ros.wait_for(lambda: any(
-        {kv.key: kv.value for kv in m.status[0].values}.get('frames_processed') == '1'
-        for m in ours()), 5)
-    values = {kv.key: kv.value for kv in ours()[-1].status[0].values}
-    assert set(DIAGNOSTIC_KEYS) <= set(values)
+    def processed():
+        return [v for v in ({kv.key: kv.value for kv in m.status[0].values} for m in ours())
+                if v.get('frames_processed') == '1']
+
+    assert r.ros.wait_for(lambda: processed(), 5)
+    values = processed()[-1]
+    assert set(DIAGNOSTIC_KEYS) <= set(values), values
     assert values['model'] == 'fake' and values['device'] == 'cpu'
     assert values['state'] == 'active'
     assert float(values['latency_p50_ms']) > 0

@@ -116,6 +116,9 @@ def default_model_folder() -> Path:
     return DEFAULT_MODEL_DIR
 
 
+DEFAULT_ANSWER_PREFIX = 'The distance is'
+
+
 class VLMDistanceEstimator:
     """
     Distances from a spatial VLM: the shipped default or any local Hugging Face VLM folder.
@@ -129,6 +132,9 @@ class VLMDistanceEstimator:
     :param max_new_tokens: most generated tokens per answer; generation stops once the stated
         distance is read (``InferenceConfig.stop_at_distance``), so the answer text may end
         mid-sentence ('The gripper is 20 cm from').
+    :param answer_prefix: text every answer is made to start with ('' for none); the default,
+        one of the training answer templates, puts the number first so that decoding stops
+        after about 5 tokens.
     :param threads: torch CPU threads (None leaves torch's default).
     :param seed: sampling seed.
     :param trust_remote_code: allow model code from the folder (off unless asked for).
@@ -139,7 +145,8 @@ class VLMDistanceEstimator:
                  temperature: float = 0.7,
                  question_template: str = 'What is the distance between [A] and [B]?',
                  max_new_tokens: int = 24, threads: int | None = None, seed: int = 0,
-                 trust_remote_code: bool = False) -> None:
+                 trust_remote_code: bool = False,
+                 answer_prefix: str = DEFAULT_ANSWER_PREFIX) -> None:
         if samples < 1:
             raise ValueError(f'samples must be >= 1, got {samples}')
         question_template = normalize_template(question_template)
@@ -157,7 +164,8 @@ class VLMDistanceEstimator:
         config = InferenceConfig(max_new_tokens=max_new_tokens,
                                  decoding='sample' if samples > 1 else 'greedy',
                                  temperature=temperature, num_samples=samples, seed=seed,
-                                 batch_size=max(1, samples), stop_at_distance=True)
+                                 batch_size=max(1, samples), stop_at_distance=True,
+                                 answer_prefix=answer_prefix)
         self._vlm: Any = SpatialVLM(self._loaded, config)
 
     @property

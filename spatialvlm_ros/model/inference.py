@@ -16,7 +16,9 @@ With ``stop_at_distance`` (what the reward node's estimator uses) each answer st
 the length it states is read and one more token leaves that reading unchanged ('... is 20 cm'
 then ' from' stops; '1 m' then 'm' reads 1 mm and goes on), so an answer ends
 'The gripper is 20 cm from' instead of '... from the red mug.': the same number in about half
-the decoding steps.
+the decoding steps. ``answer_prefix`` makes every answer start with a given text (the
+estimator uses 'The distance is', one of the training answer templates), which puts the number
+first: with both, an answer takes about 5 decoding steps instead of about 16.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class InferenceConfig:
     :ivar seed: ``torch`` seed set before each batch is generated.
     :ivar batch_size: ``(image, question)`` pairs per forward pass.
     :ivar stop_at_distance: end each answer once its stated length is read (see the module).
+    :ivar answer_prefix: text every answer is made to start with (part of the returned text).
     """
 
     max_new_tokens: int = 16
@@ -56,6 +59,7 @@ class InferenceConfig:
     seed: int = 0
     batch_size: int = 8
     stop_at_distance: bool = False
+    answer_prefix: str = ''
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -191,13 +195,15 @@ class SpatialVLM:
         from transformers import StoppingCriteriaList
 
         return {'stopping_criteria': StoppingCriteriaList(
-            [_DistanceRead(self.loaded.tokenizer, prompt_length, self.parser)])}
+            [_DistanceRead(self.loaded.tokenizer, prompt_length, self.parser,
+                           self.config.answer_prefix)])}
 
     def generate(self, images: Sequence[Any], questions: Sequence[str]) -> list[list[str]]:
         """Return ``num_samples`` answer texts per ``(image, question)`` pair (one batch)."""
         import torch
 
-        inputs = build_inputs(self.loaded, images, questions)
+        prefix = self.config.answer_prefix
+        inputs = build_inputs(self.loaded, images, questions, prefix)
         prompt_length = inputs['input_ids'].shape[1]
         kwargs = {**self.generation_kwargs(), **self._stopping(prompt_length)}
         if self.config.decoding == 'greedy':  # deterministic; seeding costs ~5 ms a call
@@ -208,7 +214,8 @@ class SpatialVLM:
                 torch.manual_seed(self.config.seed)
                 with torch.inference_mode():
                     sequences = self.loaded.model.generate(**inputs, **kwargs)
-        texts = decode_new_tokens(self.loaded, sequences, prompt_length)
+        texts = [_join(prefix, text)
+                 for text in decode_new_tokens(self.loaded, sequences, prompt_length)]
         k = self.config.num_samples
         return [texts[i * k:(i + 1) * k] for i in range(len(questions))]  # samples per pair
 
@@ -246,10 +253,12 @@ class _DistanceRead:
     earlier, so a unit that is still being spelled ('1 m' -> '1 mm') never stops it early.
     """
 
-    def __init__(self, tokenizer: Any, prompt_length: int, parser: Parser) -> None:
+    def __init__(self, tokenizer: Any, prompt_length: int, parser: Parser,
+                 prefix: str = '') -> None:
         self.tokenizer = tokenizer
         self.prompt_length = prompt_length
         self.parser = parser
+        self.prefix = prefix
         self.previous: dict[int, float | None] = {}
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
@@ -257,11 +266,20 @@ class _DistanceRead:
 
         done = []
         for row, ids in enumerate(input_ids[:, self.prompt_length:].tolist()):
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            text = _join(self.prefix, self.tokenizer.decode(ids, skip_special_tokens=True))
             value = self.parser(text)[0] if text.strip() else None
             done.append(value is not None and self.previous.get(row) == value)
             self.previous[row] = value
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _join(prefix: str, text: str) -> str:
+    """Return the answer: the forced prefix and the generated continuation."""
+    if not prefix:
+        return text
+    if text and not text[0].isspace() and not prefix[-1].isspace() and text[0].isalnum():
+        return f'{prefix} {text}'  # a tokenizer that drops the leading space on decode
+    return prefix + text
 
 
 def _cuda_devices(device: str) -> list[int]:

@@ -377,12 +377,15 @@ def _to_model(batch: Any, loaded: LoadedVLM) -> Any:
     return batch
 
 
-def build_inputs(loaded: LoadedVLM, images: Sequence[Any], questions: Sequence[str]) -> Any:
+def build_inputs(loaded: LoadedVLM, images: Sequence[Any], questions: Sequence[str],
+                 answer_prefix: str = '') -> Any:
     """
     Return the left-padded generation batch for ``(image, question)`` pairs.
 
     :param images: one RGB ``uint8`` ``(H, W, 3)`` array or PIL image per question.
     :param questions: the questions.
+    :param answer_prefix: text the answers are made to start with (appended to each prompt
+        after the generation prompt), e.g. ``'The distance is'``.
     :return: a ``BatchFeature`` on the model's device (pixel values in the model's dtype).
     """
     if len(images) != len(questions):
@@ -390,6 +393,7 @@ def build_inputs(loaded: LoadedVLM, images: Sequence[Any], questions: Sequence[s
     family = FAMILIES[loaded.family]
     processor = loaded.processor
     texts = prompt_texts(loaded, questions) if family.chat else _bare_prompts(loaded, questions)
+    texts = [text + answer_prefix for text in texts]
     with padding_side(processor.tokenizer, 'left'):
         batch = processor(images=_image_arg(family, images), text=texts, padding=True,
                           return_tensors='pt')

@@ -202,6 +202,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('question_template', 'How far is {subject} from {target}?',
               'Question asked per frame; must contain {subject} and {target}.'),
     ParamSpec('samples_per_frame', 1, 'Answers sampled per frame.', low=1, high=16),
+    ParamSpec('answer_prefix', 'The distance is',
+              "VLM answers are made to start with this text ('' for none): the number comes "
+              'first and decoding stops once it is read.', True),
     ParamSpec('smoothing.kind', 'median_ema', 'Temporal filter of the distances.', False,
               SMOOTHER_KINDS),
     ParamSpec('smoothing.window', 7, 'median_ema: samples in the running median.',
@@ -553,7 +556,8 @@ class RewardNode(Node):
                                    model_folder=settings['model_folder'],
                                    device=settings['device'],
                                    samples_per_frame=settings['samples_per_frame'],
-                                   question_template=settings['question_template'])
+                                   question_template=settings['question_template'],
+                                   answer_prefix=settings['answer_prefix'])
         start = time.monotonic()
         try:
             estimator = self._factory(self._spec)
