@@ -9,8 +9,8 @@ random model cannot stop early), decodes and parses the answer. Batch 1 is one
 
 With ``--shipped`` it measures the trained shipped default instead, the way the reward node
 uses it: ``VLMDistanceEstimator.estimate`` on rendered simulator frames (320x240) with the
-gripper question, real answers of their natural length, once stopping as soon as the distance
-is read (the estimator's default) and once decoding the whole sentence.
+gripper question, real answers: as the node asks (answer prefix 'The distance is', stopping once
+the distance is read), without the prefix, and without either (the whole sentence).
 
 Usage: ``python benchmarks/bench_inference.py [--calls 60] [--new-tokens 8] [--threads 2]
 [--shipped]``
@@ -61,8 +61,12 @@ def shipped(calls: int, threads: int) -> None:
     for device in devices:
         estimator = VLMDistanceEstimator(None, device=device,
                                          threads=threads or None)
-        for label, stop in (('stop at distance', True), ('whole answer', False)):
+        rows = (("prefix 'The distance is' + stop at distance (the node's default)", True,
+                 estimator._vlm.config.answer_prefix),
+                ('no prefix, stop at distance', True, ''), ('no prefix, whole answer', False, ''))
+        for label, stop, prefix in rows:
             estimator._vlm.config.stop_at_distance = stop
+            estimator._vlm.config.answer_prefix = prefix
             times, lengths = [], []
             for i in range(3 + calls):
                 start = time.perf_counter()

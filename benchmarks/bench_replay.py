@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=('oracle', 'noisy_oracle', 'vlm'))
     parser.add_argument('--model-folder',
                         help='the VLM folder for --estimator vlm (default: the shipped model)')
+    parser.add_argument('--answer-prefix', default=None,
+                        help="VLM answer prefix ('' for none; default: the node's)")
     parser.add_argument('--smoother', default='median_ema')
     parser.add_argument('--seed', type=int, default=0, help='noisy oracle seed')
     parser.add_argument('--json', action='store_true')
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
     for kind in args.estimator:
         config = ReplayConfig(estimator=kind, model_folder=args.model_folder,
-                              smoother=args.smoother, seed=args.seed)
+                              answer_prefix=args.answer_prefix, smoother=args.smoother,
+                              seed=args.seed)
         out = (args.out or args.cache) / f'replay_{kind}'
         start = time.perf_counter()
         results[kind] = replay_bags(bags, config, out, plot=False)

@@ -37,6 +37,8 @@ def register(subparsers: Any) -> None:
                              'answers) (default vlm)')
     parser.add_argument('--model-folder', help='the spatial VLM folder for --estimator vlm '
                         '(default: the shipped model)')
+    parser.add_argument('--answer-prefix', help="text the VLM's answers are made to start with "
+                        "('' for none; default: the node's, 'The distance is')")
     parser.add_argument('--smoother', choices=sorted(SMOOTHER_KINDS), default='median_ema',
                         help='temporal smoother (default median_ema)')
     parser.add_argument('--reward-mode', default='negative_distance',
@@ -71,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = ReplayConfig(
-            estimator=args.estimator, model_folder=args.model_folder, subject=args.subject,
+            estimator=args.estimator, model_folder=args.model_folder,
+            answer_prefix=args.answer_prefix, subject=args.subject,
             target=args.target, smoother=args.smoother, reward_mode=args.reward_mode,
             reward_scale=args.reward_scale, success_threshold_m=args.success_threshold,
             truth=args.truth, true_success_m=args.true_success, image_topic=args.image_topic,

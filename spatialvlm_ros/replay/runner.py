@@ -47,6 +47,8 @@ class ReplayConfig:
 
     :ivar estimator: one of ``ESTIMATOR_KINDS``.
     :ivar model_folder: the VLM's folder (None: the shipped default model).
+    :ivar answer_prefix: text the VLM's answers are made to start with ('' for none; None: the
+        estimator's default, as in the node).
     :ivar subject: the moving part's phrase.
     :ivar target: the target phrase; None: from each bag's metadata (its target caption).
     :ivar smoother: one of ``SMOOTHER_KINDS``.
@@ -63,6 +65,7 @@ class ReplayConfig:
 
     estimator: str = 'vlm'
     model_folder: str | None = None
+    answer_prefix: str | None = None
     subject: str = DEFAULT_SUBJECT
     target: str | None = None
     smoother: str = 'median_ema'
@@ -89,6 +92,10 @@ class ReplayConfig:
         if not self.subject:
             raise ValueError('subject must be non-empty')
         self.reward_config()  # validates mode, scale and threshold
+
+    def vlm_options(self) -> dict[str, Any]:
+        """Return the VLM estimator's options that differ from its defaults."""
+        return {} if self.answer_prefix is None else {'answer_prefix': self.answer_prefix}
 
     def reward_config(self) -> RewardConfig:
         """Return the shaping settings."""
@@ -168,7 +175,8 @@ def replay_source(source: BagSource, config: ReplayConfig, estimator: Any = None
     if owned:
         estimator = build_estimator(config.estimator, lookup=probe,
                                     rng=bag_seed(config.seed, name), noise=config.noise,
-                                    model_folder=config.model_folder)
+                                    model_folder=config.model_folder,
+                                    **config.vlm_options())
     pipeline = RewardPipeline(estimator, config.subject, target,
                               smoother_config(config.smoother), config.reward_config())
     stamps: list[int] = []
@@ -254,7 +262,8 @@ def replay_bags(paths: Sequence[str | Path], config: ReplayConfig, out_dir: str 
     names = _unique_names([bag_name(s.path) for s in sources])
     shared, owned = estimator, False
     if shared is None and not needs_truth(config.estimator):
-        shared = build_estimator(config.estimator, model_folder=config.model_folder)
+        shared = build_estimator(config.estimator, model_folder=config.model_folder,
+                                 **config.vlm_options())
         owned = True
     rows = []
     try:
