@@ -7,8 +7,8 @@ and benchmarks inject fakes and the real VLM is built only on activation.
 :func:`default_estimator_factory` knows two kinds:
 
 - ``'vlm'``: ``spatialvlm_ros.model.estimator.build_estimator('vlm', model_folder=...,
-  device=..., samples=..., question_template=..., answer_prefix=...)`` (keywords it does not
-  accept are left out); ``model_folder=''`` means the shipped default model;
+  device=..., samples=..., question_template=..., answer_prefix=..., threads=...)`` (keywords
+  it does not accept are left out); ``model_folder=''`` means the shipped default model;
 - ``'oracle'``: :class:`GroundTruthEstimator`, ground truth of a simulated episode received on
   the node's ``ground_truth_distance`` topic (the reference the VLM reward is compared with).
 
@@ -56,6 +56,7 @@ class EstimatorSpec:
     :ivar samples_per_frame: answers sampled per frame (at build time).
     :ivar question_template: question with ``{subject}`` and ``{target}`` (at build time).
     :ivar answer_prefix: text the VLM's answers are made to start with ('' for none).
+    :ivar cpu_threads: torch CPU threads (0: torch's default).
     """
 
     kind: str = 'vlm'
@@ -64,6 +65,7 @@ class EstimatorSpec:
     samples_per_frame: int = 1
     question_template: str = 'How far is {subject} from {target}?'
     answer_prefix: str = 'The distance is'
+    cpu_threads: int = 1
 
 
 EstimatorFactory = Callable[[EstimatorSpec], DistanceEstimator]
@@ -109,7 +111,7 @@ def default_estimator_factory(spec: EstimatorSpec) -> DistanceEstimator:
     available = {'model_folder': spec.model_folder or None, 'device': spec.device,
                  'samples': spec.samples_per_frame,
                  'question_template': spec.question_template,
-                 'answer_prefix': spec.answer_prefix}
+                 'answer_prefix': spec.answer_prefix, 'threads': spec.cpu_threads or None}
     estimator: DistanceEstimator = build('vlm', **accepted_kwargs(build, available))
     return estimator
 

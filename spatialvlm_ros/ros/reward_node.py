@@ -183,6 +183,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               ESTIMATOR_KINDS),
     ParamSpec('model_folder', '', "Local VLM folder; '' = the shipped default model.", True),
     ParamSpec('device', 'auto', "Inference device: 'auto', 'cpu', 'cuda' or 'cuda:N'.", True),
+    ParamSpec('cpu_threads', 1,
+              'torch CPU threads for inference (0: torch default, all cores); 1 leaves the '
+              'other cores to the camera driver and DDS.', True, low=0, high=256),
     ParamSpec('autostart', True, 'main() configures and activates the node by itself.', True),
     ParamSpec('image_transport', 'raw',
               "Input 'image' type: raw = sensor_msgs/Image, compressed = CompressedImage.",
@@ -557,7 +560,8 @@ class RewardNode(Node):
                                    device=settings['device'],
                                    samples_per_frame=settings['samples_per_frame'],
                                    question_template=settings['question_template'],
-                                   answer_prefix=settings['answer_prefix'])
+                                   answer_prefix=settings['answer_prefix'],
+                                   cpu_threads=settings['cpu_threads'])
         start = time.monotonic()
         try:
             estimator = self._factory(self._spec)
