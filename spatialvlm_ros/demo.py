@@ -147,7 +147,8 @@ def summarize(records: list[dict[str, Any]], bag: Any, report: dict[str, Any]) -
         'frames_in_bag': len(bag.frames), 'frames_played': report.get('frames_played'),
         'frames_received': node.get('frames_received'), 'frames_processed': len(records),
         'frames_dropped': node.get('frames_dropped'),
-        'answers_with_distance': sum(t['valid'] for t in trace),
+        'answers_with_distance': sum(math.isfinite(t['distance_raw_m']) for t in trace),
+        'answers_accepted': sum(bool(t['valid']) for t in trace),
         'spearman_reward_vs_true_negative_distance': rho,
         'median_relative_error': float(np.median(rel)) if rel else None,
         'latency_p50_ms': node.get('latency_p50_ms'), 'model': node.get('model'),
@@ -183,8 +184,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"frames: {summary['frames_played']} played, {summary['frames_received']} received "
         '(newer frames replace older ones in the depth-1 input queue while the model runs), '
         f"{summary['frames_processed']} processed, {summary['frames_dropped']} dropped; "
-        f"{summary['answers_with_distance']} answers "
-        f"held a distance; model {summary['model']} on {summary['device']}, latency p50 "
+        f"{summary['answers_with_distance']} answers held a distance, "
+        f"{summary['answers_accepted']} passed the smoother; model {summary['model']} on "
+        f"{summary['device']}, latency p50 "
         f"{summary['latency_p50_ms']} ms",
         f"reward vs true negative distance, Spearman: {'-' if rho is None else f'{rho:.3f}'}; "
         f"median relative distance error: {'-' if mre is None else f'{100 * mre:.1f}%'}",

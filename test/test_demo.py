@@ -41,5 +41,8 @@ def test_demo_runs_the_reward_node_on_the_default_model(tmp_path):
     assert all(t['true_centre_m'] > 0 for t in trace)
     # the trained default answers with distances (the node never invents one)
     assert summary['answers_with_distance'] >= 0.8 * len(trace)
+    assert summary['answers_with_distance'] == sum(t['distance_raw_m'] == t['distance_raw_m']
+                                                   for t in trace)
+    assert summary['answers_accepted'] == sum(t['valid'] for t in trace)
     assert all((t['distance_raw_m'] == t['distance_raw_m']) == t['valid'] or not t['valid']
                for t in trace)
