@@ -58,6 +58,22 @@ def _publish_at(ros, publisher, rate_hz, duration_s, make, on_tick=None):
         i += 1
 
 
+def _assert_no_queue(latency, inference):
+    """
+    Latency stays about one inference and does not grow: what a queue of frames would break.
+
+    A queue behind a 0.2-0.25 s model grows latency by one inference per queued frame, to
+    seconds within the run. The bounds leave room for a rare scheduling stall on a loaded
+    machine (one sample of ~1.3 s was seen on CI-like runs, so the tail is judged at p90, not
+    p99: with ~40 samples p99 is the maximum).
+    """
+    assert len(latency) >= 5, latency
+    assert np.median(latency) < 1.5 * inference, latency
+    assert np.percentile(latency, 90) < 3 * inference, latency
+    half = len(latency) // 2
+    assert np.median(latency[half:]) < np.median(latency[:half]) + inference / 2, latency
+
+
 def _rss_mb():
     with open('/proc/self/status', encoding='ascii') as status:
         for line in status:
@@ -85,11 +101,7 @@ def test_latest_frame_only_with_a_slow_model(ros):
         assert processed <= 3.0 / inference + 3  # at most one inference at a time
         assert processed >= 3.0 / inference / 2
         assert counts['frames_dropped'] == received - processed  # every other frame dropped
-        latency = np.array(node.stats.latency)
-        # bounded by ~one inference (+ a frame interval + scheduling on a loaded machine)
-        assert np.percentile(latency, 99) < 3 * inference, latency  # a queue would be ~10x
-        half = len(latency) // 2
-        assert latency[half:].mean() < latency[:half].mean() + inference / 2
+        _assert_no_queue(np.array(node.stats.latency), inference)
     finally:
         ros.remove(aux)
         ros.remove(node)
@@ -226,8 +238,7 @@ def test_backpressure_60hz_with_a_slow_model_keeps_memory_and_latency_flat(ros):
         assert sent == 600 and received >= 3 * processed, (sent, received, processed)
         assert counts['frames_dropped'] == received - processed
         assert processed <= duration / inference + 3
-        latency = np.array(node.stats.latency)
-        assert np.percentile(latency, 99) < 3 * inference  # a queue would be ~10x
+        _assert_no_queue(np.array(node.stats.latency), inference)
         growth = max(rss[2:]) - rss[2]  # after a 2 s warm-up
         assert growth < 20.0, rss
     finally:
