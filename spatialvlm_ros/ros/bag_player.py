@@ -164,8 +164,7 @@ def replay_links(player: BagPlayer, node: RewardNode,
     return links
 
 
-def wait_until_matched(links: Iterable[tuple[Any, Any]], timeout_s: float,
-                       poll_s: float = 0.005) -> None:
+def wait_until_matched(links: Iterable[tuple[Any, Any]], timeout_s: float) -> None:
     """
     Wait until every (publisher, subscription) pair is matched at both ends.
 
@@ -176,17 +175,15 @@ def wait_until_matched(links: Iterable[tuple[Any, Any]], timeout_s: float,
     :raise RuntimeError: naming the topics still unmatched after ``timeout_s`` seconds.
     """
     links = list(links)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        pending = sorted({pub.topic_name for pub, sub in links
-                          if pub.get_subscription_count() < 1 or sub.get_publisher_count() < 1})
-        if not pending:
-            return
-        if time.monotonic() >= deadline:
-            raise RuntimeError(f'publishers and subscriptions not matched after {timeout_s:g} s '
-                               f'on {", ".join(pending)} (discovery blocked? check '
-                               'ROS_DOMAIN_ID and ROS_AUTOMATIC_DISCOVERY_RANGE)')
-        time.sleep(poll_s)
+
+    def pending() -> list[str]:
+        return sorted({pub.topic_name for pub, sub in links
+                       if pub.get_subscription_count() < 1 or sub.get_publisher_count() < 1})
+
+    if not RosHarness.wait_for(lambda: not pending(), timeout_s):
+        raise RuntimeError(f'publishers and subscriptions not matched after {timeout_s:g} s '
+                           f'on {", ".join(pending())} (discovery blocked? check '
+                           'ROS_DOMAIN_ID and ROS_AUTOMATIC_DISCOVERY_RANGE)')
 
 
 def parse_result(msg: DiagnosticArray) -> dict[str, Any]:
