@@ -12,6 +12,12 @@ uses it: ``VLMDistanceEstimator.estimate`` on rendered simulator frames (320x240
 gripper question, real answers: as the node asks (answer prefix 'The distance is', stopping once
 the distance is read), without the prefix, and without either (the whole sentence).
 
+Batch-1 rows are measured twice, interleaved call by call in the same process (so a busy
+machine slows both alike): through the fast path (``InferenceConfig.fast_path``: cached prompt,
+numpy image preprocessing, the lean greedy loop) and through the processor and ``generate()``;
+``vs generate`` is the fast path's answers/s over ``generate()``'s, and the shipped rows check
+that both give the same answers.
+
 Usage: ``python benchmarks/bench_inference.py [--calls 60] [--new-tokens 8] [--threads 2]
 [--shipped]``
 """
@@ -19,6 +25,7 @@ Usage: ``python benchmarks/bench_inference.py [--calls 60] [--new-tokens 8] [--t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -30,17 +37,26 @@ from spatialvlm_ros.model.loading import from_memory
 QUESTION = 'What is the distance between the red mug and the small blue ceramic coffee mug?'
 
 
-def _measure(vlm: SpatialVLM, images: list[np.ndarray], batch: int, calls: int,
-             warmup: int = 3) -> list[float]:
-    """Return per-call latencies (s) of asking ``batch`` pairs at a time."""
-    times = []
+def _measure(vlms: dict[str, SpatialVLM], images: list[np.ndarray], batch: int, calls: int,
+             warmup: int = 3) -> dict[str, list[float]]:
+    """Return per-call latencies (s) of each VLM asking ``batch`` pairs at a time, interleaved."""
+    times: dict[str, list[float]] = {name: [] for name in vlms}
+    names = list(vlms)
     for i in range(warmup + calls):
         chunk = [images[(i * batch + j) % len(images)] for j in range(batch)]
-        start = time.perf_counter()
-        vlm.ask(chunk, [QUESTION] * batch)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+        for name in names if i % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            vlms[name].ask(chunk, [QUESTION] * batch)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
     return times
+
+
+def _stats(times: list[float], batch: int = 1) -> tuple[float, float, float]:
+    """Return answers/s, p50 and p99 (ms) of per-call latencies."""
+    t = np.array(times)
+    p50, p99 = np.percentile(t, [50, 99]) * 1e3
+    return batch * len(t) / t.sum(), p50, p99
 
 
 def shipped(calls: int, threads: int) -> None:
@@ -55,29 +71,48 @@ def shipped(calls: int, threads: int) -> None:
     target = caption if caption.startswith('the ') else f'the {caption}'
     frames = [f.rgb for f in episode.frames]
     print(f'shipped default; torch threads {torch.get_num_threads()}; target {target!r}')
-    print('| device | decoding | calls | answers/s | p50 ms/call | p99 ms/call | mean answer |')
-    print('|---|---|---|---|---|---|---|')
+    print('| device | decoding | path | calls | answers/s | p50 ms/call | p99 ms/call | '
+          'mean answer | vs generate |')
+    print('|---|---|---|---|---|---|---|---|---|')
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
     for device in devices:
         estimator = VLMDistanceEstimator(None, device=device,
                                          threads=threads or None)
+        vlm = estimator._vlm
         rows = (("prefix 'The distance is' + stop at distance (the node's default)", True,
-                 estimator._vlm.config.answer_prefix),
+                 vlm.config.answer_prefix),
                 ('no prefix, stop at distance', True, ''), ('no prefix, whole answer', False, ''))
         for label, stop, prefix in rows:
-            estimator._vlm.config.stop_at_distance = stop
-            estimator._vlm.config.answer_prefix = prefix
-            times, lengths = [], []
+            configs = {path: dataclasses.replace(vlm.config, stop_at_distance=stop,
+                                                 answer_prefix=prefix, fast_path=fast)
+                       for path, fast in (('fast', True), ('generate', False))}
+            times: dict[str, list[float]] = {path: [] for path in configs}
+            lengths: dict[str, list[int]] = {path: [] for path in configs}
+            used, differ = {}, 0
             for i in range(3 + calls):
-                start = time.perf_counter()
-                result = estimator.estimate(frames[i % len(frames)], 'the gripper', target)
-                if i >= 3:
-                    times.append(time.perf_counter() - start)
-                    lengths.append(len(result.text))
-            t = np.array(times)
-            p50, p99 = np.percentile(t, [50, 99]) * 1e3
-            print(f'| {device} | {label} | {calls} | {len(t) / t.sum():.1f} | {p50:.1f} | '
-                  f'{p99:.1f} | {np.mean(lengths):.0f} chars |', flush=True)
+                texts = {}
+                for path in configs if i % 2 == 0 else list(configs)[::-1]:
+                    vlm.config = configs[path]
+                    start = time.perf_counter()
+                    result = estimator.estimate(frames[i % len(frames)], 'the gripper', target)
+                    elapsed = time.perf_counter() - start
+                    texts[path] = result.text
+                    if i >= 3:
+                        times[path].append(elapsed)
+                        lengths[path].append(len(result.text))
+                        used[path] = vlm.last_path
+                differ += texts['fast'] != texts['generate']
+            rate = {path: _stats(times[path])[0] for path in configs}
+            for path in configs:
+                answers_per_s, p50, p99 = _stats(times[path])
+                ratio = f'x{rate[path] / rate["generate"]:.2f}'
+                print(f'| {device} | {label} | {path} ({used[path]}) | {calls} | '
+                      f'{answers_per_s:.1f} | '
+                      f'{p50:.1f} | {p99:.1f} | {np.mean(lengths[path]):.0f} chars | {ratio} |',
+                      flush=True)
+            if differ:
+                print(f'| {device} | {label} | {differ} of {3 + calls} answers differ between '
+                      'the paths |', flush=True)
         estimator.close()
 
 
@@ -108,20 +143,29 @@ def main() -> None:
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(16)]
     devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
-    print('| device | batch | calls | answers/s | p50 ms/call | p99 ms/call |')
-    print('|---|---|---|---|---|---|')
+    print('| device | batch | path | calls | answers/s | p50 ms/call | p99 ms/call | '
+          'vs generate |')
+    print('|---|---|---|---|---|---|---|---|')
     for device in devices:
         loaded = from_memory(model, processor, device=device)
         for batch in args.batches:
-            vlm = SpatialVLM(loaded, InferenceConfig(max_new_tokens=args.new_tokens,
-                                                     batch_size=batch))
-            forced = vlm.generation_kwargs()
-            forced['min_new_tokens'] = args.new_tokens
-            vlm.generation_kwargs = lambda forced=forced: forced  # type: ignore[method-assign]
-            times = np.array(_measure(vlm, images, batch, args.calls))
-            p50, p99 = np.percentile(times, [50, 99]) * 1e3
-            print(f'| {device} | {batch} | {args.calls} | {batch * len(times) / times.sum():.1f} '
-                  f'| {p50:.1f} | {p99:.1f} |', flush=True)
+            vlms = {}
+            paths = ('fast', 'generate') if batch == 1 else ('generate',)
+            for path in paths:
+                vlm = SpatialVLM(loaded, InferenceConfig(max_new_tokens=args.new_tokens,
+                                                         batch_size=batch,
+                                                         fast_path=path == 'fast'))
+                forced = vlm.generation_kwargs()
+                forced['min_new_tokens'] = args.new_tokens
+                vlm.generation_kwargs = lambda forced=forced: forced  # type: ignore[method-assign]
+                vlms[path] = vlm
+            times = _measure(vlms, images, batch, args.calls)
+            rate = {path: _stats(times[path], batch)[0] for path in paths}
+            for path in paths:
+                answers_per_s, p50, p99 = _stats(times[path], batch)
+                print(f'| {device} | {batch} | {path} ({vlms[path].last_path}) | {args.calls} | '
+                      f'{answers_per_s:.1f} | {p50:.1f} | {p99:.1f} | '
+                      f'x{rate[path] / rate["generate"]:.2f} |', flush=True)
 
 
 if __name__ == '__main__':

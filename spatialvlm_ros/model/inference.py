@@ -19,11 +19,21 @@ then ' from' stops; '1 m' then 'm' reads 1 mm and goes on), so an answer ends
 the decoding steps. ``answer_prefix`` makes every answer start with a given text (the
 estimator uses 'The distance is', one of the training answer templates), which puts the number
 first: with both, an answer takes about 5 decoding steps instead of about 16.
+
+With ``fast_path`` (the default) a batch of one pair to a LLaVA model takes
+``spatialvlm_ros.model.fastpath``: the prompt is tokenized once per question, the image
+preprocessed without the processor's per-call machinery, and greedy answers decoded by a lean
+KV-cache loop instead of ``generate()`` (for a Llama text model under SDPA attention), with the
+same tokens as ``generate()``. Everything else (batches, sampling, other families) goes
+through the processor and ``generate()``; ``SpatialVLM.last_path`` says which decoded last.
+The model is checked for the lean loop once, when first asked: a ``generation_config``, hook or
+attention implementation changed after that needs a new ``SpatialVLM``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -49,6 +59,7 @@ class InferenceConfig:
     :ivar batch_size: ``(image, question)`` pairs per forward pass.
     :ivar stop_at_distance: end each answer once its stated length is read (see the module).
     :ivar answer_prefix: text every answer is made to start with (part of the returned text).
+    :ivar fast_path: take the batch-1 fast path where it gives the same answers (see the module).
     """
 
     max_new_tokens: int = 16
@@ -60,6 +71,7 @@ class InferenceConfig:
     batch_size: int = 8
     stop_at_distance: bool = False
     answer_prefix: str = ''
+    fast_path: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -110,6 +122,8 @@ def default_parser() -> Parser:
     """
     Return ``core.answers.parse_distance`` as a :data:`Parser`.
 
+    Results are memoised per text (LRU): the stop-at-distance check parses the growing answer
+    after every token, and the same partial answers come back frame after frame.
     Raises ``ImportError`` naming the module when it is missing.
     """
     try:
@@ -118,6 +132,7 @@ def default_parser() -> Parser:
         raise ImportError('spatialvlm_ros.core.answers.parse_distance is needed to read '
                           f'distances from answers: {error}') from error
 
+    @functools.lru_cache(maxsize=4096)
     def parse(text: str) -> tuple[float | None, str | None]:
         parsed = parse_distance(text)
         if parsed.value_m is None:
@@ -167,6 +182,8 @@ class SpatialVLM:
     :param config: decoding settings.
     :param parser: answer -> ``(metres or None, reason)``; defaults to
         ``core.answers.parse_distance``.
+    :ivar last_path: how the last batch was decoded: ``'lean'`` (the fast path's decoding
+        loop) or ``'generate'``.
     """
 
     def __init__(self, loaded: LoadedVLM, config: InferenceConfig | None = None,
@@ -174,6 +191,9 @@ class SpatialVLM:
         self.loaded = loaded
         self.config = config or InferenceConfig()
         self.parser = parser or default_parser()
+        self.last_path = ''
+        self._fast_inputs: Any = None
+        self._lean: tuple[Any, Any] = (None, None)  # (model, decoder or None)
 
     def generation_kwargs(self) -> dict[str, Any]:
         """Return the ``generate`` keyword arguments of the configured decoding."""
@@ -198,14 +218,57 @@ class SpatialVLM:
             [_DistanceRead(self.loaded.tokenizer, prompt_length, self.parser,
                            self.config.answer_prefix)])}
 
+    def _inputs(self, images: Sequence[Any], questions: Sequence[str], prefix: str) -> Any:
+        """Return the inputs: the fast path's for one LLaVA pair, else the processor's."""
+        loaded = self.loaded
+        if not (self.config.fast_path and len(questions) == 1 and loaded.family == 'llava'):
+            return build_inputs(loaded, images, questions, prefix)
+        if self._fast_inputs is None or self._fast_inputs.processor is not loaded.processor:
+            from spatialvlm_ros.model.fastpath import FastInputs
+
+            self._fast_inputs = FastInputs(loaded)
+        return self._fast_inputs(images[0], questions[0], prefix)
+
+    def _lean_decoder(self, kwargs: dict[str, Any], pairs: int) -> Any:
+        """Return the lean greedy decoder when it reproduces ``generate`` here, else None."""
+        if not (self.config.fast_path and pairs == 1 and self.loaded.family == 'llava'):
+            return None
+        from spatialvlm_ros.model.fastpath import (
+            generation_blocker,
+            LeanGreedyDecoder,
+            model_blocker,
+        )
+
+        model = self.loaded.model
+        if model.training or generation_blocker(kwargs) is not None:
+            return None
+        if self._lean[0] is not model:  # the model checks once per model
+            usable = model_blocker(model) is None
+            self._lean = (model, LeanGreedyDecoder(model) if usable else None)
+        return self._lean[1]
+
     def generate(self, images: Sequence[Any], questions: Sequence[str]) -> list[list[str]]:
         """Return ``num_samples`` answer texts per ``(image, question)`` pair (one batch)."""
         import torch
 
         prefix = self.config.answer_prefix
-        inputs = build_inputs(self.loaded, images, questions, prefix)
+        inputs = self._inputs(images, questions, prefix)
         prompt_length = inputs['input_ids'].shape[1]
-        kwargs = {**self.generation_kwargs(), **self._stopping(prompt_length)}
+        generation = self.generation_kwargs()
+        lean = self._lean_decoder(generation, len(questions))
+        if lean is not None:
+            stop = None
+            if self.config.stop_at_distance:
+                reader = _DistanceRead(self.loaded.tokenizer, 0, self.parser, prefix)
+                stop = functools.partial(reader.read, 0)
+            tokens = lean.decode(inputs['input_ids'], inputs['pixel_values'],
+                                 generation['max_new_tokens'],
+                                 generation.get('min_new_tokens') or 0, stop)
+            self.last_path = 'lean'
+            sequences = torch.tensor([tokens], dtype=torch.long)
+            return [[_join(prefix, text) for text in decode_new_tokens(self.loaded, sequences, 0)]]
+        self.last_path = 'generate'
+        kwargs = {**generation, **self._stopping(prompt_length)}
         if self.config.decoding == 'greedy':  # deterministic; seeding costs ~5 ms a call
             with torch.inference_mode():
                 sequences = self.loaded.model.generate(**inputs, **kwargs)
@@ -264,13 +327,17 @@ class _DistanceRead:
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        done = []
-        for row, ids in enumerate(input_ids[:, self.prompt_length:].tolist()):
-            text = _join(self.prefix, self.tokenizer.decode(ids, skip_special_tokens=True))
-            value = self.parser(text)[0] if text.strip() else None
-            done.append(value is not None and self.previous.get(row) == value)
-            self.previous[row] = value
+        done = [self.read(row, ids)
+                for row, ids in enumerate(input_ids[:, self.prompt_length:].tolist())]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def read(self, row: int, ids: Sequence[int]) -> bool:
+        """Return whether row ``row``, whose generated ids are ``ids`` so far, is done."""
+        text = _join(self.prefix, self.tokenizer.decode(ids, skip_special_tokens=True))
+        value = self.parser(text)[0] if text.strip() else None
+        done = value is not None and self.previous.get(row) == value
+        self.previous[row] = value
+        return done
 
 
 def _join(prefix: str, text: str) -> str:
