@@ -1,6 +1,7 @@
 """The reward node under load: latest-frame-only, malformed input fuzzing, backpressure."""
 
 import random
+import threading
 import time
 
 import numpy as np
@@ -103,6 +104,49 @@ def test_latest_frame_only_with_a_slow_model(ros):
         assert counts['frames_dropped'] == received - processed  # every other frame dropped
         _assert_no_queue(np.array(node.stats.latency), inference)
     finally:
+        ros.remove(aux)
+        ros.remove(node)
+
+
+class _GatedEstimator(FakeEstimator):
+    """A fake model that holds each answer until released; records the frames it answered."""
+
+    def __init__(self):
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.answered = []
+
+    def estimate(self, image, subject, target):
+        self.started.set()
+        assert self.release.wait(20), 'the test never released the model'
+        self.answered.append(int(image[0, 0, 0]))
+        return super().estimate(image, subject, target)
+
+
+def test_frames_arriving_while_busy_leave_only_the_newest_and_it_is_processed(ros):
+    # the node does not wake its inference callback while it runs (that made the executor
+    # spin); the frame that arrived meanwhile must still be processed, with no further frame
+    gate = _GatedEstimator()
+    node = _node(ros, gate, namespace='busy', input_reliability='reliable',
+                 input_queue_depth=10)
+    aux = ros.add(rclpy.create_node('camera_busy', namespace='busy', context=ros.context))
+    try:
+        pub = aux.create_publisher(Image, 'image', 10)
+        assert ros.wait_for(lambda: node.input_publisher_count() > 0, 30)
+        pub.publish(make_image(10, T0, 32, 24))
+        assert gate.started.wait(10)
+        for i, value in enumerate((20, 30, 40), start=1):
+            pub.publish(make_image(value, T0 + i * 10**8, 32, 24))
+        counts = node.stats.counts
+        assert ros.wait_for(lambda: counts['frames_received'] == 4, 10), counts
+        gate.release.set()
+        assert ros.wait_for(lambda: counts['frames_processed'] == 2, 10), counts
+        assert not ros.wait_for(lambda: counts['frames_processed'] > 2, 0.5)
+        assert gate.answered == [10, 40]
+        assert counts['frames_dropped'] == 2
+    finally:
+        gate.release.set()
         ros.remove(aux)
         ros.remove(node)
 

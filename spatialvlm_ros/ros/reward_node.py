@@ -462,6 +462,10 @@ class RewardNode(Node):
         self._spec = EstimatorSpec()
         self.model_name, self.device_name = '', ''
         self._pending: _Pending | None = None
+        # True while _process_pending runs: new frames then only replace _pending; waking the
+        # executor for a callback whose (mutually exclusive) group is busy makes
+        # MultiThreadedExecutor spin hot on the ready guard condition (a core at 30 Hz)
+        self._processing = False
         self._active = False
         self._inputs: list[Any] = []
         self._outputs: dict[str, Any] = {}
@@ -703,8 +707,9 @@ class RewardNode(Node):
             if self._pending is not None:
                 self.stats.add('frames_dropped')
             self._pending = _Pending(msg, received)
+            idle = not self._processing
         wake = self._wake
-        if wake is not None:
+        if idle and wake is not None:
             wake.trigger()
 
     def _on_depth(self, msg: Image) -> None:
@@ -754,16 +759,23 @@ class RewardNode(Node):
     # -- processing ----------------------------------------------------------------------
     def _process_pending(self) -> None:
         """Process the newest frame, then any newer one that arrived meanwhile."""
-        while self._active:
+        with self._pending_lock:
+            self._processing = True
+        try:
+            while self._active:
+                with self._pending_lock:
+                    item, self._pending = self._pending, None
+                    if item is None:
+                        self._processing = False
+                        return
+                try:
+                    self._process(item)
+                except Exception as exc:  # one bad frame must never kill the node
+                    self.stats.add('estimator_errors')
+                    self._warn(f'processing a frame failed: {exc!r}')
+        finally:
             with self._pending_lock:
-                item, self._pending = self._pending, None
-            if item is None:
-                return
-            try:
-                self._process(item)
-            except Exception as exc:  # one bad frame must never kill the node
-                self.stats.add('estimator_errors')
-                self._warn(f'processing a frame failed: {exc!r}')
+                self._processing = False
 
     def _frame_kwargs(self, header: Any, stamp_ns: int, settings: Settings) -> dict[str, Any]:
         names = self._estimator_kwargs
