@@ -1,6 +1,7 @@
 """Gripper-to-object distance QA from simulated episodes: format, truth, determinism, resume."""
 
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -73,3 +74,35 @@ def test_bad_config_and_templates():
     assert all('[A]' in q and '[B]' in q for q in templates['questions'])
     assert all('[X]' in a for a in templates['answers'])
     assert np.all([s.startswith('the ') for s in templates['subjects']])
+
+
+def test_metric_answers_are_fixed_width_metres_with_the_node_prefix(tmp_path):
+    from spatialvlm_ros.model.estimator import DEFAULT_ANSWER_PREFIX
+
+    config = _config(tmp_path / 'm', answer_style='metric')
+    write_gripper_dataset(config, progress=False)
+    rows = [r for k in range(2) for r in pq.read_table(shard_path(config, k)).to_pylist()]
+    for row in rows:
+        for turn, m in enumerate(json.loads(row['qa_metadata'])):
+            answer = row['messages'][2 * turn + 1]['content'][0]['text']
+            assert re.fullmatch(r'The distance is \d+\.\d\d m\.', answer), answer
+            assert answer.startswith(DEFAULT_ANSWER_PREFIX)
+            assert m['stated_text'] == f"{m['stated_value_m']:.2f} m" and m['unit'] == 'm'
+            assert abs(m['stated_value_m'] - m['value_m']) <= 0.005 + 1e-9 or (
+                m['value_m'] < 0.01 and m['stated_value_m'] == 0.01)
+            assert parse_distance(answer).value_m == pytest.approx(m['stated_value_m'])
+    with pytest.raises(ValueError, match='answer_style'):
+        _config(tmp_path / 'x', answer_style='imperial')
+
+
+def test_a_run_recorded_before_answer_style_existed_resumes(tmp_path):
+    config = _config(tmp_path / 'old')
+    write_gripper_dataset(config, progress=False)
+    run_file = tmp_path / 'old' / 'gripper_run.json'
+    recorded = json.loads(run_file.read_text())
+    del recorded['answer_style']  # what a folder written by an older version holds
+    run_file.write_text(json.dumps(recorded))
+    assert write_gripper_dataset(config, progress=False)['skipped'] == 2
+    run_file.write_text(json.dumps(recorded))
+    with pytest.raises(ValueError, match='different gripper run'):
+        write_gripper_dataset(_config(tmp_path / 'old', answer_style='metric'), progress=False)

@@ -6,7 +6,9 @@ objects; a robot also knows where its gripper is (kinematics and camera calibrat
 how the paper labelled its robot data. This module renders episodes of the Panda approaching,
 retreating from and lifting objects, and for sampled frames writes questions such as 'What is
 the distance between the gripper and the red mug?' answered with the exact grasp-point to
-object-centre distance, rounded the human way (``synth.rounding``). Rows use the engine's chat
+object-centre distance, rounded the human way (``synth.rounding``) or, with
+``answer_style='metric'``, stated as fixed-width metres to the centimetre ('The distance is
+0.46 m.'). Rows use the engine's chat
 format (``synth.dataset.parquet_bytes``), so training and evaluation read them unchanged; each
 QA's metadata has type ``gripper_distance``, ``value_m`` (exact) and ``sim_truth``.
 
@@ -18,7 +20,7 @@ writing shards in parallel (``workers``) gives the same files.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 import json
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,9 @@ from spatialvlm_ros.synth.rounding import humanize_distance
 
 TEMPLATES = Path(__file__).resolve().parent / 'templates' / 'gripper_templates.json'
 QA_TYPE = 'gripper_distance'
+ANSWER_STYLES = ('human', 'metric')
+# the 'metric' answer; it starts with the reward node's default answer prefix
+METRIC_ANSWER = 'The distance is [X].'
 
 
 @dataclass
@@ -46,6 +51,12 @@ class GripperDataConfig:
     :ivar width: image width in pixels.
     :ivar height: image height in pixels.
     :ivar episodes_per_shard: episodes per Parquet shard.
+    :ivar answer_style: ``'human'``: the paper's human-like rounding in mixed units ('40 cm',
+        '16 inches', '1 foot') and varied answer templates; ``'metric'``: always
+        'The distance is 0.46 m.' (the exact distance to the centimetre, two decimals). With
+        digits tokenized one by one, human-rounded answers make the first generated digit mix
+        units and magnitudes (a model learns the commonest: '1 cm'); fixed-width metres make
+        each digit one decimal place (``benchmarks/RESULTS.md``, vision experiments).
     """
 
     out: str
@@ -57,8 +68,12 @@ class GripperDataConfig:
     width: int = 320
     height: int = 240
     episodes_per_shard: int = 20
+    answer_style: str = 'human'
 
     def __post_init__(self) -> None:
+        if self.answer_style not in ANSWER_STYLES:
+            raise ValueError(f'answer_style must be one of {ANSWER_STYLES}, got '
+                             f'{self.answer_style!r}')
         if self.episodes < 1:
             raise ValueError(f'episodes must be >= 1, got {self.episodes}')
         if not 10 <= self.frames_per_episode <= 200:
@@ -118,9 +133,15 @@ def episode_rows(config: GripperDataConfig, index: int,
                                      or list(obj.captions)))
             target = caption if caption.startswith('the ') else f'the {caption}'
             value = float(frame.distance_centre[object_id])
-            text, stated, unit = humanize_distance(max(value, 1e-3), rng)
+            metric = config.answer_style == 'metric'
+            if metric:
+                stated, unit = max(round(value, 2), 0.01), 'm'
+                text = f'{stated:.2f} m'
+            else:
+                text, stated, unit = humanize_distance(max(value, 1e-3), rng)
             question = _fill(str(rng.choice(templates['questions'])), subject, target)
-            answer = _fill(str(rng.choice(templates['answers'])), subject, target, text)
+            template = METRIC_ANSWER if metric else str(rng.choice(templates['answers']))
+            answer = _fill(template, subject, target, text)
             content: list[dict[str, Any]] = [{'type': 'image', 'text': None}] if turn == 0 else []
             content.append({'type': 'text', 'text': question})
             messages.append({'role': 'user', 'content': content})
@@ -155,6 +176,13 @@ def _write_shard(config: GripperDataConfig, shard: int) -> int:
     return shard
 
 
+def _same_run(recorded: dict[str, Any], config: GripperDataConfig) -> bool:
+    """Return whether a recorded run is ``config`` (fields added since count as defaults)."""
+    defaults = {f.name: f.default for f in fields(GripperDataConfig)}
+    return all(recorded.get(key, defaults[key]) == value
+               for key, value in asdict(config).items()) and set(recorded) <= set(defaults)
+
+
 def write_gripper_dataset(config: GripperDataConfig, progress: bool = True,
                           workers: int = 1) -> dict[str, Any]:
     """
@@ -171,7 +199,8 @@ def write_gripper_dataset(config: GripperDataConfig, progress: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     run_file = out / 'gripper_run.json'
     run = dumps(asdict(config))
-    if run_file.exists() and run_file.read_text(encoding='utf-8') != run:
+    if run_file.exists() and not _same_run(json.loads(run_file.read_text(encoding='utf-8')),
+                                           config):
         raise ValueError(f'{out} holds a different gripper run ({run_file}); use another --out')
     atomic_write(run_file, run.encode('utf-8'))
     todo = [k for k in range(config.num_shards) if not shard_path(config, k).exists()]

@@ -60,6 +60,10 @@ class DefaultRecipe:
     :ivar focus_lr: peak learning rate of that stage.
     :ivar focus_gripper_episodes: extra robot episodes (another seed) for the second stage.
     :ivar focus_mix_engine: keep the engine's object-to-object data in the second stage.
+    :ivar gripper_answer_style: answers of the gripper training QA, ``'human'`` (the paper's
+        rounding, what the shipped default was trained on) or ``'metric'`` (fixed-width
+        'The distance is 0.46 m.'; see ``synth.gripper.GripperDataConfig``). The held-out
+        gripper set is always ``'human'`` (only its questions and truth are used).
     """
 
     out: str = 'runs/default'
@@ -81,8 +85,14 @@ class DefaultRecipe:
     focus_lr: float = 3e-4
     focus_gripper_episodes: int = 600
     focus_mix_engine: bool = True
+    gripper_answer_style: str = 'human'
 
     def __post_init__(self) -> None:
+        from spatialvlm_ros.synth.gripper import ANSWER_STYLES
+
+        if self.gripper_answer_style not in ANSWER_STYLES:
+            raise ValueError(f'gripper_answer_style must be one of {ANSWER_STYLES}, got '
+                             f'{self.gripper_answer_style!r}')
         for name in ('train_scenes', 'heldout_scenes', 'gripper_episodes',
                      'heldout_gripper_episodes', 'steps', 'batch_size', 'workers'):
             if getattr(self, name) < 1:
@@ -160,7 +170,9 @@ def build_data(recipe: DefaultRecipe, timings: Timings | None = None) -> dict[st
         start = time.perf_counter()
         summary = write_gripper_dataset(
             GripperDataConfig(out=str(folders[name]), episodes=episodes, seed=seed,
-                              width=recipe.width, height=recipe.height, frames_per_episode=20),
+                              width=recipe.width, height=recipe.height, frames_per_episode=20,
+                              answer_style=('human' if name == 'gripper_heldout'
+                                            else recipe.gripper_answer_style)),
             workers=recipe.workers)
         if timings is not None:
             timings.record(f'data_{name}', time.perf_counter() - start, summary['written'] > 0)
@@ -359,6 +371,9 @@ def register(subparsers: Any) -> None:
                         help='held-out robot episodes (default 40)')
     parser.add_argument('--eval-limit', type=int, help='questions per held-out set (default 1500)')
     parser.add_argument('--workers', type=int, help='engine worker processes (default 2)')
+    parser.add_argument('--gripper-answer-style', choices=('human', 'metric'),
+                        help="gripper training answers: 'human' rounding (default) or fixed-width "
+                             "'metric' ('The distance is 0.46 m.')")
     parser.add_argument('--install', action='store_true',
                         help='copy the final model into the package as the shipped default')
     parser.add_argument('--json', action='store_true', help='print the reports as JSON')
@@ -370,7 +385,7 @@ def _run(args: argparse.Namespace) -> int:
 
     names = ('steps', 'focus_steps', 'focus_gripper_episodes', 'train_scenes',
              'gripper_episodes', 'heldout_scenes', 'heldout_gripper_episodes', 'eval_limit',
-             'workers')
+             'workers', 'gripper_answer_style')
     overrides = {k: getattr(args, k) for k in names
                  if getattr(args, k) is not None}
     try:
