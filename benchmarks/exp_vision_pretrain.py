@@ -18,7 +18,8 @@ never changes). One seed, small scale: a direction for the recipe, not a result.
 Variants: ``--labels precise`` restates every training answer as 'The distance is 0.46 m.'
 (fixed-width digits instead of the human-rounded '15 cm' / '7 inches' / '1 foot', whose first
 digit mixes units and magnitudes) and asks with that answer prefix; ``--targets extended`` adds
-per-patch targets (log distance from the grasp point to the patch's surface, mean RGB);
+per-patch targets (log distance from the grasp point to the patch's surface, mean RGB); the
+targets and the pre-training are ``spatialvlm_ros.train.vision_pretrain``;
 ``--freeze-vision`` keeps the pre-trained tower frozen during QA training; ``--image-size``.
 
 Run: ``PYTHONPATH=. python benchmarks/exp_vision_pretrain.py --data DIR/data --out /tmp/exp``
@@ -36,10 +37,6 @@ import time
 from typing import Any
 
 import numpy as np
-
-GRID = 6  # patches per side: 96 px / 16 px (``--image-size`` changes it)
-TARGETS = 3  # log depth, object share, gripper heat
-EXTENDED = False  # --targets extended: + log distance to the gripper, mean RGB
 
 
 def precise_copy(src: str, dst: Path) -> str:
@@ -60,91 +57,6 @@ def precise_copy(src: str, dst: Path) -> str:
         columns = {k: [r[k] for r in rows] for k in keys}
         (dst / Path(f).name).write_bytes(parquet_bytes(columns))
     return str(dst)
-
-
-def patch_targets(frame: Any) -> np.ndarray:
-    """
-    Return the (GRID, GRID, TARGETS) targets of a rendered frame (see the module).
-
-    With ``EXTENDED``, four more per patch: the log distance from the gripper's grasp point to
-    the patch's surface (median over its pixels) and the patch's mean RGB (keeps colour in the
-    tower's last layer, which is what a caption like 'the pink ball' is bound to).
-    """
-    h, w = frame.depth.shape
-    rows = np.linspace(0, h, GRID + 1).astype(int)
-    cols = np.linspace(0, w, GRID + 1).astype(int)
-    k = frame.intrinsics
-    grip = np.asarray(frame.gripper_cam, np.float64)
-    u = k.fx * grip[0] / grip[2] + k.cx
-    v = k.fy * grip[1] / grip[2] + k.cy
-    if EXTENDED:
-        vv, uu = np.mgrid[0:h, 0:w] + 0.5
-        z = frame.depth.astype(np.float64)
-        xyz = np.stack([(uu - k.cx) / k.fx * z, (vv - k.cy) / k.fy * z, z], axis=-1)
-        to_grip = np.log(np.linalg.norm(xyz - grip, axis=-1) + 0.01)
-    out = np.zeros((GRID, GRID, TARGETS + 4 * EXTENDED), np.float32)
-    for i in range(GRID):
-        for j in range(GRID):
-            cell = np.s_[rows[i]:rows[i + 1], cols[j]:cols[j + 1]]
-            depth = frame.depth[cell]
-            seg = frame.segmentation[cell]
-            valid = np.isfinite(depth) & (depth > 0)
-            finite = depth[valid]
-            out[i, j, 0] = np.log(np.median(finite)) if finite.size else 0.0
-            out[i, j, 1] = float(np.mean(seg >= 0))
-            cu, cv = (cols[j] + cols[j + 1]) / 2, (rows[i] + rows[i + 1]) / 2
-            out[i, j, 2] = np.exp(-((cu - u) ** 2 + (cv - v) ** 2) / (2 * (w / GRID) ** 2))
-            if EXTENDED:
-                # objects dominate the distance where the patch has any (a small object is
-                # what a question names)
-                pick = valid & (seg >= 0) if np.any(valid & (seg >= 0)) else valid
-                out[i, j, 3] = np.median(to_grip[cell][pick]) if pick.any() else 0.0
-                out[i, j, 4:7] = frame.rgb[cell].reshape(-1, 3).mean(axis=0) / 255.0
-    return out
-
-
-def render_targets(episodes: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """Render ``episodes`` short episodes; return their RGB frames and patch targets."""
-    from tqdm import tqdm
-
-    from spatialvlm_ros.sim.episode import EpisodeConfig, generate_episode, SCENARIOS
-
-    images, targets = [], []
-    for e in tqdm(range(episodes), desc='render'):
-        episode = generate_episode(EpisodeConfig(seed=seed + e, num_frames=10,
-                                                 scenario=SCENARIOS[e % len(SCENARIOS)]))
-        for frame in episode.frames:
-            images.append(frame.rgb)
-            targets.append(patch_targets(frame))
-    return images, np.stack(targets)
-
-
-def pretrain_vision(model: Any, processor: Any, images: list[np.ndarray], targets: np.ndarray,
-                    steps: int, batch: int, lr: float) -> list[float]:
-    """Train the vision tower (and a linear patch head) on the targets; return the losses."""
-    import torch
-
-    tower = model.model.vision_tower
-    head = torch.nn.Linear(tower.config.hidden_size, targets.shape[-1])
-    pixels = processor.image_processor(images=images, return_tensors='pt')['pixel_values']
-    y = torch.from_numpy(targets.reshape(len(images), GRID * GRID, targets.shape[-1]))
-    y = (y - y.mean(dim=(0, 1))) / y.std(dim=(0, 1)).clamp_min(1e-6)
-    params = list(tower.parameters()) + list(head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr)
-    rng = np.random.default_rng(0)
-    losses = []
-    tower.train()
-    for step in range(steps):
-        index = torch.from_numpy(rng.choice(len(images), batch, replace=len(images) < batch))
-        features = tower(pixel_values=pixels[index]).last_hidden_state  # (B, 36, C)
-        loss = torch.nn.functional.mse_loss(head(features), y[index])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        for group in optimizer.param_groups:
-            group['lr'] = lr * 0.5 * (1 + np.cos(np.pi * (step + 1) / steps))
-        losses.append(float(loss))
-    return losses
 
 
 def score(model_dir: Path, heldout: str, prefix: str = '') -> dict[str, Any]:
@@ -184,6 +96,11 @@ def main() -> None:
     from spatialvlm_ros.model.tokenizer import build_default_tokenizer
     from spatialvlm_ros.train.config import TrainConfig
     from spatialvlm_ros.train.trainer import train
+    from spatialvlm_ros.train.vision_pretrain import (
+        pretrain_vision,
+        render_targets,
+        VisionPretrainConfig,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument('--data', required=True, help='train-default data folder')
@@ -201,9 +118,10 @@ def main() -> None:
     parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--targets', choices=('basic', 'extended'), default='basic')
     args = parser.parse_args()
-    global GRID, EXTENDED
-    GRID = args.image_size // 16
-    EXTENDED = args.targets == 'extended'
+    grid = args.image_size // 16  # patches per side (16 px patches)
+    pretrain_config = VisionPretrainConfig(episodes=args.episodes, frames_per_episode=10,
+                                           seed=70_000, steps=args.pretrain_steps,
+                                           batch_size=32, lr=1e-3, targets=args.targets)
     torch.manual_seed(0)
     data = Path(args.data)
     train_data = (str(data / 'gripper_train'), str(data / 'gripper_focus'))
@@ -219,9 +137,8 @@ def main() -> None:
                                                build_default_tokenizer())
         note = ''
         if arm == 'pretrained':
-            images, targets = render_targets(args.episodes, seed=70_000)
-            losses = pretrain_vision(model, processor, images, targets, args.pretrain_steps,
-                                     32, 1e-3)
+            images, targets = render_targets(pretrain_config, grid)
+            losses = pretrain_vision(model, processor, images, targets, pretrain_config)
             note = f'pre-training loss {losses[0]:.3f} -> {np.mean(losses[-20:]):.3f}'
         init = args.out / arm / 'init'
         save_compact(model, processor, init)
