@@ -33,3 +33,41 @@ def test_metric_style_reaches_the_training_folders_not_the_heldout(tmp_path):
     run = json.loads((folders['gripper_heldout'] / 'gripper_run.json').read_text())
     assert run['answer_style'] == 'human'
     assert not folders['gripper_focus'].exists()  # no second stage, no focus data
+
+
+def test_recipe_validates_the_vision_options(tmp_path):
+    with pytest.raises(ValueError, match='image_size'):
+        DefaultRecipe(out=str(tmp_path), image_size=100)
+    with pytest.raises(ValueError, match='freeze_vision needs a pre-trained tower'):
+        DefaultRecipe(out=str(tmp_path), freeze_vision=True)
+    with pytest.raises(ValueError, match='vision_targets'):
+        DefaultRecipe(out=str(tmp_path), vision_targets='depth')
+
+
+def test_pretrained_tower_feeds_a_frozen_training_stage(tmp_path):
+    torch = pytest.importorskip('torch')
+    from spatialvlm_ros.model.loading import load_vlm
+    from spatialvlm_ros.train.default import init_model, pretrain_tower, run_training
+
+    recipe = DefaultRecipe(out=str(tmp_path), train_scenes=1, heldout_scenes=1,
+                           gripper_episodes=1, heldout_gripper_episodes=1, focus_steps=0,
+                           width=64, height=48, workers=1, steps=2, batch_size=2,
+                           warmup_steps=1, image_size=32, vision_pretrain_episodes=1,
+                           vision_pretrain_steps=3, freeze_vision=True)
+    folders = build_data(recipe)
+    init = init_model(tmp_path / 'init', recipe.image_size)
+    with pytest.raises(ValueError, match='32 px model'):
+        init_model(tmp_path / 'init', 96)
+    pretrained = pretrain_tower(recipe, init)
+    assert pretrained == tmp_path / 'init_vision'
+    result = run_training(recipe, pretrained, folders)
+
+    def weights(folder):
+        return {k: v.clone() for k, v in load_vlm(folder, device='cpu').model.state_dict()
+                .items()}
+
+    before, tower, after = weights(init), weights(pretrained), weights(result.final_dir)
+    vision = [k for k in before if 'vision_tower' in k]
+    assert vision and any(not torch.equal(before[k], tower[k]) for k in vision)
+    assert all(torch.equal(tower[k], after[k]) for k in vision)  # frozen in training
+    assert any(not torch.equal(tower[k], after[k]) for k in after if k not in vision)

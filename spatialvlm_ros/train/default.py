@@ -7,7 +7,9 @@ Steps, each resumable (re-running the command skips what is done):
 2. gripper-to-object distance QA from simulated robot episodes (the reward node's question),
    ``out/data/{gripper_train,gripper_focus,gripper_heldout}``;
 3. the compact model, untrained, with its tokenizer trained on the engine's text, ``out/init``;
-4. training from scratch (vision encoder unfrozen: there is nothing pretrained to keep),
+   optionally (``vision_pretrain_episodes``) its vision tower pre-trained on per-patch
+   simulator targets (``train.vision_pretrain``), ``out/init_vision``;
+4. training (the vision encoder trains too unless ``freeze_vision`` keeps a pre-trained one),
    ``out/run`` (checkpoints, TensorBoard, ``final/``), then a second stage that adds more
    gripper episodes (``gripper_focus``) while keeping the engine's data in the mix (a stage on
    gripper data alone made the model forget the object-to-object questions), ``out/run_focus``;
@@ -64,6 +66,13 @@ class DefaultRecipe:
         rounding, what the shipped default was trained on) or ``'metric'`` (fixed-width
         'The distance is 0.46 m.'; see ``synth.gripper.GripperDataConfig``). The held-out
         gripper set is always ``'human'`` (only its questions and truth are used).
+    :ivar image_size: the compact model's input side in pixels (16 px patches).
+    :ivar vision_pretrain_episodes: rendered episodes for pre-training the vision tower on
+        per-patch simulator targets before the QA stages (``train.vision_pretrain``); 0: none.
+    :ivar vision_pretrain_steps: steps of that pre-training.
+    :ivar vision_targets: its targets, ``'basic'`` or ``'extended'``.
+    :ivar freeze_vision: keep the vision tower frozen in both QA stages (meant for a
+        pre-trained tower; a from-scratch tower must train).
     """
 
     out: str = 'runs/default'
@@ -86,8 +95,25 @@ class DefaultRecipe:
     focus_gripper_episodes: int = 600
     focus_mix_engine: bool = True
     gripper_answer_style: str = 'human'
+    image_size: int = 96
+    vision_pretrain_episodes: int = 0
+    vision_pretrain_steps: int = 600
+    vision_targets: str = 'extended'
+    freeze_vision: bool = False
 
     def __post_init__(self) -> None:
+        if self.image_size < 16 or self.image_size % 16:
+            raise ValueError(f'image_size must be a positive multiple of 16, got '
+                             f'{self.image_size}')
+        if self.vision_pretrain_episodes < 0 or self.vision_pretrain_steps < 1:
+            raise ValueError('vision_pretrain_episodes must be >= 0 and vision_pretrain_steps '
+                             '>= 1')
+        if self.vision_targets not in ('basic', 'extended'):
+            raise ValueError(f"vision_targets must be 'basic' or 'extended', got "
+                             f'{self.vision_targets!r}')
+        if self.freeze_vision and self.vision_pretrain_episodes == 0:
+            raise ValueError('freeze_vision needs a pre-trained tower '
+                             '(vision_pretrain_episodes > 0): a random tower would stay random')
         from spatialvlm_ros.synth.gripper import ANSWER_STYLES
 
         if self.gripper_answer_style not in ANSWER_STYLES:
@@ -179,20 +205,44 @@ def build_data(recipe: DefaultRecipe, timings: Timings | None = None) -> dict[st
     return folders
 
 
-def init_model(folder: Path) -> Path:
+def init_model(folder: Path, image_size: int = 96) -> Path:
     """Build and save the untrained compact model (tokenizer trained on the engine text)."""
     from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig, save_compact
     from spatialvlm_ros.model.tokenizer import build_default_tokenizer
 
     if (folder / 'config.json').is_file():
+        config = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
+        found = config.get('vision_config', {}).get('image_size')
+        if found != image_size:
+            raise ValueError(f'{folder} holds a {found} px model, the recipe asks for '
+                             f'{image_size} px; use another --out')
         return folder
     _log(f'initial compact model -> {folder}')
-    model, processor = build_compact_model(CompactVLMConfig(), build_default_tokenizer())
+    model, processor = build_compact_model(CompactVLMConfig(image_size=image_size),
+                                           build_default_tokenizer())
     tmp = folder.with_name(folder.name + '.tmp')
     shutil.rmtree(tmp, ignore_errors=True)
     save_compact(model, processor, tmp)
     tmp.rename(folder)
     return folder
+
+
+def pretrain_tower(recipe: DefaultRecipe, model: Path, timings: Timings | None = None) -> Path:
+    """Pre-train the vision tower when the recipe asks for it; return the model to train."""
+    if recipe.vision_pretrain_episodes <= 0:
+        return model
+    from spatialvlm_ros.train.vision_pretrain import run_vision_pretrain, VisionPretrainConfig
+
+    out = Path(recipe.out) / 'init_vision'
+    _log(f'vision pre-training: {recipe.vision_pretrain_episodes} episodes, '
+         f'{recipe.vision_pretrain_steps} steps -> {out}')
+    start = time.perf_counter()
+    result = run_vision_pretrain(model, out, VisionPretrainConfig(
+        episodes=recipe.vision_pretrain_episodes, steps=recipe.vision_pretrain_steps,
+        targets=recipe.vision_targets, width=recipe.width, height=recipe.height))
+    if timings is not None:
+        timings.record('vision_pretrain', time.perf_counter() - start, not result.skipped)
+    return result.folder
 
 
 def run_training(recipe: DefaultRecipe, model: Path, folders: dict[str, Path],
@@ -206,7 +256,7 @@ def run_training(recipe: DefaultRecipe, model: Path, folders: dict[str, Path],
         model=str(model), data=(str(folders['train']), str(folders['gripper_train'])),
         general_ratio=recipe.general_ratio, out_dir=str(run), max_steps=recipe.steps,
         batch_size=recipe.batch_size, lr=recipe.lr, min_lr=recipe.lr / 50,
-        warmup_steps=recipe.warmup_steps, freeze_vision=False, seed=recipe.seed,
+        warmup_steps=recipe.warmup_steps, freeze_vision=recipe.freeze_vision, seed=recipe.seed,
         save_every=100, keep_last=2, eval_every=0)
     resume = bool(run.exists() and list_checkpoints(run))
     done = (run / 'final' / 'config.json').is_file()
@@ -291,10 +341,16 @@ def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
         f'{recipe.focus_gripper_episodes} more episodes (seed {FOCUS_SEED})'
         + (', still mixed with the engine data' if recipe.focus_mix_engine else ' alone'))
     gripper_mre = '-' if mre is None else f'{100 * mre:.1f}%'
+    tower = 'vision tower: trained with the rest (no pre-training).'
+    if recipe.vision_pretrain_episodes > 0:
+        tower = (f'vision tower: first pre-trained {recipe.vision_pretrain_steps} steps on '
+                 f'per-patch simulator targets ({recipe.vision_targets}) of '
+                 f'{recipe.vision_pretrain_episodes} rendered episodes, then '
+                 + ('kept frozen.' if recipe.freeze_vision else 'trained with the rest.'))
     return f"""# spatialvlm_ros compact spatial VLM (shipped default)
 
 A LLaVA-style model (SigLIP-style vision tower, projector, small Llama decoder; about 5.7 M
-parameters, 96 px input) trained from scratch on this package's data engine, for
+parameters, {recipe.image_size} px input) trained from scratch on this package's data engine, for
 gripper-to-object and object-to-object spatial questions about simulated tabletop scenes.
 It is a small reproduction artefact, not a general VLM: on real images use a real VLM folder.
 
@@ -310,6 +366,7 @@ Recipe (``DefaultRecipe``): `{json.dumps(asdict(recipe), sort_keys=True)}`
   {recipe.gripper_episodes} robot episodes of gripper-distance QA (seed {TRAIN_SEED});
   held-out: {recipe.heldout_scenes} scenes and {recipe.heldout_gripper_episodes} episodes with
   seed {HELDOUT_SEED} (scenes, camera poses and episodes never used in training).
+- {tower}
 - training: {recipe.steps} steps on all the data, batch {recipe.batch_size}, AdamW, lr
   {recipe.lr} with {recipe.warmup_steps} warm-up steps and cosine decay, seed {recipe.seed};
   {second}; first loss {result.losses[0]:.3f}, last loss {result.losses[-1]:.3f}.
@@ -374,6 +431,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument('--gripper-answer-style', choices=('human', 'metric'),
                         help="gripper training answers: 'human' rounding (default) or fixed-width "
                              "'metric' ('The distance is 0.46 m.')")
+    parser.add_argument('--image-size', type=int, help='model input side in px (default 96)')
+    parser.add_argument('--vision-pretrain-episodes', type=int,
+                        help='episodes for pre-training the vision tower (default 0: none)')
+    parser.add_argument('--vision-pretrain-steps', type=int,
+                        help='vision pre-training steps (default 600)')
+    parser.add_argument('--freeze-vision', action='store_true', default=None,
+                        help='keep the (pre-trained) vision tower frozen in the QA stages')
     parser.add_argument('--install', action='store_true',
                         help='copy the final model into the package as the shipped default')
     parser.add_argument('--json', action='store_true', help='print the reports as JSON')
@@ -385,7 +449,8 @@ def _run(args: argparse.Namespace) -> int:
 
     names = ('steps', 'focus_steps', 'focus_gripper_episodes', 'train_scenes',
              'gripper_episodes', 'heldout_scenes', 'heldout_gripper_episodes', 'eval_limit',
-             'workers', 'gripper_answer_style')
+             'workers', 'gripper_answer_style', 'image_size', 'vision_pretrain_episodes',
+             'vision_pretrain_steps', 'freeze_vision')
     overrides = {k: getattr(args, k) for k in names
                  if getattr(args, k) is not None}
     try:
@@ -395,7 +460,8 @@ def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     timings = Timings(recipe.out)
     folders = build_data(recipe, timings)
-    model = init_model(Path(recipe.out) / 'init')
+    model = init_model(Path(recipe.out) / 'init', recipe.image_size)
+    model = pretrain_tower(recipe, model, timings)
     result = run_training(recipe, model, folders, timings)
     final = Path(result.final_dir)
     tick = time.perf_counter()
