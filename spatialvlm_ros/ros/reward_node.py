@@ -462,9 +462,9 @@ class RewardNode(Node):
         self._spec = EstimatorSpec()
         self.model_name, self.device_name = '', ''
         self._pending: _Pending | None = None
-        # True while _process_pending runs: new frames then only replace _pending; waking the
-        # executor for a callback whose (mutually exclusive) group is busy makes
-        # MultiThreadedExecutor spin hot on the ready guard condition (a core at 30 Hz)
+        # True while _process_pending runs: new frames then only replace _pending (its loop
+        # takes the newest when the model is free), so the executor is not woken for a
+        # callback whose mutually exclusive group is busy
         self._processing = False
         self._active = False
         self._inputs: list[Any] = []
