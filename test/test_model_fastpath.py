@@ -11,6 +11,7 @@ attention, training mode) goes through ``generate()``.
 
 import dataclasses
 import importlib.util
+import re
 
 import numpy as np
 import pytest
@@ -429,3 +430,45 @@ def test_estimator_takes_the_fast_path(shipped, frames):
         assert fast_answer.valid
     estimator.close()
     slow.close()
+
+
+def test_number_space_gives_the_same_answers_one_forward_pass_sooner(shipped, frames,
+                                                                     monkeypatch):
+    # 'The distance is' + the space token the shipped tokenizer puts before every number
+    passes = []
+    forward = fastpath.LeanGreedyDecoder._forward
+    monkeypatch.setattr(fastpath.LeanGreedyDecoder, '_forward',
+                        staticmethod(lambda *a: passes.append(1) or forward(*a)))
+    rgb, target = frames
+    question = f'How far is the gripper from {target}?'
+    runs = {}
+    for fast in (True, False):
+        for spaced in (True, False):
+            vlm = SpatialVLM(shipped, InferenceConfig(
+                fast_path=fast, answer_prefix='The distance is', stop_at_distance=True,
+                max_new_tokens=24, number_space=spaced))
+            assert vlm.prompt_prefix == ('The distance is ' if spaced else 'The distance is')
+            passes.clear()
+            answers = [vlm.ask(frame, [question])[0] for frame in rgb]
+            runs[fast, spaced] = ([(a.text, a.value_m) for a in answers], len(passes))
+    assert runs[True, True][0] == runs[True, False][0] == runs[False, True][0] \
+        == runs[False, False][0]
+    assert all(value is not None for _, value in runs[True, True][0])
+    assert runs[True, True][1] == runs[True, False][1] - len(rgb)  # one pass less per answer
+
+
+class _WordTokenizer:
+    """Words with their leading space as tokens: ' 0' is one token, ' ' alone another."""
+
+    def __call__(self, text, add_special_tokens=False):
+        pieces = re.findall(r' ?[^ ]+| ', text)
+        return {'input_ids': [hash(piece) % 10_000 for piece in pieces]}
+
+
+def test_number_space_is_left_out_where_the_space_joins_the_number(shipped):
+    from spatialvlm_ros.model.inference import _space_is_own_token
+
+    assert _space_is_own_token(shipped.tokenizer, 'The distance is')
+    assert not _space_is_own_token(_WordTokenizer(), 'The distance is')
+    vlm = SpatialVLM(shipped, InferenceConfig(answer_prefix='The distance is '))
+    assert vlm.prompt_prefix == 'The distance is '  # a prefix that ends in a space is kept
