@@ -29,6 +29,7 @@ from rclpy.parameter import Parameter
 
 from spatialvlm_ros.bags import topics as layout
 from spatialvlm_ros.ros.bag_player import ResultRecorder
+from spatialvlm_ros.ros.harness import EXECUTOR_KINDS
 from spatialvlm_ros.ros.reward_node import RewardNode
 from spatialvlm_ros.ros.testing import FakeEstimator, RosHarness, setup_test_env
 
@@ -56,7 +57,7 @@ def start_camera(domain_id: int, rate: float, width: int, height: int) -> subpro
 
 def run_phase(args: argparse.Namespace, params: dict, factory, rate: float, duration: float,
               sample_rss: bool) -> dict:
-    with RosHarness() as ros:
+    with RosHarness(executor=args.executor) as ros:
         node = ros.add(RewardNode(factory, context=ros.context, parameter_overrides=[
             Parameter(k, value=v) for k, v in params.items()],
             cli_args=['--ros-args'] + [a for r in REMAPS for a in ('-r', r)]))
@@ -73,6 +74,7 @@ def run_phase(args: argparse.Namespace, params: dict, factory, rate: float, dura
                 raise SystemExit('no frames from the sim camera within 120 s')
             start_counts, start = dict(counts), time.monotonic()
             node.stats.latency.clear()
+            node.stats.inference.clear()
             first_record = len(recorder)
             rss = [rss_mb()]
             deadline = start + duration
@@ -83,6 +85,7 @@ def run_phase(args: argparse.Namespace, params: dict, factory, rate: float, dura
             elapsed = time.monotonic() - start
             end_counts = dict(counts)
             latency = np.array(node.stats.latency) * 1e3
+            inference = np.array(node.stats.inference) * 1e3
             records = recorder.snapshot()[first_record:]
         finally:
             camera.terminate()
@@ -93,9 +96,12 @@ def run_phase(args: argparse.Namespace, params: dict, factory, rate: float, dura
     return {
         'seconds': elapsed, 'input_hz': delta['frames_received'] / elapsed,
         'processed_hz': delta['frames_processed'] / elapsed,
-        'dropped': delta['frames_dropped'], 'invalid': delta['invalid_answers'],
+        'dropped': delta['frames_dropped'] + delta['late_results_dropped'],
+        'invalid': delta['invalid_answers'],
         'malformed': delta['malformed_messages'],
         'lat_p50': float(np.percentile(latency, 50)), 'lat_p99': float(np.percentile(latency, 99)),
+        'inf_p50': float(np.percentile(inference, 50)),
+        'inf_p99': float(np.percentile(inference, 99)),
         'e2e_p50': float(np.percentile(e2e, 50)), 'e2e_p99': float(np.percentile(e2e, 99)),
         'rss_start': rss[0], 'rss_end': rss[-1],
         'rss_growth': max(rss) - rss[min(2, len(rss) - 1)],
@@ -108,6 +114,16 @@ def main() -> int:
     parser.add_argument('--estimator', choices=('oracle', 'vlm', 'fake'), default='oracle')
     parser.add_argument('--model-folder', default='', help="VLM folder ('' = default)")
     parser.add_argument('--device', default='auto')
+    parser.add_argument('--executor', choices=EXECUTOR_KINDS, default='single_threaded',
+                        help="executor of the node's process (main() uses the node's "
+                        "'executor' parameter)")
+    parser.add_argument('--target', default='the coke can',
+                        help="the node's target phrase (its default: 'the coke can'; the "
+                        "camera's episode (seed 3) shows 'the purple wooden toy cylinder')")
+    parser.add_argument('--workers', type=int, default=1,
+                        help="the node's inference_workers (frames answered at once)")
+    parser.add_argument('--in-process', action='store_true',
+                        help='run the VLM in the node process (estimator_process:=false)')
     parser.add_argument('--duration', type=float, default=60.0)
     parser.add_argument('--rate', type=float, default=30.0)
     parser.add_argument('--width', type=int, default=320)
@@ -122,7 +138,9 @@ def main() -> int:
     rows = []
     if not args.skip_throughput:
         params = {'estimator': 'oracle' if args.estimator == 'fake' else args.estimator,
-                  'model_folder': args.model_folder, 'device': args.device}
+                  'model_folder': args.model_folder, 'device': args.device,
+                  'estimator_process': not args.in_process, 'target': args.target,
+                  'inference_workers': args.workers}
         factory = (lambda spec: FakeEstimator()) if args.estimator == 'fake' else None
         rows.append((f'throughput, {args.estimator}', args.rate,
                      run_phase(args, params, factory, args.rate, args.duration, False)))
@@ -131,15 +149,19 @@ def main() -> int:
         rows.append((f'backpressure, fake {args.slow_s * 1e3:.0f} ms', args.bp_rate,
                      run_phase(args, {'estimator': 'oracle'}, lambda spec: slow, args.bp_rate,
                                args.bp_duration, True)))
+    where = 'the node' if args.in_process else 'a child'
     print(f'\nreward node over DDS, {args.width}x{args.height} rgb8, sim camera in another '
-          'process\n')
+          f'process, {args.executor} executor, model in {where} process, target '
+          f'{args.target!r}, {args.workers} inference worker(s)\n')
     print('| run | camera Hz | s | input fps | processed fps | dropped | node latency p50/p99 '
-          'ms | camera-stamp->result p50/p99 ms | RSS start -> end MB (growth after 2 s) |')
-    print('|---|---|---|---|---|---|---|---|---|')
+          'ms | inference p50/p99 ms | camera-stamp->result p50/p99 ms | RSS start -> end MB '
+          '(growth after 2 s) |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
     for name, rate, r in rows:
         print(f"| {name} | {rate:g} | {r['seconds']:.0f} | {r['input_hz']:.1f} | "
               f"{r['processed_hz']:.1f} | {r['dropped']} | {r['lat_p50']:.1f} / "
-              f"{r['lat_p99']:.1f} | {r['e2e_p50']:.1f} / {r['e2e_p99']:.1f} | "
+              f"{r['lat_p99']:.1f} | {r['inf_p50']:.1f} / {r['inf_p99']:.1f} | "
+              f"{r['e2e_p50']:.1f} / {r['e2e_p99']:.1f} | "
               f"{r['rss_start']:.0f} -> {r['rss_end']:.0f} ({r['rss_growth']:+.1f}) |")
     return 0
 

@@ -1,6 +1,7 @@
 """The reward node: lifecycle, headers, run-time parameters, invalid answers, staleness."""
 
 import math
+import os
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -124,6 +125,7 @@ def test_lifecycle_transitions_via_the_node_api(rig):
     assert node.trigger_activate().name == 'SUCCESS'
     assert node.lifecycle_state == 'active' and len(r.built) == 1
     assert r.built[0].kind == 'vlm' and r.built[0].model_folder == ''
+    assert r.built[0].process  # estimator_process defaults to a child process
     assert r.ros.wait_for(lambda: node.input_publisher_count() > 0, 30)
     assert node.trigger_deactivate().name == 'SUCCESS'
     assert node.lifecycle_state == 'inactive' and fake.closed
@@ -372,6 +374,31 @@ def test_estimator_exceptions_are_no_answer(rig):
     assert r.last('valid').data is False
     assert 'estimator error' in result_values(r.last('result'))['reason']
     assert r.node.stats.counts['estimator_errors'] == 1
+
+
+def test_the_shipped_model_runs_in_a_child_process_that_deactivate_ends(ros):
+    from spatialvlm_ros.model.process_estimator import ProcessEstimator
+
+    node = ros.add(RewardNode(context=ros.context, namespace='child', parameter_overrides=[
+        Parameter('input_reliability', value='reliable')]))
+    aux = ros.add(rclpy.create_node('child_camera', namespace='child', context=ros.context))
+    try:
+        assert node.trigger_configure().name == 'SUCCESS'
+        assert node.trigger_activate().name == 'SUCCESS'
+        estimator = node._estimator
+        assert isinstance(estimator, ProcessEstimator) and estimator.alive
+        assert estimator.pid != os.getpid()
+        pub = aux.create_publisher(Image, 'image', 10)
+        assert ros.wait_for(lambda: node.input_publisher_count() > 0, 30)
+        pub.publish(make_image(120, T0, 96, 96))
+        counts = node.stats.counts
+        assert ros.wait_for(lambda: counts['frames_processed'] == 1, 60), counts
+        assert counts['estimator_errors'] == 0
+        assert node.trigger_deactivate().name == 'SUCCESS'
+        assert not estimator.alive
+    finally:
+        ros.remove(aux)
+        ros.remove(node)
 
 
 def test_estimate_protocol_is_met_by_the_fake():

@@ -4,8 +4,10 @@ import random
 import threading
 import time
 
+from diagnostic_msgs.msg import DiagnosticArray
 import numpy as np
 import pytest
+from rcl_interfaces.srv import SetParameters
 import rclpy
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -125,8 +127,7 @@ class _GatedEstimator(FakeEstimator):
 
 
 def test_frames_arriving_while_busy_leave_only_the_newest_and_it_is_processed(ros):
-    # the node does not wake its inference callback while it runs (that made the executor
-    # spin); the frame that arrived meanwhile must still be processed, with no further frame
+    # the model's thread takes the newest frame when it finishes; nothing is queued
     gate = _GatedEstimator()
     node = _node(ros, gate, namespace='busy', input_reliability='reliable',
                  input_queue_depth=10)
@@ -147,6 +148,95 @@ def test_frames_arriving_while_busy_leave_only_the_newest_and_it_is_processed(ro
         assert counts['frames_dropped'] == 2
     finally:
         gate.release.set()
+        ros.remove(aux)
+        ros.remove(node)
+
+
+def test_single_threaded_executor_stays_responsive_while_the_model_runs():
+    # the model runs in the node's own thread, so even one executor thread keeps serving
+    # parameters, lifecycle transitions, diagnostics and frames while an answer is pending
+    gate = _GatedEstimator()
+    with RosHarness(executor='single_threaded') as ros:
+        node = _node(ros, gate, namespace='one', input_reliability='reliable',
+                     input_queue_depth=10, diagnostics_period_s=0.05)
+        aux = ros.add(rclpy.create_node('camera_one', namespace='one', context=ros.context))
+        diagnostics = []
+        aux.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 10)
+        try:
+            pub = aux.create_publisher(Image, 'image', 10)
+            assert ros.wait_for(lambda: node.input_publisher_count() > 0, 30)
+            pub.publish(make_image(10, T0, 32, 24))
+            assert gate.started.wait(10)
+            # while the model holds its answer: diagnostics keep coming, frames keep being
+            # received, and a parameter update is applied by the executor's only thread
+            seen = len(diagnostics)
+            assert ros.wait_for(lambda: len(diagnostics) >= seen + 3, 10)
+            pub.publish(make_image(20, T0 + 10**8, 32, 24))
+            counts = node.stats.counts
+            assert ros.wait_for(lambda: counts['frames_received'] == 2, 10), counts
+            client = aux.create_client(SetParameters, '/one/spatialvlm_reward/set_parameters')
+            assert client.wait_for_service(timeout_sec=10)
+            future = client.call_async(SetParameters.Request(
+                parameters=[Parameter('target', value='the red mug').to_parameter_msg()]))
+            assert ros.wait_for(future.done, 10) and future.result().results[0].successful
+            assert node.settings['target'] == 'the red mug'
+            assert counts['frames_processed'] == 0 and not gate.answered
+            gate.release.set()
+            assert ros.wait_for(lambda: counts['frames_processed'] == 2, 10), counts
+            assert gate.answered == [10, 20]
+            # deactivate waits for the model's thread and stops it
+            assert node.trigger_deactivate().name == 'SUCCESS'
+            assert not [t for t in threading.enumerate()
+                        if t.name == 'spatialvlm_inference/one' and t.is_alive()]
+        finally:
+            gate.release.set()
+            ros.remove(aux)
+            ros.remove(node)
+
+
+def test_two_workers_answer_two_frames_at_once_and_drop_a_result_that_comes_late(ros):
+    gates = []
+
+    def factory(spec):
+        gates.append(_GatedEstimator())
+        return gates[-1]
+
+    node = ros.add(RewardNode(factory, context=ros.context, namespace='pair',
+                              parameter_overrides=[
+                                  Parameter(k, value=v) for k, v in {
+                                      'smoothing.kind': 'none', 'inference_workers': 2,
+                                      'input_reliability': 'reliable',
+                                      'input_queue_depth': 10}.items()]))
+    aux = ros.add(rclpy.create_node('camera_pair', namespace='pair', context=ros.context))
+    results = []
+    aux.create_subscription(DiagnosticArray, 'spatialvlm/result', results.append, 10)
+    try:
+        node.trigger_configure()
+        assert node.trigger_activate().name == 'SUCCESS'
+        assert len(gates) == 2 and node.diagnostics()['inference_workers'] == 2
+        pub = aux.create_publisher(Image, 'image', 10)
+        assert ros.wait_for(lambda: node.input_publisher_count() > 0, 30)
+        pub.publish(make_image(10, T0, 32, 24))
+        assert ros.wait_for(lambda: any(g.started.is_set() for g in gates), 10)
+        first = next(g for g in gates if g.started.is_set())
+        second = next(g for g in gates if g is not first)
+        pub.publish(make_image(20, T0 + 10**8, 32, 24))  # taken by the idle worker
+        assert second.started.wait(10)
+        counts = node.stats.counts
+        second.release.set()  # the newer frame finishes first and is published
+        assert ros.wait_for(lambda: counts['frames_processed'] == 1, 10), counts
+        first.release.set()  # the older one is late: dropped, not published after it
+        assert ros.wait_for(lambda: counts['late_results_dropped'] == 1, 10), counts
+        assert (first.answered, second.answered) == ([10], [20])
+        assert counts['frames_processed'] == 1 and counts['frames_dropped'] == 0
+        assert ros.wait_for(lambda: len(results) == 1, 5)
+        assert not ros.wait_for(lambda: len(results) > 1, 0.3)
+        assert results[0].header.stamp.nanosec == (T0 + 10**8) % 10**9
+        assert node.trigger_deactivate().name == 'SUCCESS'
+        assert all(g.closed for g in gates)
+    finally:
+        for gate in gates:
+            gate.release.set()
         ros.remove(aux)
         ros.remove(node)
 

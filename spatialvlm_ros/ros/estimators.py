@@ -8,13 +8,18 @@ and benchmarks inject fakes and the real VLM is built only on activation.
 
 - ``'vlm'``: ``spatialvlm_ros.model.estimator.build_estimator('vlm', model_folder=...,
   device=..., samples=..., question_template=..., answer_prefix=..., threads=...)`` (keywords
-  it does not accept are left out); ``model_folder=''`` means the shipped default model;
+  it does not accept are left out); ``model_folder=''`` means the shipped default model. With
+  ``EstimatorSpec.process`` (the node's ``estimator_process``, on by default) it is built and
+  run in a child process (:class:`spatialvlm_ros.model.process_estimator.ProcessEstimator`),
+  so the model's Python does not compete with the node's callbacks for the GIL;
 - ``'oracle'``: :class:`GroundTruthEstimator`, ground truth of a simulated episode received on
   the node's ``ground_truth_distance`` topic (the reference the VLM reward is compared with).
 
 Per-frame context (``estimate`` keywords): besides ``(image, subject, target)`` the node passes
 those of the following keywords that the estimator's ``estimate`` accepts by name (all of them
-if it takes ``**kwargs``), so estimators that ignore them keep the plain protocol:
+if it takes ``**kwargs``; an estimator may instead list them in an ``estimate_keywords``
+attribute, as the process wrapper does), so estimators that ignore them keep the plain
+protocol:
 
 | keyword | value |
 |---|---|
@@ -57,6 +62,7 @@ class EstimatorSpec:
     :ivar question_template: question with ``{subject}`` and ``{target}`` (at build time).
     :ivar answer_prefix: text the VLM's answers are made to start with ('' for none).
     :ivar cpu_threads: torch CPU threads (0: torch's default).
+    :ivar process: run the VLM in a child process (kind 'vlm').
     """
 
     kind: str = 'vlm'
@@ -66,6 +72,7 @@ class EstimatorSpec:
     question_template: str = 'How far is {subject} from {target}?'
     answer_prefix: str = 'The distance is'
     cpu_threads: int = 1
+    process: bool = True
 
 
 EstimatorFactory = Callable[[EstimatorSpec], DistanceEstimator]
@@ -112,7 +119,12 @@ def default_estimator_factory(spec: EstimatorSpec) -> DistanceEstimator:
                  'samples': spec.samples_per_frame,
                  'question_template': spec.question_template,
                  'answer_prefix': spec.answer_prefix, 'threads': spec.cpu_threads or None}
-    estimator: DistanceEstimator = build('vlm', **accepted_kwargs(build, available))
+    kwargs = accepted_kwargs(build, available)
+    if spec.process:
+        from spatialvlm_ros.model.process_estimator import ProcessEstimator
+
+        return ProcessEstimator(build, {'kind': 'vlm', **kwargs})
+    estimator: DistanceEstimator = build('vlm', **kwargs)
     return estimator
 
 
@@ -130,7 +142,16 @@ def accepted_kwargs(function: Callable[..., Any], available: dict[str, Any]) -> 
 
 
 def accepted_names(function: Callable[..., Any], candidates: tuple[str, ...]) -> frozenset[str]:
-    """Return which of ``candidates`` ``function`` accepts as keywords."""
+    """
+    Return which of ``candidates`` ``function`` accepts as keywords.
+
+    A bound method whose object lists its keywords in ``estimate_keywords`` (None: any) is
+    taken at its word rather than at its signature.
+    """
+    owner = getattr(function, '__self__', None)
+    if owner is not None and hasattr(owner, 'estimate_keywords'):
+        listed = owner.estimate_keywords
+        return frozenset(candidates if listed is None else set(candidates) & set(listed))
     return frozenset(accepted_kwargs(function, dict.fromkeys(candidates)))
 
 

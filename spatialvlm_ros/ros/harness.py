@@ -1,9 +1,15 @@
 """
-An rclpy session for in-process graphs: own Context, background MultiThreadedExecutor.
+An rclpy session for in-process graphs (own Context, background executor), and the executors.
 
 Used by the live bag replay, the tests and the benchmarks. The domain id comes from
 ``ROS_DOMAIN_ID`` or is drawn at random (1..100) so an in-process graph does not talk to a
 robot on the default domain; discovery defaults to localhost.
+
+:func:`make_executor` builds the executor a node spins on: ``'single_threaded'`` runs callbacks
+in the spinning thread, ``'multi_threaded'`` hands them to a thread pool (needed where callbacks
+block, e.g. nodes that wait on each other in one process). rclpy's experimental
+``EventsExecutor`` (Jazzy 7.1.6) is not offered: measured here, its spin thread busy-waits at a
+whole core even with nothing to do.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from typing import Any, Callable
 
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import Executor, MultiThreadedExecutor, SingleThreadedExecutor
+
+EXECUTOR_KINDS = ('single_threaded', 'multi_threaded')
 
 
 def isolated_env() -> int:
@@ -26,14 +34,24 @@ def isolated_env() -> int:
     return int(text) if text.isdigit() else random.randint(1, 100)
 
 
-class RosHarness:
-    """An rclpy context plus a background MultiThreadedExecutor; use as a context manager."""
+def make_executor(kind: str, context: Context | None = None, threads: int = 4) -> Executor:
+    """Return an executor of ``kind`` (:data:`EXECUTOR_KINDS`) on ``context``."""
+    if kind == 'single_threaded':
+        return SingleThreadedExecutor(context=context)
+    if kind == 'multi_threaded':
+        return MultiThreadedExecutor(num_threads=threads, context=context)
+    raise ValueError(f'executor must be one of {EXECUTOR_KINDS}, not {kind!r}')
 
-    def __init__(self, domain_id: int | None = None, threads: int = 4) -> None:
+
+class RosHarness:
+    """An rclpy context plus a background executor (see :func:`make_executor`)."""
+
+    def __init__(self, domain_id: int | None = None, threads: int = 4,
+                 executor: str = 'multi_threaded') -> None:
         self.domain_id = isolated_env() if domain_id is None else domain_id
         self.context = Context()
         rclpy.init(context=self.context, domain_id=self.domain_id)
-        self.executor = MultiThreadedExecutor(num_threads=threads, context=self.context)
+        self.executor = make_executor(executor, self.context, threads)
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
         self.nodes: list[Any] = []

@@ -12,11 +12,16 @@ timers; *activate* builds the estimator (loads the model, see
 running inference and closes the estimator (freeing GPU memory); *cleanup* / *shutdown* destroy
 the rest. ``main()`` configures and activates by itself (parameter ``autostart``).
 
-Only the latest frame is processed: the image callback (its own callback group) only checks
-the declared fields and stores the message, counting the message it replaces as dropped if that
-one was never processed; inference runs in a guard-condition callback in a separate
-MutuallyExclusiveCallbackGroup on the MultiThreadedExecutor, so parameters, lifecycle services
-and diagnostics stay responsive while the model runs, and frames are never queued.
+Only the latest frame is processed: the image callback only checks the declared fields and
+stores the message, counting the message it replaces as dropped if that one was never processed;
+inference runs in the node's own worker thread (started on activate, joined on deactivate),
+which takes the newest stored frame whenever the model is free. No executor thread is ever
+blocked by the model, so parameters, lifecycle services and diagnostics stay responsive, frames
+are never queued, and the node runs on any executor (``main()``: parameter ``executor``,
+single-threaded by default). With ``estimator_process`` (the default) the VLM itself runs in a
+child process (:mod:`spatialvlm_ros.model.process_estimator`): its Python then does not share
+the GIL with the executor and the callbacks, which measurably slowed it down in the node
+(``benchmarks/bench_node.py``, RESULTS.md).
 
 Inputs (relative names, remappable):
 
@@ -81,7 +86,7 @@ from rcl_interfaces.msg import (
     SetParametersResult,
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleState, Node, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
@@ -122,6 +127,7 @@ from spatialvlm_ros.ros.estimators import (
     EstimatorSpec,
     release,
 )
+from spatialvlm_ros.ros.harness import EXECUTOR_KINDS, make_executor
 
 SMOOTHER_KINDS = ('median_ema', 'kalman', 'none')
 KALMAN_MODELS = ('random_walk', 'constant_velocity')
@@ -130,10 +136,11 @@ FRAME_KWARGS = ('stamp_ns', 'frame_id', 'depth', 'intrinsics', 'question_templat
                 'ground_truth')
 DIAGNOSTIC_KEYS = (
     'state', 'input_rate_hz', 'processed_rate_hz', 'latency_p50_ms', 'latency_p99_ms',
-    'stamp_age_p50_ms', 'stamp_age_p99_ms', 'last_inference_ms', 'frames_received',
-    'frames_processed', 'frames_dropped', 'invalid_answers', 'rejected_outliers',
-    'estimator_errors', 'malformed_messages', 'warnings_logged', 'stale', 'model', 'device',
-    'estimator', 'subject', 'target',
+    'stamp_age_p50_ms', 'stamp_age_p99_ms', 'last_inference_ms', 'inference_p50_ms',
+    'inference_p99_ms', 'frames_received', 'frames_processed', 'frames_dropped',
+    'late_results_dropped', 'invalid_answers', 'rejected_outliers', 'estimator_errors',
+    'malformed_messages', 'warnings_logged', 'stale', 'model', 'device', 'estimator',
+    'inference_workers', 'subject', 'target',
 )
 """Key/values of the node's ``/diagnostics`` status (rates over the last period)."""
 
@@ -186,7 +193,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('cpu_threads', 1,
               'torch CPU threads for inference (0: torch default, all cores); 1 leaves the '
               'other cores to the camera driver and DDS.', True, low=0, high=256),
+    ParamSpec('inference_workers', 1,
+              'Frames answered at once, each by its own estimator (and child process): 2 '
+              'keeps up with a camera whose frame period is about one answer long; results '
+              'that would come out after a newer one are dropped.', True, low=1, high=8),
+    ParamSpec('estimator_process', True,
+              "estimator 'vlm': run the model in a child process with its own interpreter, so "
+              "its Python does not compete with the node's callbacks for the GIL.", True),
     ParamSpec('autostart', True, 'main() configures and activates the node by itself.', True),
+    ParamSpec('executor', 'single_threaded',
+              'Executor main() spins the node on (the model runs in its own thread either '
+              'way).', True, EXECUTOR_KINDS),
     ParamSpec('image_transport', 'raw',
               "Input 'image' type: raw = sensor_msgs/Image, compressed = CompressedImage.",
               True, TRANSPORTS),
@@ -366,14 +383,15 @@ class _Pending:
 
     msg: Any
     received: float  # time.monotonic() at the callback
+    seq: int = 0  # arrival order
 
 
 class _Stats:
     """Counters and latency windows, shared by the callbacks (thread-safe)."""
 
-    COUNTERS = ('frames_received', 'frames_processed', 'frames_dropped', 'invalid_answers',
-                'rejected_outliers', 'estimator_errors', 'malformed_messages',
-                'warnings_logged')
+    COUNTERS = ('frames_received', 'frames_processed', 'frames_dropped', 'late_results_dropped',
+                'invalid_answers', 'rejected_outliers', 'estimator_errors',
+                'malformed_messages', 'warnings_logged')
 
     def __init__(self, window: int) -> None:
         self._lock = threading.Lock()
@@ -381,6 +399,7 @@ class _Stats:
         self.malformed_by_kind: dict[str, int] = {}
         self.latency: deque[float] = deque(maxlen=window)
         self.stamp_age: deque[float] = deque(maxlen=window)
+        self.inference: deque[float] = deque(maxlen=window)
         self.last_inference_s = math.nan
         self._last_counts = dict(self.counts)
         self._last_time = time.monotonic()
@@ -401,6 +420,7 @@ class _Stats:
             if math.isfinite(stamp_age_s):
                 self.stamp_age.append(stamp_age_s)
             self.last_inference_s = inference_s
+            self.inference.append(inference_s)
 
     def snapshot(self) -> dict[str, Any]:
         """Return the counters, rates since the last snapshot and latency percentiles."""
@@ -415,10 +435,12 @@ class _Stats:
             self._last_counts, self._last_time = dict(self.counts), now
             latency = np.array(self.latency) * 1e3
             age = np.array(self.stamp_age) * 1e3
+            inference = np.array(self.inference) * 1e3
             out['malformed_by_kind'] = dict(self.malformed_by_kind)
             out['last_inference_ms'] = self.last_inference_s * 1e3
         out['latency_p50_ms'], out['latency_p99_ms'] = _percentiles(latency)
         out['stamp_age_p50_ms'], out['stamp_age_p99_ms'] = _percentiles(age)
+        out['inference_p50_ms'], out['inference_p99_ms'] = _percentiles(inference)
         return out
 
 
@@ -450,27 +472,26 @@ class RewardNode(Node):
         self.add_on_set_parameters_callback(self._validate_update)
         self.add_post_set_parameters_callback(self._apply_update)
         self._input_group = MutuallyExclusiveCallbackGroup()
-        self._inference_group = MutuallyExclusiveCallbackGroup()
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._lock = threading.RLock()  # settings, filter, shaper, staleness
         self._pending_lock = threading.Lock()
-        self._estimator_lock = threading.Lock()  # held while the estimator runs
+        self._work = threading.Condition(self._pending_lock)  # a frame is pending, or stop
+        self._estimator_locks: list[threading.Lock] = []  # one per estimator, held in use
         self._truth_cond = threading.Condition()
         self._settings: Settings | None = None
-        self._estimator: DistanceEstimator | None = None
+        self._estimators: list[DistanceEstimator] = []
         self._estimator_kwargs: frozenset[str] = frozenset()
         self._spec = EstimatorSpec()
         self.model_name, self.device_name = '', ''
         self._pending: _Pending | None = None
-        # True while _process_pending runs: new frames then only replace _pending (its loop
-        # takes the newest when the model is free), so the executor is not woken for a
-        # callback whose mutually exclusive group is busy
-        self._processing = False
+        self._workers: list[threading.Thread] = []
+        self._arrivals = 0  # frames stored so far (sequence numbers)
+        self._published_seq = -1  # newest frame whose outputs were published
+        self._stop_worker_flag = False
         self._active = False
         self._inputs: list[Any] = []
         self._outputs: dict[str, Any] = {}
         self._node_timers: list[Any] = []
-        self._wake: Any = None
         self._depth: np.ndarray | None = None
         self._intrinsics: Any = None
         self._truth: OrderedDict[int, float] = OrderedDict()
@@ -549,8 +570,6 @@ class RewardNode(Node):
             self.create_timer(settings['stale_check_period_s'], self._check_stale,
                               callback_group=self._timer_group),
         ]
-        self._wake = self.create_guard_condition(self._process_pending,
-                                                 callback_group=self._inference_group)
         self.get_logger().info(f'configured: question {settings.question()!r}, estimator '
                                f'{settings["estimator"]!r}')
         return TransitionCallbackReturn.SUCCESS
@@ -565,23 +584,55 @@ class RewardNode(Node):
                                    samples_per_frame=settings['samples_per_frame'],
                                    question_template=settings['question_template'],
                                    answer_prefix=settings['answer_prefix'],
-                                   cpu_threads=settings['cpu_threads'])
+                                   cpu_threads=settings['cpu_threads'],
+                                   process=settings['estimator_process'])
         start = time.monotonic()
+        estimators: list[DistanceEstimator] = []
         try:
-            estimator = self._factory(self._spec)
+            for _ in range(int(settings['inference_workers'])):
+                estimators.append(self._factory(self._spec))
         except Exception as exc:  # any load failure fails the transition
             self.get_logger().error(f'cannot build the {self._spec.kind!r} estimator: {exc}')
+            for built in estimators:
+                self._release(built)
             return TransitionCallbackReturn.FAILURE
-        with self._estimator_lock:
-            self._estimator = estimator
+        self._estimator_locks = [threading.Lock() for _ in estimators]
+        self._estimators = estimators
+        estimator = estimators[0]
         self._estimator_kwargs = accepted_names(estimator.estimate, FRAME_KWARGS)
         self.model_name, self.device_name = describe(estimator, self._spec)
-        self.get_logger().info(f'estimator {self.model_name} on {self.device_name} ready in '
-                               f'{time.monotonic() - start:.2f} s')
+        self.get_logger().info(f'{len(estimators)} x estimator {self.model_name} on '
+                               f'{self.device_name} ready in {time.monotonic() - start:.2f} s')
         self._reset_filters()
-        self._subscribe(settings)
         self._active = True
+        self._start_worker()
+        self._subscribe(settings)
         return super().on_activate(state)
+
+    @property
+    def _estimator(self) -> DistanceEstimator | None:
+        """Return the first estimator (None while inactive)."""
+        return self._estimators[0] if self._estimators else None
+
+    def _start_worker(self) -> None:
+        with self._work:
+            self._stop_worker_flag = False
+        base = f'spatialvlm_inference{self.get_namespace().rstrip("/")}'
+        self._workers = [threading.Thread(target=self._work_loop, args=(i,), daemon=True,
+                                          name=base if i == 0 else f'{base}#{i}')
+                         for i in range(len(self._estimators))]
+        for worker in self._workers:
+            worker.start()
+
+    def _stop_worker(self) -> None:
+        """Stop the inference threads, waiting for the frames they are processing."""
+        with self._work:
+            self._stop_worker_flag = True
+            self._work.notify_all()
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            if worker is not threading.current_thread():
+                worker.join()
 
     def _subscribe(self, settings: Settings) -> None:
         qos = input_qos(settings['input_reliability'], settings['input_queue_depth'])
@@ -618,6 +669,7 @@ class RewardNode(Node):
         """Unsubscribe, wait for a running inference and close the estimator."""
         self._active = False
         self._unsubscribe()
+        self._stop_worker()
         self._close_estimator()
         return super().on_deactivate(state)
 
@@ -632,17 +684,22 @@ class RewardNode(Node):
             self._truth.clear()
 
     def _close_estimator(self) -> None:
-        with self._estimator_lock:  # waits for an inference in progress
-            estimator, self._estimator = self._estimator, None
-        if estimator is not None:
-            try:
-                release(estimator)
-            except Exception as exc:  # a close failure must not wedge the node
-                self.get_logger().error(f'closing the estimator failed: {exc}')
-            self.get_logger().info('estimator closed')
+        estimators, locks = self._estimators, self._estimator_locks
+        self._estimators, self._estimator_locks = [], []  # the workers were stopped first
+        for estimator, lock in zip(estimators, locks, strict=True):
+            with lock:  # waits for an inference in progress
+                self._release(estimator)
+        if estimators:
+            self.get_logger().info(f'{len(estimators)} x estimator closed')
+
+    def _release(self, estimator: DistanceEstimator) -> None:
+        try:
+            release(estimator)
+        except Exception as exc:  # a close failure must not wedge the node
+            self.get_logger().error(f'closing the estimator failed: {exc}')
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Destroy publishers, timers and the wake-up guard condition."""
+        """Destroy publishers and timers."""
         self._destroy_entities()
         return TransitionCallbackReturn.SUCCESS
 
@@ -656,15 +713,13 @@ class RewardNode(Node):
         if getattr(self, '_diagnostics', None) is not None:
             self.destroy_publisher(self._diagnostics)
             self._diagnostics = None
-        if self._wake is not None:
-            self.destroy_guard_condition(self._wake)
-            self._wake = None
         self._settings = None
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Release everything, from whichever state the node is in."""
         self._active = False
         self._unsubscribe()
+        self._stop_worker()
         self._close_estimator()
         self._destroy_entities()
         return TransitionCallbackReturn.SUCCESS
@@ -673,6 +728,13 @@ class RewardNode(Node):
         """Release the estimator and inputs; succeed so the node returns to unconfigured."""
         self.get_logger().error('error during a transition; releasing resources')
         return self.on_shutdown(state)
+
+    def destroy_node(self) -> None:
+        """Stop the model's thread and close the estimator (its process), then destroy."""
+        self._active = False
+        self._stop_worker()
+        self._close_estimator()
+        super().destroy_node()
 
     @property
     def lifecycle_state(self) -> str:
@@ -703,14 +765,12 @@ class RewardNode(Node):
         if reason:
             self._malformed('image', reason)
             return
-        with self._pending_lock:
+        with self._work:
             if self._pending is not None:
                 self.stats.add('frames_dropped')
-            self._pending = _Pending(msg, received)
-            idle = not self._processing
-        wake = self._wake
-        if idle and wake is not None:
-            wake.trigger()
+            self._pending = _Pending(msg, received, self._arrivals)
+            self._arrivals += 1
+            self._work.notify()
 
     def _on_depth(self, msg: Image) -> None:
         settings = self._settings
@@ -757,25 +817,19 @@ class RewardNode(Node):
             return self._truth.get(stamp_ns)
 
     # -- processing ----------------------------------------------------------------------
-    def _process_pending(self) -> None:
-        """Process the newest frame, then any newer one that arrived meanwhile."""
-        with self._pending_lock:
-            self._processing = True
-        try:
-            while self._active:
-                with self._pending_lock:
-                    item, self._pending = self._pending, None
-                    if item is None:
-                        self._processing = False
-                        return
-                try:
-                    self._process(item)
-                except Exception as exc:  # one bad frame must never kill the node
-                    self.stats.add('estimator_errors')
-                    self._warn(f'processing a frame failed: {exc!r}')
-        finally:
-            with self._pending_lock:
-                self._processing = False
+    def _work_loop(self, index: int) -> None:
+        """Run inference thread ``index``: process the newest pending frame until stopped."""
+        while True:
+            with self._work:
+                self._work.wait_for(lambda: self._stop_worker_flag or self._pending is not None)
+                if self._stop_worker_flag:
+                    return
+                item, self._pending = self._pending, None
+            try:
+                self._process(item, index)
+            except Exception as exc:  # one bad frame must never kill the node
+                self.stats.add('estimator_errors')
+                self._warn(f'processing a frame failed: {exc!r}')
 
     def _frame_kwargs(self, header: Any, stamp_ns: int, settings: Settings) -> dict[str, Any]:
         names = self._estimator_kwargs
@@ -796,12 +850,13 @@ class RewardNode(Node):
             kwargs['ground_truth'] = self._ground_truth(stamp_ns, settings['oracle_wait_s'])
         return kwargs
 
-    def _estimate(self, image: np.ndarray, settings: Settings,
-                  kwargs: dict[str, Any]) -> DistanceEstimate | None:
-        with self._estimator_lock:
-            estimator = self._estimator
-            if estimator is None:
-                return None
+    def _estimate(self, image: np.ndarray, settings: Settings, kwargs: dict[str, Any],
+                  index: int = 0) -> DistanceEstimate | None:
+        estimators, locks = self._estimators, self._estimator_locks
+        if index >= len(estimators):
+            return None
+        with locks[index]:
+            estimator = estimators[index]
             start = time.perf_counter()
             try:
                 result = estimator.estimate(image, settings['subject'], settings['target'],
@@ -813,7 +868,7 @@ class RewardNode(Node):
                                           f'estimator error: {exc}')
         return result
 
-    def _process(self, item: _Pending) -> None:
+    def _process(self, item: _Pending, index: int = 0) -> None:
         settings = self._settings
         if settings is None:
             return
@@ -828,15 +883,19 @@ class RewardNode(Node):
         stamp_ns = stamp_to_ns(header.stamp)
         kwargs = self._frame_kwargs(header, stamp_ns, settings)
         start = time.perf_counter()
-        result = self._estimate(image, settings, kwargs)
+        result = self._estimate(image, settings, kwargs, index)
         inference_s = time.perf_counter() - start
         if result is None:
             return
-        with self._lock:
+        with self._lock:  # outputs leave in arrival order: a result older than one out is late
+            if item.seq < self._published_seq:
+                self.stats.add('late_results_dropped')
+                return
+            self._published_seq = item.seq
             record = self._update_filters(result, stamp_ns)
-        latency = time.monotonic() - item.received  # publication follows immediately
-        record['latency_ms'] = latency * 1e3
-        self._publish(header, image, result, record, settings)
+            latency = time.monotonic() - item.received  # publication follows immediately
+            record['latency_ms'] = latency * 1e3
+            self._publish(header, image, result, record, settings)
         now_ns = self.get_clock().now().nanoseconds
         stamp_age = (now_ns - stamp_ns) / 1e9 if stamp_ns > 0 else math.nan
         self.stats.processed(latency, stamp_age, inference_s)
@@ -945,6 +1004,7 @@ class RewardNode(Node):
             'state': self.lifecycle_state, 'stale': self._stale, 'model': self.model_name,
             'device': self.device_name,
             'estimator': settings['estimator'] if settings is not None else '',
+            'inference_workers': len(self._estimators),
             'subject': settings['subject'] if settings is not None else '',
             'target': settings['target'] if settings is not None else '',
         })
@@ -990,10 +1050,10 @@ def configure_and_activate(node: RewardNode) -> bool:
 
 
 def run(node_factory: Callable[[], RewardNode], args: list[str] | None = None) -> int:
-    """Spin a reward node on a MultiThreadedExecutor until shutdown; return an exit code."""
+    """Spin a reward node until shutdown on the executor its ``executor`` parameter names."""
     with ros_session(args):
         node = node_factory()
-        executor = MultiThreadedExecutor(num_threads=4)
+        executor = make_executor(str(node.get_parameter('executor').value))
         executor.add_node(node)
         try:
             if node.get_parameter('autostart').value and not configure_and_activate(node):
