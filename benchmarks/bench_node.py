@@ -120,8 +120,8 @@ def main() -> int:
     parser.add_argument('--target', default='the coke can',
                         help="the node's target phrase (its default: 'the coke can'; the "
                         "camera's episode (seed 3) shows 'the purple wooden toy cylinder')")
-    parser.add_argument('--workers', type=int, default=1,
-                        help="the node's inference_workers (frames answered at once)")
+    parser.add_argument('--workers', type=int, default=0,
+                        help="the node's inference_workers (frames answered at once; 0: auto)")
     parser.add_argument('--in-process', action='store_true',
                         help='run the VLM in the node process (estimator_process:=false)')
     parser.add_argument('--duration', type=float, default=60.0)
@@ -152,7 +152,7 @@ def main() -> int:
     where = 'the node' if args.in_process else 'a child'
     print(f'\nreward node over DDS, {args.width}x{args.height} rgb8, sim camera in another '
           f'process, {args.executor} executor, model in {where} process, target '
-          f'{args.target!r}, {args.workers} inference worker(s)\n')
+          f'{args.target!r}, inference_workers {args.workers}\n')
     print('| run | camera Hz | s | input fps | processed fps | dropped | node latency p50/p99 '
           'ms | inference p50/p99 ms | camera-stamp->result p50/p99 ms | RSS start -> end MB '
           '(growth after 2 s) |')

@@ -376,18 +376,25 @@ def test_estimator_exceptions_are_no_answer(rig):
     assert r.node.stats.counts['estimator_errors'] == 1
 
 
-def test_the_shipped_model_runs_in_a_child_process_that_deactivate_ends(ros):
+@pytest.mark.parametrize('workers, expected', [(0, 2 if (os.cpu_count() or 1) >= 2 else 1),
+                                               (1, 1)])
+def test_the_shipped_model_runs_in_child_processes_that_deactivate_ends(ros, workers, expected):
+    # inference_workers 0 = auto: two copies of the shipped model on a CPU with 2+ cores
     from spatialvlm_ros.model.process_estimator import ProcessEstimator
 
-    node = ros.add(RewardNode(context=ros.context, namespace='child', parameter_overrides=[
-        Parameter('input_reliability', value='reliable')]))
-    aux = ros.add(rclpy.create_node('child_camera', namespace='child', context=ros.context))
+    node = ros.add(RewardNode(context=ros.context, namespace=f'child{workers}',
+                              parameter_overrides=[
+                                  Parameter('input_reliability', value='reliable'),
+                                  Parameter('inference_workers', value=workers)]))
+    aux = ros.add(rclpy.create_node('child_camera', namespace=f'child{workers}',
+                                    context=ros.context))
     try:
         assert node.trigger_configure().name == 'SUCCESS'
         assert node.trigger_activate().name == 'SUCCESS'
-        estimator = node._estimator
-        assert isinstance(estimator, ProcessEstimator) and estimator.alive
-        assert estimator.pid != os.getpid()
+        estimators = list(node._estimators)
+        assert len(estimators) == expected == node.diagnostics()['inference_workers']
+        assert all(isinstance(e, ProcessEstimator) and e.alive for e in estimators)
+        assert len({e.pid for e in estimators} | {os.getpid()}) == expected + 1
         pub = aux.create_publisher(Image, 'image', 10)
         assert ros.wait_for(lambda: node.input_publisher_count() > 0, 30)
         pub.publish(make_image(120, T0, 96, 96))
@@ -395,7 +402,7 @@ def test_the_shipped_model_runs_in_a_child_process_that_deactivate_ends(ros):
         assert ros.wait_for(lambda: counts['frames_processed'] == 1, 60), counts
         assert counts['estimator_errors'] == 0
         assert node.trigger_deactivate().name == 'SUCCESS'
-        assert not estimator.alive
+        assert not any(e.alive for e in estimators)
     finally:
         ros.remove(aux)
         ros.remove(node)

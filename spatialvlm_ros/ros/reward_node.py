@@ -72,6 +72,7 @@ from __future__ import annotations
 from collections import deque, OrderedDict
 from dataclasses import dataclass
 import math
+import os
 import threading
 import time
 from typing import Any, Callable
@@ -193,10 +194,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('cpu_threads', 1,
               'torch CPU threads for inference (0: torch default, all cores); 1 leaves the '
               'other cores to the camera driver and DDS.', True, low=0, high=256),
-    ParamSpec('inference_workers', 1,
-              'Frames answered at once, each by its own estimator (and child process): 2 '
-              'keeps up with a camera whose frame period is about one answer long; results '
-              'that would come out after a newer one are dropped.', True, low=1, high=8),
+    ParamSpec('inference_workers', 0,
+              'Frames answered at once, each by its own estimator (and child process); 0 = '
+              'auto: 2 for the shipped model on a CPU (its answer takes about one 30 Hz frame), '
+              'else 1. A result that would come out after a newer one is dropped.', True,
+              low=0, high=8),
     ParamSpec('estimator_process', True,
               "estimator 'vlm': run the model in a child process with its own interpreter, so "
               "its Python does not compete with the node's callbacks for the GIL.", True),
@@ -589,7 +591,9 @@ class RewardNode(Node):
         start = time.monotonic()
         estimators: list[DistanceEstimator] = []
         try:
-            for _ in range(int(settings['inference_workers'])):
+            estimators.append(self._factory(self._spec))
+            wanted = int(settings['inference_workers']) or self._auto_workers(estimators[0])
+            while len(estimators) < wanted:
                 estimators.append(self._factory(self._spec))
         except Exception as exc:  # any load failure fails the transition
             self.get_logger().error(f'cannot build the {self._spec.kind!r} estimator: {exc}')
@@ -608,6 +612,22 @@ class RewardNode(Node):
         self._start_worker()
         self._subscribe(settings)
         return super().on_activate(state)
+
+    def _auto_workers(self, estimator: DistanceEstimator) -> int:
+        """
+        Return the workers of ``inference_workers: 0``: 2 for the shipped VLM on a CPU.
+
+        Measured on the 2-core reference CPU (``benchmarks/bench_node.py``): one answer of the
+        shipped model takes about one camera frame at 30 Hz, so with one worker every late
+        answer delays the next frame (p99 67-74 ms), with two none waits (p99 50-55 ms). A
+        larger model or a GPU gets one: a second copy would double its memory; so does an
+        injected estimator factory.
+        """
+        spec = self._spec
+        device = str(getattr(estimator, 'device', '') or '')
+        shipped_on_cpu = (self._factory is default_estimator_factory and spec.kind == 'vlm'
+                          and not spec.model_folder and device.startswith('cpu'))
+        return 2 if shipped_on_cpu and (os.cpu_count() or 1) >= 2 else 1
 
     @property
     def _estimator(self) -> DistanceEstimator | None:
