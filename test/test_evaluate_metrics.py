@@ -71,6 +71,20 @@ def test_zero_truth_is_left_out_of_ratios_but_kept_in_errors():
     assert only_zero['within_50_200'] is None and only_zero['median_relative_error'] is None
 
 
+def test_float_residue_truths_count_as_zero():
+    # 6e-17 m: the height difference of two objects on one table after the canonical transform
+    out = quantitative_metrics([0.02, 0.3], [5.551115123125783e-17, 0.3])
+    assert out['n_zero_truth'] == 1
+    assert out['median_relative_error'] == 0.0 and out['within_90_110'] == 1.0
+    strict = quantitative_metrics([0.02, 0.3], [5.551115123125783e-17, 0.3], zero_truth_m=0.0)
+    assert strict['n_zero_truth'] == 0 and strict['median_relative_error'] > 1e14
+    assert quantitative_metrics([0.02], [2e-6])['n_zero_truth'] == 0  # 2 micrometres is a truth
+    item = EvalItem('above_difference', 'quantitative', ['0.02 m'], 6e-17)
+    assert score_item(item).ratio is None
+    with pytest.raises(ValueError, match='zero_truth_m'):
+        MetricsConfig(zero_truth_m=0.01)
+
+
 def test_empty_and_invalid_inputs():
     out = quantitative_metrics([], [])
     assert out['numeric_share'] is None and out['mse_m2'] is None

@@ -19,7 +19,10 @@ Each question is an ``EvalItem``: its type and kind, one or more sampled answers
   the edges. MSE (m^2), RMSE, MAE (m) use the numeric items; the median relative error
   ``|pred - truth| / truth`` uses the numeric items with a positive truth.
 - **Zero truth**: a ratio is undefined, so such items are left out of the band shares and the
-  relative error (counted in ``n_zero_truth``) but kept in ``numeric_share`` and MSE / MAE.
+  relative error (counted in ``n_zero_truth``) but kept in ``numeric_share`` and MSE / MAE. A
+  truth of at most ``zero_truth_m`` (1 micrometre) is zero: geometry leaves float residues such
+  as 6e-17 m for the height difference of two objects on one table, and a relative error
+  against those would read 1e14.
 
 Shares are fractions in [0, 1]. A metric with nothing to average over is None, so every output
 is plain JSON (``json.dumps`` works without ``allow_nan``).
@@ -96,14 +99,18 @@ class MetricsConfig:
 
     :ivar parse: how quantitative answers are read (e.g. a default unit for bare numbers).
     :ivar ratio_tolerance: relative slack at the band edges for float rounding.
+    :ivar zero_truth_m: truths at or below this many metres count as zero (no ratio).
     """
 
     parse: ParseConfig = field(default_factory=ParseConfig)
     ratio_tolerance: float = 1e-9
+    zero_truth_m: float = 1e-6
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.ratio_tolerance) and 0 <= self.ratio_tolerance < 0.01):
             raise ValueError(f'ratio_tolerance must be in [0, 0.01), got {self.ratio_tolerance}')
+        if not (math.isfinite(self.zero_truth_m) and 0 <= self.zero_truth_m < 0.001):
+            raise ValueError(f'zero_truth_m must be in [0, 0.001), got {self.zero_truth_m}')
 
 
 @dataclass
@@ -169,7 +176,8 @@ def score_item(item: EvalItem, config: MetricsConfig | None = None) -> ItemScore
     if item.kind == 'quantitative':
         prediction, n_parsed = mean_of_samples(item.answers, cfg.parse)
         truth = float(item.truth or 0.0)  # validated: finite, >= 0
-        ratio = prediction / truth if prediction is not None and truth > 0 else None
+        ratio = (prediction / truth if prediction is not None and truth > cfg.zero_truth_m
+                 else None)
         return ItemScore(item.qa_type, item.kind, len(item.answers), n_parsed, prediction,
                          truth, None, ratio)
     if item.kind == 'predicate':
@@ -186,14 +194,15 @@ def _share(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
-def quantitative_metrics(predictions: Any, truths: Any,
-                         ratio_tolerance: float = 1e-9) -> dict[str, Any]:
+def quantitative_metrics(predictions: Any, truths: Any, ratio_tolerance: float = 1e-9,
+                         zero_truth_m: float = 1e-6) -> dict[str, Any]:
     """
     Return the quantitative metrics of arrays of predictions and truths (metres).
 
     :param predictions: (N,) metres; ``nan`` (or None) where the answer held no number.
     :param truths: (N,) metres, finite and >= 0.
     :param ratio_tolerance: relative slack at the band edges.
+    :param zero_truth_m: truths at or below this count as zero.
     :return: ``n``, ``n_numeric``, ``n_zero_truth``, ``numeric_share``, the ``BANDS`` shares,
         ``mse_m2``, ``rmse_m``, ``mae_m``, ``median_relative_error`` (None when undefined).
     """
@@ -205,7 +214,7 @@ def quantitative_metrics(predictions: Any, truths: Any,
     if not np.all(np.isfinite(true)) or np.any(true < 0):
         raise ValueError('truths must be finite and >= 0')
     numeric = np.isfinite(pred)
-    positive = true > 0
+    positive = true > zero_truth_m
     out: dict[str, Any] = {'n': int(pred.size), 'n_numeric': int(numeric.sum()),
                            'n_zero_truth': int((~positive).sum()),
                            'numeric_share': _share(int(numeric.sum()), pred.size)}
@@ -227,7 +236,8 @@ def quantitative_metrics(predictions: Any, truths: Any,
     return out
 
 
-def aggregate(scores: Iterable[ItemScore], ratio_tolerance: float = 1e-9) -> dict[str, Any]:
+def aggregate(scores: Iterable[ItemScore], ratio_tolerance: float = 1e-9,
+              zero_truth_m: float = 1e-6) -> dict[str, Any]:
     """
     Return the metrics of a set of graded items (all keys always present).
 
@@ -249,7 +259,8 @@ def aggregate(scores: Iterable[ItemScore], ratio_tolerance: float = 1e-9) -> dic
         'n_quantitative': len(quantitative),
     }
     quant = quantitative_metrics([s.prediction for s in quantitative],
-                                 [float(s.truth or 0.0) for s in quantitative], ratio_tolerance)
+                                 [float(s.truth or 0.0) for s in quantitative], ratio_tolerance,
+                                 zero_truth_m)
     quant.pop('n')
     out.update(quant)
     return out
@@ -284,8 +295,9 @@ def evaluate_items(items: Iterable[EvalItem], config: MetricsConfig | None = Non
     """Grade every item and aggregate overall, per kind and per question type."""
     cfg = config or MetricsConfig()
     scores = [score_item(item, cfg) for item in items]
-    by_kind = {kind: aggregate([s for s in scores if s.kind == kind], cfg.ratio_tolerance)
+    tolerances = (cfg.ratio_tolerance, cfg.zero_truth_m)
+    by_kind = {kind: aggregate([s for s in scores if s.kind == kind], *tolerances)
                for kind in KINDS if any(s.kind == kind for s in scores)}
-    by_type = {name: aggregate([s for s in scores if s.qa_type == name], cfg.ratio_tolerance)
+    by_type = {name: aggregate([s for s in scores if s.qa_type == name], *tolerances)
                for name in sorted({s.qa_type for s in scores})}
-    return EvalReport(aggregate(scores, cfg.ratio_tolerance), by_kind, by_type, scores)
+    return EvalReport(aggregate(scores, *tolerances), by_kind, by_type, scores)
