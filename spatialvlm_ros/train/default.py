@@ -292,6 +292,7 @@ def run_training(recipe: DefaultRecipe, model: Path, folders: dict[str, Path],
 
 def evaluate(recipe: DefaultRecipe, model_dir: Path, folders: dict[str, Path]) -> dict[str, Any]:
     """Evaluate on the held-out sets against the simulator's truth; write JSON and plots."""
+    from spatialvlm_ros.evaluate.metrics import MetricsConfig
     from spatialvlm_ros.evaluate.plots import plot_predicted_vs_true
     from spatialvlm_ros.evaluate.runner import EvalConfig, evaluate_model
 
@@ -306,8 +307,9 @@ def evaluate(recipe: DefaultRecipe, model_dir: Path, folders: dict[str, Path]) -
         truths, predictions, types = result.distance_pairs(sampled=False)
         report['plot'] = str(plot_predicted_vs_true(truths, predictions,
                                                     out / f'eval_{name}.png', types))
+        zero = MetricsConfig().zero_truth_m  # float residues of zero truths are zero
         relative = [abs(p - t) / t for t, p in zip(truths, predictions, strict=True)
-                    if p is not None and t > 0]
+                    if p is not None and t > zero]
         report['median_relative_error'] = float(sorted(relative)[len(relative) // 2]) \
             if relative else None
         (out / f'eval_{name}.json').write_text(json.dumps(report, indent=1, default=str))
