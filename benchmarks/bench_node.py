@@ -75,6 +75,7 @@ def run_phase(args: argparse.Namespace, params: dict, factory, rate: float, dura
             start_counts, start = dict(counts), time.monotonic()
             node.stats.latency.clear()
             node.stats.inference.clear()
+            node.stats.stamp_age.clear()
             first_record = len(recorder)
             rss = [rss_mb()]
             deadline = start + duration
@@ -86,6 +87,7 @@ def run_phase(args: argparse.Namespace, params: dict, factory, rate: float, dura
             end_counts = dict(counts)
             latency = np.array(node.stats.latency) * 1e3
             inference = np.array(node.stats.inference) * 1e3
+            stamp_age = np.array(node.stats.stamp_age) * 1e3
             records = recorder.snapshot()[first_record:]
         finally:
             camera.terminate()
@@ -102,6 +104,8 @@ def run_phase(args: argparse.Namespace, params: dict, factory, rate: float, dura
         'lat_p50': float(np.percentile(latency, 50)), 'lat_p99': float(np.percentile(latency, 99)),
         'inf_p50': float(np.percentile(inference, 50)),
         'inf_p99': float(np.percentile(inference, 99)),
+        'age_p50': float(np.percentile(stamp_age, 50)),
+        'age_p99': float(np.percentile(stamp_age, 99)),
         'e2e_p50': float(np.percentile(e2e, 50)), 'e2e_p99': float(np.percentile(e2e, 99)),
         'rss_start': rss[0], 'rss_end': rss[-1],
         'rss_growth': max(rss) - rss[min(2, len(rss) - 1)],
@@ -154,13 +158,14 @@ def main() -> int:
           f'process, {args.executor} executor, model in {where} process, target '
           f'{args.target!r}, inference_workers {args.workers}\n')
     print('| run | camera Hz | s | input fps | processed fps | dropped | node latency p50/p99 '
-          'ms | inference p50/p99 ms | camera-stamp->result p50/p99 ms | RSS start -> end MB '
-          '(growth after 2 s) |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
+          'ms | inference p50/p99 ms | camera stamp->node publication p50/p99 ms | '
+          'camera stamp->result received p50/p99 ms | RSS start -> end MB (growth after 2 s) |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|')
     for name, rate, r in rows:
         print(f"| {name} | {rate:g} | {r['seconds']:.0f} | {r['input_hz']:.1f} | "
               f"{r['processed_hz']:.1f} | {r['dropped']} | {r['lat_p50']:.1f} / "
               f"{r['lat_p99']:.1f} | {r['inf_p50']:.1f} / {r['inf_p99']:.1f} | "
+              f"{r['age_p50']:.1f} / {r['age_p99']:.1f} | "
               f"{r['e2e_p50']:.1f} / {r['e2e_p99']:.1f} | "
               f"{r['rss_start']:.0f} -> {r['rss_end']:.0f} ({r['rss_growth']:+.1f}) |")
     return 0
