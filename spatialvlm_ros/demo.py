@@ -170,6 +170,15 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
                       [t['true_surface_m'] for t in trace])
 
 
+
+def _ms(value: object) -> str:
+    """Return milliseconds with one decimal, '-' when missing or not finite."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return '-'
+    return f'{number:.1f}' if math.isfinite(number) else '-'
+
 def format_summary(summary: dict[str, Any]) -> str:
     """Format the reward trace and the figures for people."""
     lines = [f"{'t (s)':>6}  {'answer':<34} {'parsed':>7} {'smoothed':>8} {'reward':>7} "
@@ -186,8 +195,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{summary['frames_processed']} processed, {summary['frames_dropped']} dropped; "
         f"{summary['answers_with_distance']} answers held a distance, "
         f"{summary['answers_accepted']} passed the smoother; model {summary['model']} on "
-        f"{summary['device']}, latency p50 "
-        f"{summary['latency_p50_ms']} ms",
+        f"{summary['device']}, latency p50 {_ms(summary['latency_p50_ms'])} ms",
         f"reward vs true negative distance, Spearman: {'-' if rho is None else f'{rho:.3f}'}; "
         f"median relative distance error: {'-' if mre is None else f'{100 * mre:.1f}%'}",
         f"bag:  {summary['bag']}", f"csv:  {summary['csv']}", f"plot: {summary['plot']}"]

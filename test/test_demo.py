@@ -46,3 +46,10 @@ def test_demo_runs_the_reward_node_on_the_default_model(tmp_path):
     assert summary['answers_accepted'] == sum(t['valid'] for t in trace)
     assert all((t['distance_raw_m'] == t['distance_raw_m']) == t['valid'] or not t['valid']
                for t in trace)
+
+
+def test_text_summary_rounds_the_latency():
+    from spatialvlm_ros.demo import _ms
+
+    assert _ms(31.73451749535161) == '31.7'
+    assert _ms(float('nan')) == '-' and _ms(None) == '-' and _ms('n/a') == '-'
