@@ -112,3 +112,49 @@ def test_the_shipped_model_answers_the_same_in_a_child_process():
         got = [remote.estimate(f, 'the gripper', 'the red mug', stamp_ns=1) for f in frames]
     assert [g.text for g in got] == [e.text for e in expected]
     assert [g.value_m for g in got] == [e.value_m for e in expected]
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+sys.path.insert(0, {test_dir!r})
+from test_model_process_estimator import _build_echo
+from spatialvlm_ros.model.process_estimator import ProcessEstimator
+
+estimator = ProcessEstimator(_build_echo)
+print(estimator.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f'/proc/{pid}/stat') as stat:
+            return stat.read().split(')')[-1].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize('how', [signal.SIGKILL, signal.SIGINT])
+def test_the_child_does_not_outlive_its_parent(tmp_path, how):
+    # a node killed hard (or interrupted) must not leave a model process holding memory
+    import subprocess
+    import sys
+
+    script = _ORPHAN_SCRIPT.format(test_dir=os.path.dirname(__file__))
+    parent = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+        if how == signal.SIGINT:  # Ctrl-C in a terminal: the whole process group
+            os.killpg(parent.pid, signal.SIGINT)
+        else:
+            parent.send_signal(how)
+        parent.communicate(timeout=20)
+        deadline = time.monotonic() + 20
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child)
+    finally:
+        if parent.poll() is None:
+            parent.kill()

@@ -11,7 +11,9 @@ standalone speed, and the parent only waits on a pipe (which releases the GIL).
 :func:`spatialvlm_ros.model.estimator.build_estimator`), keeps the ``estimate`` / ``close``
 protocol and reports the keywords the wrapped ``estimate`` accepts (``estimate_keywords``), so
 callers pass only those. The child is started with ``spawn`` (safe with CUDA and threads), and
-closing the estimator ends the child, which frees all of its memory, GPU memory included.
+closing the estimator ends the child, which frees all of its memory, GPU memory included. The
+child ignores Ctrl-C (the parent ends it) and exits by itself when the parent dies, as its end
+of the pipe then reads EOF: no model process is left behind.
 
 Messages are pickled through a ``multiprocessing`` pipe between this process and the child it
 started, never read from a file or a socket others can reach. Errors: a build failure raises in
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import multiprocessing
+import signal
 import time
 from typing import Any, Callable
 
@@ -47,6 +50,9 @@ def _keywords(function: Callable[..., Any]) -> tuple[str, ...] | None:
 
 def _serve(conn: Any, build: Callable[..., Any], kwargs: dict[str, Any]) -> None:
     """Child: build the estimator, answer requests until 'close' or the pipe closes."""
+    # Ctrl-C reaches the whole process group: the parent decides when this process ends (it
+    # closes the pipe or sends 'close'); if the parent dies, recv() sees EOF and this returns
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         estimator = build(**kwargs)
         info = {'name': str(getattr(estimator, 'name', '') or type(estimator).__name__),
