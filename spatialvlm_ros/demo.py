@@ -170,7 +170,6 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
                       [t['true_surface_m'] for t in trace])
 
 
-
 def _ms(value: object) -> str:
     """Return milliseconds with one decimal, '-' when missing or not finite."""
     try:
@@ -178,6 +177,7 @@ def _ms(value: object) -> str:
     except (TypeError, ValueError):
         return '-'
     return f'{number:.1f}' if math.isfinite(number) else '-'
+
 
 def format_summary(summary: dict[str, Any]) -> str:
     """Format the reward trace and the figures for people."""
