@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+import inspect
 from pathlib import Path
 import time
 from typing import Any, Callable, Protocol
@@ -53,6 +54,22 @@ class DistanceEstimator(Protocol):
 
     def close(self) -> None:
         """Release the model (and GPU memory)."""
+
+
+def keyword_names(function: Callable[..., Any]) -> frozenset[str] | None:
+    """
+    Return the names ``function`` accepts as keywords; None when it takes ``**kwargs``.
+
+    An empty set when its signature cannot be read.
+    """
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return frozenset()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return frozenset(p.name for p in parameters if p.kind in kinds)
 
 
 def check_image(image: Any) -> np.ndarray:

@@ -24,7 +24,6 @@ the constructor with the child's message; an exception in ``estimate`` is raised
 
 from __future__ import annotations
 
-import inspect
 import multiprocessing
 import signal
 import time
@@ -32,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from spatialvlm_ros.model.estimator import DistanceEstimate
+from spatialvlm_ros.model.estimator import DistanceEstimate, keyword_names
 
 
 class EstimatorProcessError(RuntimeError):
@@ -41,11 +40,10 @@ class EstimatorProcessError(RuntimeError):
 
 def _keywords(function: Callable[..., Any]) -> tuple[str, ...] | None:
     """Return the keyword names ``function`` takes beyond (image, subject, target); None = any."""
-    parameters = list(inspect.signature(function).parameters.values())
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+    names = keyword_names(function)
+    if names is None:
         return None
-    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return tuple(p.name for p in parameters[3:] if p.kind in kinds)
+    return tuple(sorted(names - {'image', 'subject', 'target'}))
 
 
 def _serve(conn: Any, build: Callable[..., Any], kwargs: dict[str, Any]) -> None:

@@ -35,7 +35,6 @@ protocol:
 from __future__ import annotations
 
 from dataclasses import dataclass
-import inspect
 import sys
 from typing import Any, Callable
 
@@ -44,6 +43,7 @@ import numpy as np
 from spatialvlm_ros.model.estimator import (
     DistanceEstimate,
     DistanceEstimator,
+    keyword_names,
     OracleDistanceEstimator,
 )
 
@@ -130,14 +130,9 @@ def default_estimator_factory(spec: EstimatorSpec) -> DistanceEstimator:
 
 def accepted_kwargs(function: Callable[..., Any], available: dict[str, Any]) -> dict[str, Any]:
     """Return the entries of ``available`` that ``function`` accepts as keywords."""
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return {}
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+    names = keyword_names(function)
+    if names is None:
         return dict(available)
-    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    names = {p.name for p in parameters if p.kind in kinds}
     return {key: value for key, value in available.items() if key in names}
 
 

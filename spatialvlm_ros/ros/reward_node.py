@@ -478,7 +478,6 @@ class RewardNode(Node):
         self._lock = threading.RLock()  # settings, filter, shaper, staleness
         self._pending_lock = threading.Lock()
         self._work = threading.Condition(self._pending_lock)  # a frame is pending, or stop
-        self._estimator_locks: list[threading.Lock] = []  # one per estimator, held in use
         self._truth_cond = threading.Condition()
         self._settings: Settings | None = None
         self._estimators: list[DistanceEstimator] = []
@@ -600,8 +599,7 @@ class RewardNode(Node):
             for built in estimators:
                 self._release(built)
             return TransitionCallbackReturn.FAILURE
-        self._estimator_locks = [threading.Lock() for _ in estimators]
-        self._estimators = estimators
+        self._estimators = estimators  # worker i alone uses estimator i
         estimator = estimators[0]
         self._estimator_kwargs = accepted_names(estimator.estimate, FRAME_KWARGS)
         self.model_name, self.device_name = describe(estimator, self._spec)
@@ -609,7 +607,7 @@ class RewardNode(Node):
                                f'{self.device_name} ready in {time.monotonic() - start:.2f} s')
         self._reset_filters()
         self._active = True
-        self._start_worker()
+        self._start_workers()
         self._subscribe(settings)
         return super().on_activate(state)
 
@@ -629,12 +627,7 @@ class RewardNode(Node):
                           and not spec.model_folder and device.startswith('cpu'))
         return 2 if shipped_on_cpu and (os.cpu_count() or 1) >= 2 else 1
 
-    @property
-    def _estimator(self) -> DistanceEstimator | None:
-        """Return the first estimator (None while inactive)."""
-        return self._estimators[0] if self._estimators else None
-
-    def _start_worker(self) -> None:
+    def _start_workers(self) -> None:
         with self._work:
             self._stop_worker_flag = False
         base = f'spatialvlm_inference{self.get_namespace().rstrip("/")}'
@@ -644,7 +637,7 @@ class RewardNode(Node):
         for worker in self._workers:
             worker.start()
 
-    def _stop_worker(self) -> None:
+    def _stop_workers(self) -> None:
         """Stop the inference threads, waiting for the frames they are processing."""
         with self._work:
             self._stop_worker_flag = True
@@ -689,7 +682,7 @@ class RewardNode(Node):
         """Unsubscribe, wait for a running inference and close the estimator."""
         self._active = False
         self._unsubscribe()
-        self._stop_worker()
+        self._stop_workers()
         self._close_estimator()
         return super().on_deactivate(state)
 
@@ -704,11 +697,10 @@ class RewardNode(Node):
             self._truth.clear()
 
     def _close_estimator(self) -> None:
-        estimators, locks = self._estimators, self._estimator_locks
-        self._estimators, self._estimator_locks = [], []  # the workers were stopped first
-        for estimator, lock in zip(estimators, locks, strict=True):
-            with lock:  # waits for an inference in progress
-                self._release(estimator)
+        # callers stop the workers first (_stop_workers joins them), so none is in use
+        estimators, self._estimators = self._estimators, []
+        for estimator in estimators:
+            self._release(estimator)
         if estimators:
             self.get_logger().info(f'{len(estimators)} x estimator closed')
 
@@ -739,7 +731,7 @@ class RewardNode(Node):
         """Release everything, from whichever state the node is in."""
         self._active = False
         self._unsubscribe()
-        self._stop_worker()
+        self._stop_workers()
         self._close_estimator()
         self._destroy_entities()
         return TransitionCallbackReturn.SUCCESS
@@ -752,7 +744,7 @@ class RewardNode(Node):
     def destroy_node(self) -> None:
         """Stop the model's thread and close the estimator (its process), then destroy."""
         self._active = False
-        self._stop_worker()
+        self._stop_workers()
         self._close_estimator()
         super().destroy_node()
 
@@ -872,21 +864,18 @@ class RewardNode(Node):
 
     def _estimate(self, image: np.ndarray, settings: Settings, kwargs: dict[str, Any],
                   index: int = 0) -> DistanceEstimate | None:
-        estimators, locks = self._estimators, self._estimator_locks
+        estimators = self._estimators
         if index >= len(estimators):
             return None
-        with locks[index]:
-            estimator = estimators[index]
-            start = time.perf_counter()
-            try:
-                result = estimator.estimate(image, settings['subject'], settings['target'],
-                                            **kwargs)
-            except Exception as exc:  # a failing model gives 'no answer'
-                self.stats.add('estimator_errors')
-                self._warn(f'estimator failed: {exc!r}')
-                result = DistanceEstimate(None, '', [], time.perf_counter() - start,
-                                          f'estimator error: {exc}')
-        return result
+        start = time.perf_counter()
+        try:
+            return estimators[index].estimate(image, settings['subject'], settings['target'],
+                                              **kwargs)
+        except Exception as exc:  # a failing model gives 'no answer'
+            self.stats.add('estimator_errors')
+            self._warn(f'estimator failed: {exc!r}')
+            return DistanceEstimate(None, '', [], time.perf_counter() - start,
+                                    f'estimator error: {exc}')
 
     def _process(self, item: _Pending, index: int = 0) -> None:
         settings = self._settings
