@@ -69,12 +69,11 @@ def _serve(conn: Any, build: Callable[..., Any], kwargs: dict[str, Any]) -> None
                 return  # the parent went away
             if message[0] == 'close':
                 return
-            _, seq, image, subject, target, options = message
+            _, image, subject, target, options = message
             try:
-                result = estimator.estimate(image, subject, target, **options)
-                reply = ('ok', seq, result)
+                reply = ('ok', estimator.estimate(image, subject, target, **options))
             except Exception as exc:  # the parent raises it; this process keeps serving
-                reply = ('error', seq, f'{type(exc).__name__}: {exc}')
+                reply = ('error', f'{type(exc).__name__}: {exc}')
             conn.send(reply)
     finally:
         try:
@@ -109,7 +108,6 @@ class ProcessEstimator:
         self._process.start()
         child_conn.close()
         self._call_timeout_s = call_timeout_s
-        self._seq = 0
         self._closed = False
         kind, payload = self._receive(start_timeout_s, 'building the estimator')
         if kind != 'ready':
@@ -133,11 +131,14 @@ class ProcessEstimator:
         try:
             return self._conn.recv()
         except (EOFError, OSError):
-            self._process.join(timeout=5.0)
-            code = self._process.exitcode
-            self._stop()
-            raise EstimatorProcessError(f'the estimator process died while {doing} (exit code '
-                                        f'{code})') from None
+            raise self._gone(f'died while {doing}') from None
+
+    def _gone(self, what: str) -> EstimatorProcessError:
+        """Reap the dead child, close this end and return the error naming its exit code."""
+        self._process.join(timeout=5.0)
+        code = self._process.exitcode
+        self._stop()
+        return EstimatorProcessError(f'the estimator process {what} (exit code {code})')
 
     def estimate(self, image: np.ndarray, subject: str, target: str,
                  **keywords: Any) -> DistanceEstimate:
@@ -151,20 +152,13 @@ class ProcessEstimator:
             raise EstimatorProcessError('the estimator process was closed')
         if self.estimate_keywords is not None:
             keywords = {k: v for k, v in keywords.items() if k in self.estimate_keywords}
-        self._seq += 1
         start = time.perf_counter()
         try:
-            self._conn.send(('estimate', self._seq, image, subject, target, keywords))
+            self._conn.send(('estimate', image, subject, target, keywords))
         except (BrokenPipeError, EOFError, OSError):
-            self._process.join(timeout=5.0)
-            code = self._process.exitcode
-            self._stop()
-            raise EstimatorProcessError('the estimator process is gone (exit code '
-                                        f'{code})') from None
-        while True:
-            kind, seq, payload = self._receive(self._call_timeout_s, 'estimating')
-            if seq == self._seq:
-                break  # replies of earlier calls cannot be pending (one call at a time)
+            raise self._gone('is gone') from None
+        # one call at a time, and a timeout stops the child: this reply is this call's
+        kind, payload = self._receive(self._call_timeout_s, 'estimating')
         if kind == 'error':
             raise EstimatorProcessError(f'the estimator raised in its process: {payload}')
         result: DistanceEstimate = payload
@@ -190,13 +184,11 @@ class ProcessEstimator:
         """Close the wrapped estimator and end the child (waits up to 30 s, then kills it)."""
         if self._closed:
             return
-        self._closed = True
         try:
             self._conn.send(('close',))
         except (BrokenPipeError, EOFError, OSError):
-            pass
+            pass  # already gone: _stop reaps it
         self._process.join(timeout=30.0)
-        self._closed = False
         self._stop()
 
     def __enter__(self) -> ProcessEstimator:
