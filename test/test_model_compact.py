@@ -102,7 +102,21 @@ def test_save_load_round_trip(compact, image, tmp_path):
     ({'text_hidden': 250, 'text_heads': 4}, 'divide text_hidden'),
     ({'text_layers': 0}, 'positive'),
     ({'max_length': 40, 'image_size': 112}, 'no room'),
+    ({'attn_init_scale': 0.0}, 'attn_init_scale'),
 ])
 def test_config_is_validated(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CompactVLMConfig(**kwargs)
+
+
+def test_attn_init_scale_scales_only_queries_and_keys(compact, tokenizer):
+    from dataclasses import replace
+
+    scaled, _ = build_compact_model(replace(SMALL, attn_init_scale=5.0), tokenizer)
+    base = dict(compact[0].named_parameters())
+    names = {name for name, _ in scaled.named_parameters()
+             if name.endswith(('q_proj.weight', 'k_proj.weight'))}
+    assert any('vision' in name for name in names) and any('language' in name for name in names)
+    for name, param in scaled.named_parameters():
+        factor = 5.0 if name in names else 1.0
+        torch.testing.assert_close(param, base[name] * factor, msg=name)
