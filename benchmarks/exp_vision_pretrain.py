@@ -20,7 +20,8 @@ Variants: ``--labels precise`` restates every training answer as 'The distance i
 digit mixes units and magnitudes) and asks with that answer prefix; ``--targets extended`` adds
 per-patch targets (log distance from the grasp point to the patch's surface, mean RGB); the
 targets and the pre-training are ``spatialvlm_ros.train.vision_pretrain``;
-``--freeze-vision`` keeps the pre-trained tower frozen during QA training; ``--image-size``.
+``--freeze-vision`` keeps the pre-trained tower frozen during QA training; ``--image-size``;
+``--attn-init-scale`` (``CompactVLMConfig.attn_init_scale``).
 
 Run: ``PYTHONPATH=. python benchmarks/exp_vision_pretrain.py --data DIR/data --out /tmp/exp``
 (``DIR`` is a ``spatialvlm train-default`` working folder, for its gripper QA folders).
@@ -117,6 +118,8 @@ def main() -> None:
                         help='keep the (pre-trained) vision tower frozen in QA training')
     parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--targets', choices=('basic', 'extended'), default='basic')
+    parser.add_argument('--attn-init-scale', type=float, default=1.0,
+                        help='CompactVLMConfig.attn_init_scale of the untrained model')
     args = parser.parse_args()
     grid = args.image_size // 16  # patches per side (16 px patches)
     pretrain_config = VisionPretrainConfig(episodes=args.episodes, frames_per_episode=10,
@@ -133,8 +136,9 @@ def main() -> None:
     results = {}
     for arm in args.arms:
         start = time.perf_counter()
-        model, processor = build_compact_model(CompactVLMConfig(image_size=args.image_size),
-                                               build_default_tokenizer())
+        model, processor = build_compact_model(
+            CompactVLMConfig(image_size=args.image_size, attn_init_scale=args.attn_init_scale),
+            build_default_tokenizer())
         note = ''
         if arm == 'pretrained':
             images, targets = render_targets(pretrain_config, grid)

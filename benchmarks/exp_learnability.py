@@ -1,0 +1,128 @@
+"""
+Experiment: which image facts can a freshly built compact VLM learn at all, and how fast.
+
+The shipped compact model barely uses its image (see ``benchmarks/RESULTS.md``). This script
+strips the question down to toy tasks on synthetic 96 px images, so that a failure cannot be
+blamed on the data engine, the captions or the size of the objects:
+
+- ``global``: the whole image is one of six colours; 'What colour is the image?' -> the colour;
+- ``detect``: a grey image with, in half of the examples, one red 16 px square (one patch);
+  'Is there a red square?' -> 'Yes.' / 'No.';
+- ``column``: the red square is always there, in one of six columns;
+  'Which column is the red square in?' -> 'Column 3.'.
+
+Each (task, ``CompactVLMConfig.attn_init_scale``) pair trains a new compact model from the
+same seed with AdamW (lr 1e-3, batch 16, no schedule) and prints the mean training loss over
+windows of steps next to the loss of a model that ignores the image (``log(classes)`` over the
+answer's tokens), so 'at chance' and 'learnt' can be read off the table.
+
+Run: ``PYTHONPATH=. python benchmarks/exp_learnability.py`` (about 1 min per row on 2 CPU
+cores; ``--tasks``, ``--scales``, ``--steps``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import time
+
+import numpy as np
+
+COLOURS = {'red': (230, 30, 30), 'green': (30, 230, 30), 'blue': (30, 30, 230),
+           'yellow': (230, 230, 30), 'cyan': (30, 230, 230), 'purple': (230, 30, 230)}
+SIZE = 96
+PATCH = 16
+
+
+def png(image: np.ndarray) -> bytes:
+    """Encode an RGB uint8 HxWx3 image as PNG bytes (what the training examples carry)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format='PNG')
+    return buffer.getvalue()
+
+
+def toy_example(task: str, rng: np.random.Generator) -> tuple[np.ndarray, str, str, int]:
+    """Return ``(image, question, answer, classes)`` of one example of ``task``."""
+    image = np.full((SIZE, SIZE, 3), 90, dtype=np.uint8)
+    if task == 'global':
+        name = list(COLOURS)[int(rng.integers(len(COLOURS)))]
+        image[:] = COLOURS[name]
+        return image, 'What colour is the image?', f'{name.capitalize()}.', len(COLOURS)
+    column = int(rng.integers(SIZE // PATCH))
+    row = int(rng.integers(SIZE // PATCH))
+    present = task == 'column' or bool(rng.integers(2))
+    if present:
+        image[row * PATCH:(row + 1) * PATCH, column * PATCH:(column + 1) * PATCH] = \
+            COLOURS['red']
+    if task == 'detect':
+        return image, 'Is there a red square?', 'Yes.' if present else 'No.', 2
+    return image, 'Which column is the red square in?', f'Column {column}.', SIZE // PATCH
+
+
+def run(task: str, scale: float, steps: int, window: int, seed: int) -> dict:
+    """Train one fresh model on ``task``; return the windowed losses and chance level."""
+    import torch
+
+    from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig
+    from spatialvlm_ros.model.tokenizer import build_default_tokenizer
+    from spatialvlm_ros.train.data import ConversationEncoder, Example
+
+    torch.manual_seed(seed)
+    model, processor = build_compact_model(
+        CompactVLMConfig(image_size=SIZE, patch_size=PATCH, attn_init_scale=scale, seed=seed),
+        build_default_tokenizer())
+    encoder = ConversationEncoder(processor, 512)
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    losses, answer_tokens = [], []
+    start = time.perf_counter()
+    for _ in range(steps):
+        examples = []
+        for _ in range(16):
+            image, question, answer, classes = toy_example(task, rng)
+            examples.append(Example(png(image), [(question, answer)], 'spatial', 'toy'))
+        batch = encoder.batch(examples)
+        answer_tokens.append(float((batch['labels'] != -100).sum()) / len(examples))
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    # a model that ignores the image pays log(classes) on the one deciding token, spread over
+    # the trained tokens of the answer (the rest is template it learns in a few steps)
+    chance = math.log(classes) / float(np.mean(answer_tokens))
+    windows = [float(np.mean(losses[i:i + window])) for i in range(0, steps, window)]
+    return {'task': task, 'scale': scale, 'windows': windows, 'chance': chance,
+            'seconds': time.perf_counter() - start}
+
+
+def main() -> None:
+    """Train every (task, scale) pair and print a Markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument('--tasks', nargs='+', default=['global', 'detect', 'column'],
+                        choices=('global', 'detect', 'column'))
+    parser.add_argument('--scales', nargs='+', type=float, default=[1.0, 5.0])
+    parser.add_argument('--steps', type=int, default=200)
+    parser.add_argument('--window', type=int, default=50)
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args()
+    if args.steps < args.window or args.window < 1:
+        parser.error('--steps must be at least --window, which must be positive')
+    rows = [run(task, scale, args.steps, args.window, args.seed)
+            for task in args.tasks for scale in args.scales]
+    spans = [f'steps {i}-{min(i + args.window, args.steps) - 1}'
+             for i in range(0, args.steps, args.window)]
+    print('| task | attn_init_scale | chance loss | ' + ' | '.join(spans) + ' | seconds |')
+    print('|---|---|---|' + '---|' * len(spans) + '---|')
+    for r in rows:
+        cells = ' | '.join(f'{w:.3f}' for w in r['windows'])
+        print(f"| {r['task']} | {r['scale']:g} | {r['chance']:.3f} | {cells} | "
+              f"{r['seconds']:.0f} |")
+
+
+if __name__ == '__main__':
+    main()
