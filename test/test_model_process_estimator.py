@@ -115,7 +115,10 @@ def test_the_shipped_model_answers_the_same_in_a_child_process():
 
 
 _ORPHAN_SCRIPT = """
-import os, sys, time
+import os, signal, sys, time
+# a process started from a terminal gets Ctrl-C as KeyboardInterrupt; do not inherit whatever
+# the test runner's earlier tests left for SIGINT (an ignored signal survives exec)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {test_dir!r})
 from test_model_process_estimator import _build_echo
 from spatialvlm_ros.model.process_estimator import ProcessEstimator
