@@ -23,7 +23,6 @@ cores; ``--tasks``, ``--scales``, ``--steps``).
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import time
 
@@ -33,15 +32,6 @@ COLOURS = {'red': (230, 30, 30), 'green': (30, 230, 30), 'blue': (30, 30, 230),
            'yellow': (230, 230, 30), 'cyan': (30, 230, 230), 'purple': (230, 30, 230)}
 SIZE = 96
 PATCH = 16
-
-
-def png(image: np.ndarray) -> bytes:
-    """Encode an RGB uint8 HxWx3 image as PNG bytes (what the training examples carry)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format='PNG')
-    return buffer.getvalue()
 
 
 def toy_example(task: str, rng: np.random.Generator) -> tuple[np.ndarray, str, str, int]:
@@ -68,6 +58,7 @@ def run(task: str, scale: float, steps: int, window: int, seed: int) -> dict:
 
     from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig
     from spatialvlm_ros.model.tokenizer import build_default_tokenizer
+    from spatialvlm_ros.synth.dataset import encode_png
     from spatialvlm_ros.train.data import ConversationEncoder, Example
 
     torch.manual_seed(seed)
@@ -84,7 +75,7 @@ def run(task: str, scale: float, steps: int, window: int, seed: int) -> dict:
         examples = []
         for _ in range(16):
             image, question, answer, classes = toy_example(task, rng)
-            examples.append(Example(png(image), [(question, answer)], 'spatial', 'toy'))
+            examples.append(Example(encode_png(image), [(question, answer)], 'spatial', 'toy'))
         batch = encoder.batch(examples)
         answer_tokens.append(float((batch['labels'] != -100).sum()) / len(examples))
         loss = model(**batch).loss

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter, defaultdict
-import glob
 import json
 from pathlib import Path
 from typing import Iterator
@@ -28,7 +27,9 @@ def qualitative(folder: Path) -> Iterator[dict]:
     """Yield the QA metadata of every qualitative question in a folder of Parquet shards."""
     import pyarrow.parquet as pq
 
-    for shard in sorted(glob.glob(str(folder / '*.parquet'))):
+    from spatialvlm_ros.train.data import parquet_files
+
+    for shard in parquet_files([folder]):
         column = pq.read_table(shard, columns=['qa_metadata']).column('qa_metadata')
         for text in column.to_pylist():
             for meta in json.loads(text):
