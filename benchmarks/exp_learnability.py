@@ -9,7 +9,9 @@ blamed on the data engine, the captions or the size of the objects:
 - ``detect``: a grey image with, in half of the examples, one red 16 px square (one patch);
   'Is there a red square?' -> 'Yes.' / 'No.';
 - ``column``: the red square is always there, in one of six columns;
-  'Which column is the red square in?' -> 'Column 3.'.
+  'Which column is the red square in?' -> 'Column 3.';
+- ``half``: as ``column``, asked 'Is the red square in the left half?' -> 'Yes.' / 'No.' (the
+  two-way form of the left/right questions).
 
 Each (task, ``CompactVLMConfig.attn_init_scale``) pair trains a new compact model from the
 same seed with AdamW (lr 1e-3, batch 16, no schedule) and prints the mean training loss over
@@ -43,12 +45,15 @@ def toy_example(task: str, rng: np.random.Generator) -> tuple[np.ndarray, str, s
         return image, 'What colour is the image?', f'{name.capitalize()}.', len(COLOURS)
     column = int(rng.integers(SIZE // PATCH))
     row = int(rng.integers(SIZE // PATCH))
-    present = task == 'column' or bool(rng.integers(2))
+    present = task in ('column', 'half') or bool(rng.integers(2))
     if present:
         image[row * PATCH:(row + 1) * PATCH, column * PATCH:(column + 1) * PATCH] = \
             COLOURS['red']
     if task == 'detect':
         return image, 'Is there a red square?', 'Yes.' if present else 'No.', 2
+    if task == 'half':
+        left = column < SIZE // PATCH // 2
+        return image, 'Is the red square in the left half?', 'Yes.' if left else 'No.', 2
     return image, 'Which column is the red square in?', f'Column {column}.', SIZE // PATCH
 
 
@@ -95,7 +100,7 @@ def main() -> None:
     """Train every (task, scale) pair and print a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument('--tasks', nargs='+', default=['global', 'detect', 'column'],
-                        choices=('global', 'detect', 'column'))
+                        choices=('global', 'detect', 'column', 'half'))
     parser.add_argument('--scales', nargs='+', type=float, default=[1.0, 5.0])
     parser.add_argument('--steps', type=int, default=200)
     parser.add_argument('--window', type=int, default=50)

@@ -92,3 +92,65 @@ def test_text_prior_answers_from_the_pair_then_the_type(tmp_path, capsys, monkey
     out = capsys.readouterr().out
     assert '| tall | 2 | 50.0% |' in out and '| all | 2 | 50.0% |' in out
     assert 'left' not in out
+
+
+def test_half_answer_says_whether_the_square_is_left(learn):
+    rng = np.random.default_rng(3)
+    answers = []
+    for _ in range(120):
+        image, question, answer, classes = learn.toy_example('half', rng)
+        cells = _red_cells(learn, image)
+        assert len(cells) == 1 and classes == 2 and 'left half' in question
+        assert answer == ('Yes.' if cells[0][1] < 3 else 'No.')
+        answers.append(answer)
+    assert 40 < answers.count('Yes.') < 80
+
+
+@pytest.fixture(scope='module')
+def readout():
+    pytest.importorskip('torch')
+    return _load('exp_readout')
+
+
+def test_column_batch_labels_match_the_images(readout, learn):
+    images, columns = readout.column_batch(readout._toys(), np.random.default_rng(4), 20)
+    assert len(images) == len(columns) == 20
+    for image, column in zip(images, columns, strict=True):
+        assert _red_cells(learn, image)[0][1] == column
+
+
+@pytest.mark.parametrize('kind', ['flat', 'mean', 'attention', 'biased'])
+def test_readouts_map_patch_features_to_class_logits(readout, kind):
+    import torch
+
+    head = readout.Readout(kind, patches=36, width=24, classes=6, bias_std=1.0)
+    features = torch.randn(5, 36, 24)
+    logits = head(features)
+    assert logits.shape == (5, 6)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in head.parameters())
+    if kind == 'mean':  # position-blind: permuting the patches changes nothing
+        assert torch.allclose(head(features[:, torch.randperm(36)]), logits, atol=1e-5)
+    if kind == 'flat':  # a weight per position: permuting the patches changes the logits
+        assert not torch.allclose(head(features[:, torch.randperm(36)]), logits, atol=1e-3)
+
+
+def test_readout_rejects_an_unknown_kind(readout):
+    with pytest.raises(ValueError, match='unknown readout'):
+        readout.Readout('max', 36, 24, 6, 1.0)
+
+
+def test_fit_linear_separates_a_small_offset_only_when_standardised(readout):
+    # the mechanism exp_readout measures: a class signal that is a tiny part of a large constant
+    # vector is not found by minibatch Adam in 300 steps; standardising the features finds it
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (400,), generator=gen)
+    x = 5.0 + torch.randn(400, 8, generator=gen) * 0.001
+    x[:, 0] += (y * 2 - 1) * 0.01 + 0.001 * torch.randn(400, generator=gen)
+    raw = readout.fit_linear(x[:300], y[:300], x[300:], y[300:], seed=0)
+    std = (x - x.mean(0)) / x.std(0)
+    standardised = readout.fit_linear(std[:300], y[:300], std[300:], y[300:], seed=0)
+    assert standardised > 0.9
+    assert raw < 0.7
