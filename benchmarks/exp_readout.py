@@ -39,14 +39,21 @@ def _toys():
     return module
 
 
-def column_batch(toys, rng: np.random.Generator, size: int) -> tuple[list, list[int]]:
-    """Return ``size`` column-task images (RGB uint8 96x96x3) and their columns (0-5)."""
-    images, columns = [], []
+def column_batch(toys, rng: np.random.Generator,
+                 size: int) -> tuple[list, list[int], list[tuple[str, str]]]:
+    """
+    Return ``size`` column-task examples.
+
+    :return: ``(images, columns, turns)``: RGB uint8 96x96x3 images, their columns (0-5) and
+        each one's ``(question, answer)``.
+    """
+    images, columns, turns = [], [], []
     for _ in range(size):
-        image, _, answer, _ = toys.toy_example('column', rng)
+        image, question, answer, _ = toys.toy_example('column', rng)
         images.append(image)
         columns.append(int(answer.split()[1].rstrip('.')))
-    return images, columns
+        turns.append((question, answer))
+    return images, columns, turns
 
 
 class Readout:
@@ -117,7 +124,7 @@ def vision_probe(kind: str, steps: int, bias_std: float, seed: int) -> dict:
     hits = []
     start = time.perf_counter()
     for _ in range(steps):
-        images, columns = column_batch(toys, rng, 16)
+        images, columns, _ = column_batch(toys, rng, 16)
         pixels = processor.image_processor(images, return_tensors='pt')['pixel_values']
         logits = readout(tower(pixel_values=pixels).last_hidden_state)  # (16, 6)
         target = torch.tensor(columns)
@@ -164,10 +171,9 @@ def lm_probe(seed: int, images: int = 640, train: int = 500) -> list[dict]:
     columns: list[int] = []
     with torch.no_grad():
         for _ in range(images // 16):
-            batch_images, batch_columns = column_batch(toys, rng, 16)
-            examples = [Example(encode_png(image), [('Which column is the red square in?',
-                                                     f'Column {column}.')], 'spatial', 'toy')
-                        for image, column in zip(batch_images, batch_columns, strict=True)]
+            batch_images, batch_columns, turns = column_batch(toys, rng, 16)
+            examples = [Example(encode_png(image), [turn], 'spatial', 'toy')
+                        for image, turn in zip(batch_images, turns, strict=True)]
             batch = encoder.batch(examples)
             hidden = model(**batch, output_hidden_states=True).hidden_states
             for i, labels in enumerate(batch['labels']):

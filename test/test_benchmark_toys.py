@@ -113,10 +113,11 @@ def readout():
 
 
 def test_column_batch_labels_match_the_images(readout, learn):
-    images, columns = readout.column_batch(readout._toys(), np.random.default_rng(4), 20)
-    assert len(images) == len(columns) == 20
-    for image, column in zip(images, columns, strict=True):
+    images, columns, turns = readout.column_batch(readout._toys(), np.random.default_rng(4), 20)
+    assert len(images) == len(columns) == len(turns) == 20
+    for image, column, (_, answer) in zip(images, columns, turns, strict=True):
         assert _red_cells(learn, image)[0][1] == column
+        assert answer == f'Column {column}.'
 
 
 @pytest.mark.parametrize('kind', ['flat', 'mean', 'attention', 'biased'])

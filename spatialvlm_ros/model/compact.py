@@ -44,8 +44,9 @@ class CompactVLMConfig:
     :ivar tie_embeddings: share the input embedding and the LM head.
     :ivar seed: ``torch`` seed for the random initialisation.
     :ivar attn_init_scale: factor on the initial query and key projections of every attention
-        layer (vision and text); 1 keeps transformers' initialisation (std 0.02, which makes
-        the attention of a fresh model almost uniform). An experiment knob
+        layer (vision and text); 1 keeps transformers' initialisation (Xavier in the SigLIP
+        tower, std 0.02 in the Llama decoder, which makes the decoder's attention of a fresh
+        model almost uniform). An experiment knob
         (``benchmarks/exp_learnability.py``): 5 learns a toy 'is there a red square' task
         faster, but neither 1 nor 5 learns where the square is within 200 steps.
     """
