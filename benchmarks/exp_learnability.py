@@ -11,15 +11,22 @@ blamed on the data engine, the captions or the size of the objects:
 - ``column``: the red square is always there, in one of six columns;
   'Which column is the red square in?' -> 'Column 3.';
 - ``half``: as ``column``, asked 'Is the red square in the left half?' -> 'Yes.' / 'No.' (the
-  two-way form of the left/right questions).
+  two-way form of the left/right questions);
+- ``named``: three squares of different colours (of six) in three different columns;
+  'Which column is the blue square in?' -> 'Column 4.' (the question names the object, as the
+  engine's captions do, so the model must match a word to a patch before reading its column).
 
 Each (task, ``CompactVLMConfig.attn_init_scale``) pair trains a new compact model from the
 same seed with AdamW (lr 1e-3, batch 16, no schedule) and prints the mean training loss over
 windows of steps next to the loss of a model that ignores the image (``log(classes)`` over the
 answer's tokens), so 'at chance' and 'learnt' can be read off the table.
 
+``--centre yes`` subtracts the projector's mean output token first and ``--freeze`` keeps parts
+out of training: with both (``--centre yes --freeze tower+projector``) the column task is
+learnt, with either alone it is not (``benchmarks/RESULTS.md``).
+
 Run: ``PYTHONPATH=. python benchmarks/exp_learnability.py`` (about 1 min per row on 2 CPU
-cores; ``--tasks``, ``--scales``, ``--steps``).
+cores; ``--tasks``, ``--scales``, ``--steps``, ``--centre``, ``--freeze``).
 """
 
 from __future__ import annotations
@@ -43,6 +50,14 @@ def toy_example(task: str, rng: np.random.Generator) -> tuple[np.ndarray, str, s
         name = list(COLOURS)[int(rng.integers(len(COLOURS)))]
         image[:] = COLOURS[name]
         return image, 'What colour is the image?', f'{name.capitalize()}.', len(COLOURS)
+    if task == 'named':
+        names = [list(COLOURS)[int(i)] for i in rng.choice(len(COLOURS), 3, replace=False)]
+        columns = rng.choice(SIZE // PATCH, 3, replace=False)
+        for name, col in zip(names, columns, strict=True):
+            row = int(rng.integers(SIZE // PATCH))
+            image[row * PATCH:(row + 1) * PATCH, col * PATCH:(col + 1) * PATCH] = COLOURS[name]
+        return (image, f'Which column is the {names[0]} square in?', f'Column {columns[0]}.',
+                SIZE // PATCH)
     column = int(rng.integers(SIZE // PATCH))
     row = int(rng.integers(SIZE // PATCH))
     present = task in ('column', 'half') or bool(rng.integers(2))
@@ -57,8 +72,15 @@ def toy_example(task: str, rng: np.random.Generator) -> tuple[np.ndarray, str, s
     return image, 'Which column is the red square in?', f'Column {column}.', SIZE // PATCH
 
 
-def run(task: str, scale: float, steps: int, window: int, seed: int) -> dict:
-    """Train one fresh model on ``task``; return the windowed losses and chance level."""
+def run(task: str, scale: float, steps: int, window: int, seed: int, centre: bool = False,
+        freeze: str = 'none') -> dict:
+    """
+    Train one fresh model on ``task``; return the windowed losses and chance level.
+
+    ``centre`` subtracts the mean projector output over 64 task images from the projector's
+    bias first (``train.connector.centre_projector``); ``freeze`` is ``'none'``, ``'tower'`` or
+    ``'tower+projector'`` (parts left out of the optimizer).
+    """
     import torch
 
     from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig
@@ -72,7 +94,16 @@ def run(task: str, scale: float, steps: int, window: int, seed: int) -> dict:
         build_default_tokenizer())
     encoder = ConversationEncoder(processor, 512)
     rng = np.random.default_rng(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    if centre:
+        from spatialvlm_ros.train.connector import centre_projector
+
+        sample = np.random.default_rng(seed + 1)
+        centre_projector(model, processor, [toy_example(task, sample)[0] for _ in range(64)])
+    frozen = {'none': (), 'tower': ('vision_tower',),
+              'tower+projector': ('vision_tower', 'multi_modal_projector')}[freeze]
+    params = [p for name, p in model.named_parameters()
+              if not any(part in name for part in frozen)]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
     model.train()
     losses, answer_tokens = [], []
     start = time.perf_counter()
@@ -92,31 +123,38 @@ def run(task: str, scale: float, steps: int, window: int, seed: int) -> dict:
     # the trained tokens of the answer (the rest is template it learns in a few steps)
     chance = math.log(classes) / float(np.mean(answer_tokens))
     windows = [float(np.mean(losses[i:i + window])) for i in range(0, steps, window)]
-    return {'task': task, 'scale': scale, 'windows': windows, 'chance': chance,
-            'seconds': time.perf_counter() - start}
+    return {'task': task, 'scale': scale, 'centre': centre, 'freeze': freeze,
+            'windows': windows, 'chance': chance, 'seconds': time.perf_counter() - start}
 
 
 def main() -> None:
     """Train every (task, scale) pair and print a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument('--tasks', nargs='+', default=['global', 'detect', 'column'],
-                        choices=('global', 'detect', 'column', 'half'))
+                        choices=('global', 'detect', 'column', 'half', 'named'))
     parser.add_argument('--scales', nargs='+', type=float, default=[1.0, 5.0])
     parser.add_argument('--steps', type=int, default=200)
     parser.add_argument('--window', type=int, default=50)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--centre', nargs='+', choices=('no', 'yes'), default=['no'],
+                        help='centre the projector output before training (both: one row each)')
+    parser.add_argument('--freeze', nargs='+', choices=('none', 'tower', 'tower+projector'),
+                        default=['none'], help='parts kept frozen (several: one row each)')
     args = parser.parse_args()
     if args.steps < args.window or args.window < 1:
         parser.error('--steps must be at least --window, which must be positive')
-    rows = [run(task, scale, args.steps, args.window, args.seed)
-            for task in args.tasks for scale in args.scales]
+    rows = [run(task, scale, args.steps, args.window, args.seed, centre == 'yes', freeze)
+            for task in args.tasks for scale in args.scales for centre in args.centre
+            for freeze in args.freeze]
     spans = [f'steps {i}-{min(i + args.window, args.steps) - 1}'
              for i in range(0, args.steps, args.window)]
-    print('| task | attn_init_scale | chance loss | ' + ' | '.join(spans) + ' | seconds |')
-    print('|---|---|---|' + '---|' * len(spans) + '---|')
+    print('| task | attn_init_scale | centred | frozen | chance loss | ' + ' | '.join(spans)
+          + ' | seconds |')
+    print('|---|---|---|---|---|' + '---|' * len(spans) + '---|')
     for r in rows:
         cells = ' | '.join(f'{w:.3f}' for w in r['windows'])
-        print(f"| {r['task']} | {r['scale']:g} | {r['chance']:.3f} | {cells} | "
+        print(f"| {r['task']} | {r['scale']:g} | {'yes' if r['centre'] else 'no'} | "
+              f"{r['freeze']} | {r['chance']:.3f} | {cells} | "
               f"{r['seconds']:.0f} |")
 
 

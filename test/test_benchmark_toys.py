@@ -155,3 +155,68 @@ def test_fit_linear_separates_a_small_offset_only_when_standardised(readout):
     standardised = readout.fit_linear(std[:300], y[:300], std[300:], y[300:], seed=0)
     assert standardised > 0.9
     assert raw < 0.7
+
+
+def test_named_answer_gives_the_column_of_the_named_colour(learn):
+    rng = np.random.default_rng(6)
+    asked = set()
+    for _ in range(60):
+        image, question, answer, classes = learn.toy_example('named', rng)
+        name = question.split(' the ')[1].split(' square')[0]
+        found = {}
+        for colour, rgb in learn.COLOURS.items():
+            mask = np.all(image == rgb, axis=-1)
+            if mask.any():
+                cells = np.argwhere(mask.reshape(6, 16, 6, 16).any(axis=(1, 3)))
+                assert len(cells) == 1, 'one patch-aligned square per colour'
+                found[colour] = int(cells[0][1])
+        assert len(found) == 3 and len(set(found.values())) == 3, 'distinct columns'
+        assert name in found and answer == f'Column {found[name]}.' and classes == 6
+        asked.add(name)
+    assert asked == set(learn.COLOURS)
+
+
+def test_lm_contrast_trains_the_decoder_on_the_answer_tokens():
+    pytest.importorskip('torch')
+    contrast = _load('exp_lm_contrast')
+    result = contrast.run(contrast=3.0, shared=1.0, spread=0.04, steps=2, window=1, seed=0)
+    assert len(result['windows']) == 2 and all(np.isfinite(result['windows']))
+    # 'Column k.' + end of sequence: log(6) spread over those tokens
+    assert 0.1 < result['chance'] < np.log(6)
+    # a fresh decoder starts far above chance on the answer (it has not learnt the template)
+    assert result['windows'][0] > result['chance']
+
+
+def _pairs_folder(tmp_path, n_images=40):
+    folder = tmp_path / 'engine'
+    folder.mkdir()
+    lines = []
+    for i in range(n_images):
+        objects = [{'caption': 'red ball', 'box': [10.0, 5.0, 30.0, 25.0]},     # centre x 20
+                   {'caption': 'blue cup', 'box': [100.0, 5.0, 120.0, 25.0]},  # centre x 110
+                   {'caption': 'green box', 'box': [112.0, 5.0, 118.0, 25.0]}]  # x 115: too close
+        lines.append(json.dumps({'image_id': f'img-{i}', 'kept': True, 'objects': objects}))
+    lines.append(json.dumps({'image_id': 'dropped', 'kept': False, 'objects': objects}))
+    lines.append(json.dumps({'image_id': 'single', 'kept': True, 'objects': objects[:1]}))
+    (folder / 'metadata.jsonl').write_text('\n'.join(lines) + '\n')
+    return folder
+
+
+def test_real_pairs_ask_left_of_from_the_box_centres(tmp_path):
+    pairs = _load('exp_real_pairs')
+    objects = pairs.load_objects(_pairs_folder(tmp_path))
+    assert 'dropped' not in objects and 'single' not in objects and len(objects) == 40
+    images = {i: i.encode() for i in objects}
+    for test in (False, True):
+        drawn = pairs.sample_pairs(objects, images, np.random.default_rng(0), 20, test, 20.0)
+        assert [a for _, _, a in drawn].count('Yes.') == 10
+        for image, question, answer in drawn:
+            assert pairs.is_test(image.decode()) == test
+            first, second = question[3:-1].split(' to the left of ')
+            assert {first, second} != {'blue cup', 'green box'}, 'closer than --min-gap'
+            centre = {'red ball': 20, 'blue cup': 110, 'green box': 115}
+            assert answer == ('Yes.' if centre[first] < centre[second] else 'No.')
+    with pytest.raises(ValueError, match='lower --min-gap'):
+        pairs.sample_pairs(objects, images, np.random.default_rng(0), 4, False, 500.0)
+    with pytest.raises(FileNotFoundError, match='metadata.jsonl'):
+        pairs.load_objects(tmp_path)
