@@ -99,11 +99,14 @@ def run(task: str, scale: float, steps: int, window: int, seed: int, centre: boo
 
         sample = np.random.default_rng(seed + 1)
         centre_projector(model, processor, [toy_example(task, sample)[0] for _ in range(64)])
-    frozen = {'none': (), 'tower': ('vision_tower',),
-              'tower+projector': ('vision_tower', 'multi_modal_projector')}[freeze]
-    params = [p for name, p in model.named_parameters()
-              if not any(part in name for part in frozen)]
-    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    from spatialvlm_ros.train.config import TrainConfig
+    from spatialvlm_ros.train.trainer import apply_freeze_policy
+
+    # the trainer's own freeze policy (model / data are not read by it)
+    apply_freeze_policy(model, TrainConfig(
+        model='unused', data=('unused',), freeze_vision=freeze != 'none',
+        freeze_projector=freeze == 'tower+projector'))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     model.train()
     losses, answer_tokens = [], []
     start = time.perf_counter()

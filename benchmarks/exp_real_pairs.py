@@ -83,8 +83,10 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
 
     from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig
     from spatialvlm_ros.model.tokenizer import build_default_tokenizer
+    from spatialvlm_ros.train.config import TrainConfig
     from spatialvlm_ros.train.connector import centre_projector
     from spatialvlm_ros.train.data import ConversationEncoder, decode_image, Example, read_rows
+    from spatialvlm_ros.train.trainer import apply_freeze_policy
 
     objects = load_objects(data)
     images = {row.image_id: row.image for row in read_rows([data]) if row.image_id in objects}
@@ -93,13 +95,14 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
     model, processor = build_compact_model(CompactVLMConfig(image_size=image_size, seed=seed),
                                            tokenizer)
     encoder = ConversationEncoder(processor, 512)
-    frozen: tuple[str, ...] = ()
     if arm == 'centred':
         calibration = [np.asarray(decode_image(images[i])) for i in list(images)[:64]]
         centre_projector(model, processor, calibration)
-        frozen = ('vision_tower', 'multi_modal_projector')
-    params = [p for name, p in model.named_parameters() if not any(f in name for f in frozen)]
-    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    # the trainer's own freeze policy (model / data are not read by it)
+    apply_freeze_policy(model, TrainConfig(model='unused', data=('unused',),
+                                           freeze_vision=arm == 'centred',
+                                           freeze_projector=arm == 'centred'))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     test = sample_pairs(objects, images, np.random.default_rng(seed + 5), 160, True, min_gap)
     yes = tokenizer('Yes.', add_special_tokens=False)['input_ids'][0]
     no = tokenizer('No.', add_special_tokens=False)['input_ids'][0]
