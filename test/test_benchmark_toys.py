@@ -220,3 +220,59 @@ def test_real_pairs_ask_left_of_from_the_box_centres(tmp_path):
         pairs.sample_pairs(objects, images, np.random.default_rng(0), 4, False, 500.0)
     with pytest.raises(FileNotFoundError, match='metadata.jsonl'):
         pairs.load_objects(tmp_path)
+
+
+@pytest.fixture(scope='module')
+def grounding_toy():
+    return _load('exp_grounding')
+
+
+def test_grounding_toy_labels_match_the_pixels(grounding_toy):
+    g = grounding_toy
+    rng = np.random.default_rng(3)
+    for count in (1, 2, 3):
+        image, names, patches, labels = g.squares_image(rng, count)
+        assert len(set(names)) == count and len({p % g.GRID for p in patches}) == count
+        for patch in range(g.GRID * g.GRID):
+            row, column = divmod(patch, g.GRID)
+            cell = image[row * g.PATCH:(row + 1) * g.PATCH,
+                         column * g.PATCH:(column + 1) * g.PATCH]
+            if labels[patch] == g.BACKGROUND:
+                assert (cell == 90).all()
+            else:
+                colour = list(g.COLOURS)[labels[patch]]
+                assert (cell == g.COLOURS[colour]).all() and patch in patches
+    image, question, answer, patch = g.named_example(rng)
+    colour = question.split()[4]
+    row, column = divmod(patch, g.GRID)
+    assert answer == f'Column {column}.'
+    assert (image[row * g.PATCH, column * g.PATCH] == g.COLOURS[colour]).all()
+
+
+def test_grounding_toy_targets_point_at_the_colour_word_and_the_digit(grounding_toy):
+    pytest.importorskip('transformers')
+    from spatialvlm_ros.model.compact import build_processor, CompactVLMConfig
+    from spatialvlm_ros.model.tokenizer import build_default_tokenizer
+    from spatialvlm_ros.synth.dataset import encode_png
+    from spatialvlm_ros.train.data import ConversationEncoder, Example
+
+    g = grounding_toy
+    tokenizer = build_default_tokenizer()
+    processor = build_processor(CompactVLMConfig(image_size=g.SIZE, patch_size=g.PATCH),
+                                tokenizer)
+    rng = np.random.default_rng(0)
+    examples, patches, colours = [], [], []
+    for _ in range(3):
+        image, question, answer, patch = g.named_example(rng)
+        examples.append(Example(encode_png(image), [(question, answer)], 'spatial', 'toy'))
+        patches.append(patch)
+        colours.append(question.split()[4])
+    batch = ConversationEncoder(processor, 512).batch(examples)
+    first, second, digits = g.grounding_targets(batch, patches, tokenizer, colours)
+    for i in range(3):
+        ids = batch['input_ids'][i].tolist()
+        image_positions = [p for p, t in enumerate(ids) if t == tokenizer.image_token_id]
+        assert first[i].keys == second[i].keys == (image_positions[patches[i]],)
+        assert tokenizer.decode([ids[first[i].query]]).strip() == colours[i]
+        assert second[i].query == digits[i] - 1
+        assert tokenizer.decode([int(batch['labels'][i, digits[i]])]) == str(patches[i] % g.GRID)

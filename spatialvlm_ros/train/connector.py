@@ -11,9 +11,11 @@ tried in sessions 5 and 6. Subtracting the shared vector (the mean output token 
 training images) from the projector's output bias leaves each token with only what is
 particular to its patch, which RMSNorm then scales to full size. With that centring, and with
 the tower and the projector kept frozen so that training cannot drift the shared vector back,
-the toy task is learnt in 300 steps. It is not enough yet for questions that name one object
-among several, nor on the engine's images (``benchmarks/RESULTS.md``, section "Centring the
-projector"), so the default recipe does not use it.
+the toy task is learnt in 300 steps. It is not enough alone for questions that name one object
+among several (``benchmarks/RESULTS.md``, section "Centring the projector"); with a
+position-trained connector scaled by :func:`scale_projector` and supervised attention
+(``train.grounding``) the named toy is learnt too. Neither works on the engine's images yet, so
+the default recipe uses none of it.
 
 Formats: images RGB ``uint8`` ``(H, W, 3)``. ``torch`` is imported inside the functions.
 """
@@ -87,6 +89,21 @@ def projector_tokens(model: Any, processor: Any, images: Sequence[np.ndarray],
     return torch.cat(chunks)
 
 
+def _last_layer_and_tokens(model: Any, processor: Any, images: Sequence[np.ndarray],
+                           batch_size: int, caller: str) -> tuple[Any, Any]:
+    """Return the projector's ``linear_2`` and its finite output tokens over ``images``."""
+    import torch
+
+    projector = getattr(getattr(model, 'model', None), 'multi_modal_projector', None)
+    last = getattr(projector, 'linear_2', None)
+    if last is None or getattr(last, 'bias', None) is None:
+        raise ValueError(f'{caller} needs a LLaVA projector whose linear_2 has a bias')
+    tokens = projector_tokens(model, processor, images, batch_size)
+    if not torch.isfinite(tokens).all():
+        raise ValueError('the projector output holds NaN or inf; is the model intact?')
+    return last, tokens
+
+
 def centre_projector(model: Any, processor: Any, images: Sequence[np.ndarray],
                      batch_size: int = 16) -> CentringStats:
     """
@@ -102,13 +119,8 @@ def centre_projector(model: Any, processor: Any, images: Sequence[np.ndarray],
     """
     import torch
 
-    projector = getattr(getattr(model, 'model', None), 'multi_modal_projector', None)
-    last = getattr(projector, 'linear_2', None)
-    if last is None or getattr(last, 'bias', None) is None:
-        raise ValueError('centre_projector needs a LLaVA projector whose linear_2 has a bias')
-    tokens = projector_tokens(model, processor, images, batch_size)
-    if not torch.isfinite(tokens).all():
-        raise ValueError('the projector output holds NaN or inf; is the model intact?')
+    last, tokens = _last_layer_and_tokens(model, processor, images, batch_size,
+                                          'centre_projector')
     mean = tokens.mean(0)
     stats = CentringStats(
         images=len(images), tokens=int(tokens.shape[0]),
@@ -117,3 +129,35 @@ def centre_projector(model: Any, processor: Any, images: Sequence[np.ndarray],
     with torch.no_grad():
         last.bias -= mean.to(device=last.bias.device, dtype=last.bias.dtype)
     return stats
+
+
+def scale_projector(model: Any, processor: Any, images: Sequence[np.ndarray], norm: float = 1.0,
+                    batch_size: int = 16) -> float:
+    """
+    Scale the projector's last layer so its output tokens have a mean L2 norm of ``norm``.
+
+    A projector trained on dense targets (``train.grounding.pretrain_connector``) puts out
+    tokens of norm 20-30, against about 0.6 for the decoder's word embeddings; at that scale the
+    decoder's activations blew up and the named-object toy was not learnt. Scaling the weight
+    and the bias of ``linear_2`` by one factor keeps every direction and ratio between tokens.
+
+    :param model: a LLaVA model whose ``model.multi_modal_projector.linear_2`` has a bias.
+    :param processor: its processor.
+    :param images: RGB ``uint8`` ``(H, W, 3)`` training images (a few dozen suffice).
+    :param norm: the wanted mean token norm (> 0).
+    :return: the factor applied.
+    """
+    import torch
+
+    if not (np.isfinite(norm) and norm > 0):
+        raise ValueError(f'norm must be positive and finite, got {norm}')
+    last, tokens = _last_layer_and_tokens(model, processor, images, batch_size,
+                                          'scale_projector')
+    current = float(tokens.norm(dim=-1).mean())
+    if current <= 0:
+        raise ValueError('the projector output is all zeros; nothing to scale')
+    factor = norm / current
+    with torch.no_grad():
+        last.weight.mul_(factor)
+        last.bias.mul_(factor)
+    return factor

@@ -1,0 +1,269 @@
+"""
+Supervised grounding: teach a compact VLM's decoder where in the image a question points.
+
+Sessions 5-7 found that a freshly built compact LLaVA does not learn to answer 'which column is
+the blue square in?' from the language-model loss alone: it must first match a word to a patch
+and then read that patch's position, and neither step gets a usable gradient until the other
+works. Two pieces, used together, make that toy learnable (``benchmarks/exp_grounding.py``,
+``benchmarks/RESULTS.md`` section "Supervised grounding"):
+
+1. :func:`pretrain_connector` trains the vision tower *and* the projector on dense per-patch
+   targets (the patch's own normalised column and row, and its object class), so that the
+   tokens the decoder receives carry position and identity as linear features. The projector
+   is then centred and scaled to word-embedding size (``train.connector``) and kept frozen.
+2. :func:`attention_mass_loss` is an auxiliary loss on the decoder's attention: chosen heads at
+   chosen query positions (the words of an object's name; the position that predicts the
+   answer) are pushed to put their attention on that object's patches
+   (:func:`box_patch_mask`). The model stays a standard ``LlavaForConditionalGeneration``;
+   only training changes. It needs the attention weights, so the model must run with
+   ``attn_implementation='eager'`` and ``output_attentions=True``.
+
+Formats: images RGB ``uint8`` ``(H, W, 3)``; boxes XYXY pixels of the original image; patch
+masks boolean, row-major over the ``grid x grid`` patches of the processor's square resize.
+``torch`` is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def box_patch_mask(box: Sequence[float], image_wh: tuple[int, int], grid: int) -> np.ndarray:
+    """
+    Return which patches a box touches after the image is resized to a square patch grid.
+
+    The processors of the compact model resize without keeping the aspect ratio, so column
+    ``c`` spans ``[c * W / grid, (c + 1) * W / grid)`` of the original width (rows likewise).
+
+    :param box: ``(x0, y0, x1, y1)`` in pixels of the original image, ``x0 <= x1``,
+        ``y0 <= y1``; clipped to the image.
+    :param image_wh: the original ``(width, height)`` in pixels.
+    :param grid: patches per side.
+    :return: boolean ``(grid * grid,)``, row-major; at least one patch is set.
+    """
+    width, height = image_wh
+    if grid < 1 or width < 1 or height < 1:
+        raise ValueError(f'grid and image size must be positive, got {grid} and {image_wh}')
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 < x0 or y1 < y0:
+        raise ValueError(f'box must be finite XYXY with x0 <= x1 and y0 <= y1, got {box}')
+    if x1 < 0 or y1 < 0 or x0 > width or y0 > height:
+        raise ValueError(f'box {box} lies outside the {width}x{height} image')
+
+    def span(low: float, high: float, size: int) -> tuple[int, int]:
+        first = int(np.clip(math.floor(low / size * grid), 0, grid - 1))
+        last = int(np.clip(math.ceil(high / size * grid) - 1, first, grid - 1))
+        return first, last
+
+    c0, c1 = span(x0, x1, width)
+    r0, r1 = span(y0, y1, height)
+    mask = np.zeros((grid, grid), dtype=bool)
+    mask[r0:r1 + 1, c0:c1 + 1] = True
+    return mask.reshape(-1)
+
+
+def find_subsequence(ids: Sequence[int], pattern: Sequence[int], start: int = 0) -> int | None:
+    """Return the index of the first occurrence of ``pattern`` in ``ids`` at or after ``start``."""
+    ids = [int(i) for i in ids]
+    pattern = [int(i) for i in pattern]
+    if not pattern:
+        raise ValueError('the pattern is empty')
+    for index in range(max(start, 0), len(ids) - len(pattern) + 1):
+        if ids[index:index + len(pattern)] == pattern:
+            return index
+    return None
+
+
+@dataclass(frozen=True)
+class AttentionTarget:
+    """
+    One supervised attention row: in one example and head, ``query`` should look at ``keys``.
+
+    :ivar example: index in the batch.
+    :ivar head: attention head of the layer the loss is applied to.
+    :ivar query: sequence position whose attention row is supervised.
+    :ivar keys: sequence positions (before ``query``) that should hold its attention.
+    """
+
+    example: int
+    head: int
+    query: int
+    keys: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            raise ValueError('an attention target needs at least one key position')
+        if min(self.example, self.head, self.query, *self.keys) < 0:
+            raise ValueError(f'positions and indices must be >= 0: {self}')
+        if max(self.keys) > self.query:
+            raise ValueError(f'key positions {self.keys} lie after query {self.query}: the '
+                             'decoder is causal')
+
+
+def attention_mass_loss(attention: Any, targets: Sequence[AttentionTarget],
+                        eps: float = 1e-6) -> Any:
+    """
+    Return the mean of ``-log(attention mass on the keys)`` over ``targets``.
+
+    :param attention: one decoder layer's attention weights ``(batch, heads, seq, seq)``, rows
+        summing to 1 (``output_attentions=True`` with eager attention).
+    :param targets: the rows to supervise; must not be empty.
+    :return: a scalar tensor that keeps the graph (0 when the heads attend only to the keys).
+    """
+    import torch
+
+    if attention is None:
+        raise ValueError('no attention weights: run the model with '
+                         "attn_implementation='eager' and output_attentions=True")
+    if attention.dim() != 4 or attention.shape[2] != attention.shape[3]:
+        raise ValueError(f'attention must be (batch, heads, seq, seq), got '
+                         f'{tuple(attention.shape)}')
+    if not targets:
+        raise ValueError('attention_mass_loss needs at least one target')
+    batch, heads, length, _ = attention.shape
+    losses = []
+    for target in targets:
+        if target.example >= batch or target.head >= heads or target.query >= length:
+            raise ValueError(f'{target} is outside attention of shape {tuple(attention.shape)}')
+        keys = torch.tensor(target.keys, device=attention.device)
+        mass = attention[target.example, target.head, target.query, keys].sum()
+        losses.append(-torch.log(mass + eps))
+    return torch.stack(losses).mean()
+
+
+@dataclass
+class ConnectorPretrainConfig:
+    """
+    How :func:`pretrain_connector` trains the tower and projector.
+
+    :ivar steps: optimizer steps.
+    :ivar batch_size: images per step.
+    :ivar lr: Adam learning rate.
+    :ivar position_weight: weight of the per-patch (column, row) regression.
+    :ivar seed: seed of the image sampling and of the throw-away head.
+    """
+
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    position_weight: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError('steps and batch_size must be >= 1')
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f'lr must be positive, got {self.lr}')
+        if not (self.position_weight >= 0 and math.isfinite(self.position_weight)):
+            raise ValueError(f'position_weight must be >= 0, got {self.position_weight}')
+
+
+def pretrain_connector(model: Any, processor: Any, images: Sequence[np.ndarray],
+                       labels: np.ndarray, classes: int,
+                       config: ConnectorPretrainConfig | None = None,
+                       class_weights: Sequence[float] | None = None) -> list[dict[str, float]]:
+    """
+    Train the vision tower and projector so each output token names its patch's place and class.
+
+    A throw-away linear head on every projector output token predicts the patch's column and
+    row scaled to [-1, 1] (mean squared error) and its class (cross-entropy); the head is
+    dropped afterwards. Only the tower and the projector change.
+
+    :param model: a LLaVA model (``model.vision_tower``, ``model.multi_modal_projector``,
+        ``model.get_image_features``) with a square patch grid.
+    :param processor: its processor.
+    :param images: RGB ``uint8`` ``(H, W, 3)`` training images.
+    :param labels: ``int`` ``(len(images), grid * grid)`` class per patch, row-major, each in
+        ``[0, classes)`` (use one class for background).
+    :param classes: the number of classes.
+    :param config: steps, batch size, learning rate.
+    :param class_weights: optional cross-entropy weight per class (e.g. a low weight for the
+        background, which covers most patches of a tabletop image).
+    :return: per step ``{'position': mse, 'class': cross_entropy, 'accuracy': patch accuracy}``.
+    """
+    import torch
+
+    config = config or ConnectorPretrainConfig()
+    inner = getattr(model, 'model', None)
+    tower = getattr(inner, 'vision_tower', None)
+    projector = getattr(inner, 'multi_modal_projector', None)
+    if tower is None or projector is None:
+        raise ValueError('pretrain_connector needs a LLaVA model (vision_tower and '
+                         'multi_modal_projector)')
+    if not len(images):
+        raise ValueError('pretrain_connector needs at least one image')
+    for index, image in enumerate(images):
+        array = np.asarray(image)
+        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+            raise ValueError(f'image {index} must be RGB uint8 (H, W, 3), got {array.dtype} '
+                             f'{array.shape}')
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[0] != len(images) \
+            or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f'labels must be int (images, patches), got {labels.dtype} '
+                         f'{labels.shape} for {len(images)} images')
+    if classes < 1 or labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(f'labels must lie in [0, {classes}), got [{labels.min()}, '
+                         f'{labels.max()}]')
+    weight = None
+    if class_weights is not None:
+        weight = torch.as_tensor(np.asarray(class_weights, dtype=np.float32))
+        if weight.shape != (classes,) or not torch.isfinite(weight).all() or (weight < 0).any() \
+                or not weight.sum() > 0:
+            raise ValueError(f'class_weights must be {classes} finite values >= 0, not all 0')
+    grid = math.isqrt(labels.shape[1])
+    if grid * grid != labels.shape[1]:
+        raise ValueError(f'{labels.shape[1]} patches is not a square grid')
+    hidden = projector.linear_2.out_features
+    rows, columns = np.divmod(np.arange(grid * grid), grid)
+    position = torch.tensor(np.stack([columns, rows], 1) / max(grid - 1, 1) * 2 - 1,
+                            dtype=torch.float32)
+    generator = torch.Generator().manual_seed(config.seed)
+    head = torch.nn.Linear(hidden, 2 + classes)
+    with torch.no_grad():  # a seeded head, independent of the global torch seed
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * hidden ** -0.5)
+        head.bias.zero_()
+    trained = list(tower.parameters()) + list(projector.parameters())
+    saved = [p.requires_grad for p in trained]
+    for p in trained:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(trained + list(head.parameters()), lr=config.lr)
+    rng = np.random.default_rng(config.seed)
+    was_training = model.training
+    model.train()
+    history = []
+    try:
+        for _ in range(config.steps):
+            pick = rng.integers(len(images), size=config.batch_size)
+            pixels = processor.image_processor([np.asarray(images[i]) for i in pick],
+                                               return_tensors='pt')['pixel_values']
+            features = model.model.get_image_features(pixel_values=pixels)
+            features = getattr(features, 'pooler_output', features)
+            if isinstance(features, (list, tuple)):
+                features = torch.stack(list(features))
+            if features.shape[1] != grid * grid:
+                raise ValueError(f'the model gives {features.shape[1]} tokens per image, the '
+                                 f'labels {grid * grid}')
+            out = head(features)  # (batch, patches, 2 + classes)
+            target = torch.as_tensor(labels[pick], dtype=torch.long)
+            place = torch.nn.functional.mse_loss(out[..., :2], position.expand_as(out[..., :2]))
+            logits = out[..., 2:].reshape(-1, classes)
+            kind = torch.nn.functional.cross_entropy(logits, target.reshape(-1), weight=weight)
+            loss = config.position_weight * place + kind
+            if not torch.isfinite(loss):
+                raise FloatingPointError('connector pre-training diverged (loss is not finite)')
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            accuracy = float((logits.argmax(1) == target.reshape(-1)).float().mean())
+            history.append({'position': place.item(), 'class': kind.item(),
+                            'accuracy': accuracy})
+    finally:
+        for p, flag in zip(trained, saved, strict=True):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return history

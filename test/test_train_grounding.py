@@ -1,0 +1,208 @@
+"""Supervised grounding (train.grounding) and projector scaling, on a tiny random-config LLaVA."""
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip('torch')
+pytest.importorskip('transformers')
+
+from spatialvlm_ros.train.connector import projector_tokens, scale_projector  # noqa: E402
+from spatialvlm_ros.train.grounding import (  # noqa: E402
+    attention_mass_loss,
+    AttentionTarget,
+    box_patch_mask,
+    ConnectorPretrainConfig,
+    find_subsequence,
+    pretrain_connector,
+)
+from spatialvlm_ros.train.testing import build_tiny_vlm  # noqa: E402
+
+
+def _cells(mask, grid):
+    return {tuple(int(v) for v in np.divmod(i, grid)) for i in np.flatnonzero(mask)}
+
+
+def test_box_mask_follows_the_square_resize():
+    # 320 x 240 image, 6 x 6 grid: a column is 53.3 px wide, a row 40 px high
+    mask = box_patch_mask((127, 107, 145, 124), (320, 240), 6)
+    assert mask.shape == (36,) and mask.dtype == bool
+    assert _cells(mask, 6) == {(2, 2), (3, 2)}  # (row, column): rows 107-124 cross y = 120
+    # a box ending exactly on a patch edge does not spill into the next patch
+    assert _cells(box_patch_mask((0, 0, 160, 40), (320, 240), 6), 6) == {(0, 0), (0, 1), (0, 2)}
+    # a zero-size box still marks the patch it sits in; boxes are clipped to the image
+    assert _cells(box_patch_mask((300, 230, 300, 230), (320, 240), 6), 6) == {(5, 5)}
+    assert _cells(box_patch_mask((-10, -10, 20, 20), (320, 240), 6), 6) == {(0, 0)}
+    assert box_patch_mask((0, 0, 320, 240), (320, 240), 6).all()
+
+
+@pytest.mark.parametrize('box, wh, grid, match', [
+    ((10, 10, 5, 20), (320, 240), 6, 'x0 <= x1'),
+    ((0, math.nan, 5, 20), (320, 240), 6, 'finite'),
+    ((400, 10, 410, 20), (320, 240), 6, 'outside'),
+    ((0, 0, 5, 5), (320, 240), 0, 'positive'),
+    ((0, 0, 5, 5), (0, 240), 6, 'positive'),
+])
+def test_box_mask_refuses_bad_input(box, wh, grid, match):
+    with pytest.raises(ValueError, match=match):
+        box_patch_mask(box, wh, grid)
+
+
+def test_find_subsequence():
+    assert find_subsequence([5, 1, 2, 3, 1, 2], [1, 2]) == 1
+    assert find_subsequence([5, 1, 2, 3, 1, 2], [1, 2], start=2) == 4
+    assert find_subsequence([5, 1, 2, 3], [2, 1]) is None
+    with pytest.raises(ValueError, match='empty'):
+        find_subsequence([1, 2], [])
+
+
+def test_attention_target_is_validated():
+    with pytest.raises(ValueError, match='at least one key'):
+        AttentionTarget(0, 0, 5, ())
+    with pytest.raises(ValueError, match='causal'):
+        AttentionTarget(0, 0, 5, (3, 6))
+    with pytest.raises(ValueError, match='>= 0'):
+        AttentionTarget(0, -1, 5, (3,))
+
+
+def test_mass_loss_is_minus_log_of_the_attention_on_the_keys():
+    attention = torch.full((2, 2, 6, 6), 0.0)
+    attention[..., :4] = 0.25  # every row spread evenly over positions 0-3
+    attention[1, 1, 5] = torch.tensor([0.0, 0.0, 0.9, 0.1, 0.0, 0.0])
+    attention.requires_grad_(True)
+    loss = attention_mass_loss(attention, [AttentionTarget(0, 0, 5, (1, 2)),
+                                           AttentionTarget(1, 1, 5, (2,))])
+    assert loss.item() == pytest.approx((-math.log(0.5) - math.log(0.9)) / 2, rel=1e-4)
+    loss.backward()
+    assert attention.grad[0, 0, 5, 1] < 0 and attention.grad[0, 0, 5, 0] == 0
+
+
+def test_mass_loss_refuses_what_it_cannot_use():
+    attention = torch.full((1, 2, 4, 4), 0.25)
+    with pytest.raises(ValueError, match='eager'):
+        attention_mass_loss(None, [AttentionTarget(0, 0, 3, (1,))])
+    with pytest.raises(ValueError, match='batch, heads, seq, seq'):
+        attention_mass_loss(attention[0], [AttentionTarget(0, 0, 3, (1,))])
+    with pytest.raises(ValueError, match='at least one target'):
+        attention_mass_loss(attention, [])
+    with pytest.raises(ValueError, match='outside'):
+        attention_mass_loss(attention, [AttentionTarget(0, 2, 3, (1,))])
+
+
+def _images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_mass_loss_trains_a_real_decoder_head_to_look_at_the_keys():
+    model, processor = build_tiny_vlm()
+    model.set_attn_implementation('eager')
+    text = processor.apply_chat_template(
+        [{'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': 'where'}]}],
+        add_generation_prompt=True)
+    batch = processor(images=_images(1), text=[text], return_tensors='pt')
+    ids = batch['input_ids'][0].tolist()
+    image = [p for p, t in enumerate(ids) if t == model.config.image_token_index]
+    target = [AttentionTarget(0, 0, len(ids) - 1, (image[5],))]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    losses = []
+    for _ in range(30):
+        out = model(**batch, output_attentions=True)
+        loss = attention_mass_loss(out.attentions[0], target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] > 1.5  # about -log(1/len(ids)) for a fresh model
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def _labels(n, grid=4, classes=3, seed=1):
+    return np.random.default_rng(seed).integers(0, classes, (n, grid * grid))
+
+
+def test_pretrain_connector_trains_only_tower_and_projector_and_learns_positions():
+    model, processor = build_tiny_vlm()
+    for p in model.model.vision_tower.parameters():
+        p.requires_grad_(False)  # as a frozen-tower recipe leaves it
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    images = _images(16)
+    history = pretrain_connector(model, processor, images, _labels(16), 3,
+                                 ConnectorPretrainConfig(steps=60, batch_size=8, lr=3e-3))
+    assert len(history) == 60
+    assert np.mean([h['position'] for h in history[-10:]]) \
+        < 0.5 * np.mean([h['position'] for h in history[:5]])
+    changed = {k.split('.')[1] for k, v in model.state_dict().items()
+               if not torch.equal(v, state[k])}
+    assert changed == {'vision_tower', 'multi_modal_projector'}
+    assert not any(p.requires_grad for p in model.model.vision_tower.parameters()), \
+        "the caller's freezing must be restored"
+
+
+def test_class_weights_change_what_the_connector_learns():
+    runs = []
+    for weights in (None, [0.0, 1.0, 1.0]):
+        model, processor = build_tiny_vlm()
+        runs.append(pretrain_connector(model, processor, _images(8), _labels(8), 3,
+                                       ConnectorPretrainConfig(steps=2, batch_size=4),
+                                       class_weights=weights))
+    assert runs[0][0]['class'] != pytest.approx(runs[1][0]['class'])
+
+
+def test_pretrain_connector_is_seeded():
+    runs = []
+    for _ in range(2):
+        model, processor = build_tiny_vlm()
+        runs.append(pretrain_connector(model, processor, _images(8), _labels(8), 3,
+                                       ConnectorPretrainConfig(steps=3, batch_size=4)))
+    assert runs[0] == runs[1]
+
+
+def test_pretrain_connector_refuses_bad_input_before_training():
+    model, processor = build_tiny_vlm()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    images = _images(4)
+    cfg = ConnectorPretrainConfig(steps=1, batch_size=2)
+    with pytest.raises(ValueError, match=r'lie in \[0, 3\)'):
+        pretrain_connector(model, processor, images, _labels(4) + 1, 3, cfg)
+    with pytest.raises(ValueError, match='int \\(images, patches\\)'):
+        pretrain_connector(model, processor, images, _labels(3), 3, cfg)
+    with pytest.raises(ValueError, match='square grid'):
+        pretrain_connector(model, processor, images, _labels(4)[:, :15], 3, cfg)
+    with pytest.raises(ValueError, match='image 1 must be RGB uint8'):
+        pretrain_connector(model, processor, [images[0], np.zeros((16, 16), np.uint8)],
+                           _labels(2), 3, cfg)
+    with pytest.raises(ValueError, match='16 tokens per image, the labels 4'):
+        pretrain_connector(model, processor, images, _labels(4, grid=2), 3, cfg)
+    with pytest.raises(ValueError, match='class_weights'):
+        pretrain_connector(model, processor, images, _labels(4), 3, cfg, class_weights=[1, 1])
+    with pytest.raises(ValueError, match='class_weights'):
+        pretrain_connector(model, processor, images, _labels(4), 3, cfg,
+                           class_weights=[0, 0, 0])
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match='steps'):
+        ConnectorPretrainConfig(steps=0)
+    with pytest.raises(ValueError, match='lr'):
+        ConnectorPretrainConfig(lr=float('nan'))
+
+
+def test_scale_projector_sets_the_mean_norm_and_keeps_directions():
+    model, processor = build_tiny_vlm()
+    images = _images(6)
+    with torch.no_grad():  # a fresh bias is zero; give it something to scale
+        model.model.multi_modal_projector.linear_2.bias.fill_(0.3)
+    before = projector_tokens(model, processor, images)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    factor = scale_projector(model, processor, images, 0.5)
+    after = projector_tokens(model, processor, images)
+    assert float(after.norm(dim=-1).mean()) == pytest.approx(0.5, rel=1e-4)
+    assert factor == pytest.approx(0.5 / float(before.norm(dim=-1).mean()), rel=1e-4)
+    assert torch.allclose(after, before * factor, atol=1e-5)
+    changed = sorted(k for k, v in model.state_dict().items() if not torch.equal(v, state[k]))
+    assert changed == ['model.multi_modal_projector.linear_2.bias',
+                       'model.multi_modal_projector.linear_2.weight']
+    for bad in (0.0, -1.0, float('inf')):
+        with pytest.raises(ValueError, match='positive and finite'):
+            scale_projector(model, processor, images, bad)
