@@ -9,12 +9,25 @@ shards): each example picks two objects of a kept image whose box centres are at
 whose id hashes to 0 mod 10 form the test set. Accuracy compares the logits of 'Yes' and 'No'
 at the answer position, on 160 balanced test pairs, every 100 steps.
 
-Arms: ``plain`` trains everything (as the shipped recipe does); ``centred`` subtracts the
-projector's mean output over 64 training images and keeps the tower and projector frozen (what
-makes the toy column task learnable, ``train.connector``).
+Arms (lr 1e-3 for the first two, 3e-4 for the rest, as each recipe was tuned):
+
+- ``plain`` trains everything (as the shipped recipe does);
+- ``centred`` subtracts the projector's mean output over 64 training images and keeps the tower
+  and projector frozen (what makes the toy column task learnable, ``train.connector``);
+- ``connector``: the recipe that learns the named toy (``train.grounding``, ``exp_grounding.py``)
+  on these images: the tower and projector pre-trained on per-patch position and catalogue
+  type (the ``id`` of the smallest box on the patch), centred, scaled, frozen, and the
+  decoder's attention supervised (:func:`grounding_rows`);
+- ``oracle``: the projector's output replaced by what a perfect connector would say
+  (:func:`oracle_features`: type, the box's mean colour, position; fixed random mix to the
+  decoder's width, unit norm), no attention loss;
+- ``oracle-grounded``: the oracle tokens with the attention loss. With ``oracle`` it splits
+  the problem: what the decoder can learn once the tokens are right, with and without
+  grounding supervision.
 
 Run: ``PYTHONPATH=. python benchmarks/exp_real_pairs.py --data /tmp/svlm_default/data/train
---arms centred --image-size 96`` (about 2 min per 400 steps at 96 px on 2 CPU cores).
+--arms centred --image-size 96`` (about 2 min per 400 steps at 96 px on 2 CPU cores; the
+grounded arms take about 3.5 min per 600 steps, plus 2 min of connector pre-training).
 """
 
 from __future__ import annotations
@@ -48,15 +61,20 @@ def is_test(image_id: str) -> bool:
     return zlib.crc32(image_id.encode()) % 10 == 0
 
 
-def sample_pairs(objects: dict[str, list[dict[str, Any]]], images: dict[str, bytes],
-                 rng: np.random.Generator, n: int, test: bool,
-                 min_gap: float) -> list[tuple[bytes, str, str]]:
-    """Return ``n`` ``(image, question, answer)`` left-of examples, half 'Yes.', half 'No.'."""
+def sample_pair_records(objects: dict[str, list[dict[str, Any]]], images: dict[str, bytes],
+                        rng: np.random.Generator, n: int, test: bool,
+                        min_gap: float) -> list[dict[str, Any]]:
+    """
+    Return ``n`` left-of examples, half 'Yes.', half 'No.', with the objects they name.
+
+    Each is ``{'image_id', 'image', 'question', 'answer', 'first', 'second'}``; ``first`` and
+    ``second`` are the metadata objects (``caption``, ``box``) in the question's order.
+    """
     ids = [i for i in objects if i in images and is_test(i) == test]
     if not ids:
         raise ValueError(f"no {'test' if test else 'training'} images with two objects")
     wanted = {'Yes.': n // 2, 'No.': n - n // 2}
-    out: list[tuple[bytes, str, str]] = []
+    out: list[dict[str, Any]] = []
     for _ in range(200 * n):
         if len(out) == n:
             return out
@@ -71,41 +89,185 @@ def sample_pairs(objects: dict[str, list[dict[str, Any]]], images: dict[str, byt
         if wanted[answer] == 0:
             continue
         wanted[answer] -= 1
-        out.append((images[image_id], f"Is {a['caption']} to the left of {b['caption']}?",
-                    answer))
+        out.append({'image_id': image_id, 'image': images[image_id],
+                    'question': f"Is {a['caption']} to the left of {b['caption']}?",
+                    'answer': answer, 'first': a, 'second': b})
     raise ValueError(f'could not draw {n} pairs {min_gap} px apart; lower --min-gap')
 
 
+def sample_pairs(objects: dict[str, list[dict[str, Any]]], images: dict[str, bytes],
+                 rng: np.random.Generator, n: int, test: bool,
+                 min_gap: float) -> list[tuple[bytes, str, str]]:
+    """Return ``n`` ``(image, question, answer)`` left-of examples, half 'Yes.', half 'No.'."""
+    return [(r['image'], r['question'], r['answer'])
+            for r in sample_pair_records(objects, images, rng, n, test, min_gap)]
+
+
+def _largest_first(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the objects by decreasing box area (so smaller ones are drawn over larger ones)."""
+    return sorted(found, key=lambda o: -(o['box'][2] - o['box'][0]) * (o['box'][3] - o['box'][1]))
+
+
+def patch_classes(found: list[dict[str, Any]], types: list[str], grid: int,
+                  image_wh: tuple[int, int]) -> np.ndarray:
+    """
+    Return each patch's class: the catalogue type (``object['id']``) of the smallest box on it.
+
+    :return: ``int64`` ``(grid * grid,)``; ``len(types)`` is the background.
+    """
+    from spatialvlm_ros.train.grounding import box_patch_mask
+
+    labels = np.full(grid * grid, len(types), dtype=np.int64)
+    for obj in _largest_first(found):
+        labels[box_patch_mask(obj['box'], image_wh, grid)] = types.index(obj['id'])
+    return labels
+
+
+def oracle_features(image: np.ndarray, found: list[dict[str, Any]], types: list[str],
+                    grid: int) -> np.ndarray:
+    """
+    Return what a perfect connector would say of each patch.
+
+    Per patch: a one-hot of the type on it (or background), the mean RGB of that object's box
+    scaled to [-1, 1] (zeros on background) and the patch's column and row scaled to [-1, 1].
+
+    :param image: the RGB ``uint8`` ``(H, W, 3)`` render the boxes refer to.
+    :return: ``float32`` ``(grid * grid, len(types) + 6)``.
+    """
+    from spatialvlm_ros.train.grounding import box_patch_mask
+
+    height, width = image.shape[:2]
+    features = np.zeros((grid * grid, len(types) + 6), dtype=np.float32)
+    features[:, len(types)] = 1.0
+    rows, columns = np.divmod(np.arange(grid * grid), grid)
+    features[:, -2] = columns / max(grid - 1, 1) * 2 - 1
+    features[:, -1] = rows / max(grid - 1, 1) * 2 - 1
+    for obj in _largest_first(found):
+        mask = box_patch_mask(obj['box'], (width, height), grid)
+        x0, y0, x1, y1 = (int(round(v)) for v in obj['box'])
+        crop = image[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1].reshape(-1, 3)
+        features[mask, :len(types) + 1] = 0.0
+        features[mask, types.index(obj['id'])] = 1.0
+        features[mask, len(types) + 1:len(types) + 4] = crop.mean(0) / 255.0 * 2 - 1
+    return features
+
+
+def grounding_rows(batch: dict[str, Any], records: list[dict[str, Any]], tokenizer: Any,
+                   grid: int, image_wh: tuple[int, int]) -> tuple[list, list]:
+    """
+    Return the supervised attention rows of decoder layers 0 and 1.
+
+    Layer 0, head 0: every token of each object's name except 'the' looks at that object's
+    patches. Layer 1: at the position that predicts the answer, head 0 looks at the first
+    object's patches and head 1 at the second's.
+    """
+    from spatialvlm_ros.train.grounding import AttentionTarget, box_patch_mask, find_subsequence
+
+    layer0, layer1 = [], []
+    for i, record in enumerate(records):
+        ids = batch['input_ids'][i].tolist()
+        image = [p for p, t in enumerate(ids) if t == tokenizer.image_token_id]
+        answer = int((batch['labels'][i] != -100).nonzero()[0]) - 1
+        for head, key in enumerate(('first', 'second')):
+            obj = record[key]
+            mask = box_patch_mask(obj['box'], image_wh, grid)
+            keys = tuple(image[int(k)] for k in np.flatnonzero(mask))
+            name = tokenizer(' ' + obj['caption'], add_special_tokens=False)['input_ids']
+            at = find_subsequence(ids, name, image[-1] + 1)
+            if at is None:
+                raise ValueError(f"{obj['caption']!r} not found in example {i}'s tokens")
+            for position in range(at, at + len(name)):
+                if tokenizer.decode([ids[position]]).strip() not in ('', 'the'):
+                    layer0.append(AttentionTarget(i, 0, position, keys))
+            layer1.append(AttentionTarget(i, head, answer, keys))
+    return layer0, layer1
+
+
+GROUNDED = ('connector', 'oracle-grounded')
+ORACLE = ('oracle', 'oracle-grounded')
+
+
 def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
-        seed: int) -> list[tuple[int, float, float]]:
+        seed: int, pretrain_steps: int = 600) -> list[tuple[int, float, float]]:
     """Train one fresh model; return ``(step, mean loss of the last 100, test accuracy)``."""
     import torch
 
     from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig
     from spatialvlm_ros.model.tokenizer import build_default_tokenizer
     from spatialvlm_ros.train.config import TrainConfig
-    from spatialvlm_ros.train.connector import centre_projector
+    from spatialvlm_ros.train.connector import centre_projector, scale_projector
     from spatialvlm_ros.train.data import ConversationEncoder, decode_image, Example, read_rows
+    from spatialvlm_ros.train.grounding import (
+        attention_mass_loss,
+        ConnectorPretrainConfig,
+        pretrain_connector,
+    )
     from spatialvlm_ros.train.trainer import apply_freeze_policy
 
     objects = load_objects(data)
     images = {row.image_id: row.image for row in read_rows([data]) if row.image_id in objects}
+    decoded: dict[str, np.ndarray] = {}
+
+    def pixels(image_id: str) -> np.ndarray:
+        if image_id not in decoded:
+            decoded[image_id] = np.asarray(decode_image(images[image_id]))
+        return decoded[image_id]
+
+    first_id = next(iter(images))
+    image_wh = (pixels(first_id).shape[1], pixels(first_id).shape[0])
+    grid = image_size // 16
+    types = sorted({o['id'] for found in objects.values() for o in found})
     tokenizer = build_default_tokenizer()
     torch.manual_seed(seed)
     model, processor = build_compact_model(CompactVLMConfig(image_size=image_size, seed=seed),
                                            tokenizer)
+    if arm in GROUNDED:
+        model.set_attn_implementation('eager')
     encoder = ConversationEncoder(processor, 512)
-    if arm == 'centred':
-        calibration = [np.asarray(decode_image(images[i])) for i in list(images)[:64]]
+    train_ids = [i for i in images if not is_test(i)]
+    calibration = [pixels(i) for i in train_ids[:64]]
+    if arm == 'connector':
+        chosen = train_ids[:2000]
+        weights = np.ones(len(types) + 1, dtype=np.float32)
+        weights[-1] = 0.1  # the background covers most patches
+        pretrain_connector(model, processor, [pixels(i) for i in chosen],
+                           np.stack([patch_classes(objects[i], types, grid, image_wh)
+                                     for i in chosen]), len(types) + 1,
+                           ConnectorPretrainConfig(steps=pretrain_steps, seed=seed),
+                           class_weights=weights)
         centre_projector(model, processor, calibration)
+        scale_projector(model, processor, calibration, 1.0)
+    elif arm == 'centred':
+        centre_projector(model, processor, calibration)
+    oracle: dict[str, Any] = {}
+    if arm in ORACLE:  # the projector's output is replaced by normalised oracle tokens
+        hidden = model.config.text_config.hidden_size
+        mix = torch.randn(len(types) + 6, hidden, generator=torch.Generator().manual_seed(seed))
+
+        def tokens(records: list[dict[str, Any]]) -> Any:
+            features = torch.stack([torch.from_numpy(oracle_features(
+                pixels(r['image_id']), objects[r['image_id']], types, grid)) for r in records])
+            out = features @ mix
+            return out / out.norm(dim=-1, keepdim=True)
+
+        model.model.multi_modal_projector.register_forward_hook(
+            lambda module, args, output: oracle['tokens'])
+    frozen = arm != 'plain'
     # the trainer's own freeze policy (model / data are not read by it)
     apply_freeze_policy(model, TrainConfig(model='unused', data=('unused',),
-                                           freeze_vision=arm == 'centred',
-                                           freeze_projector=arm == 'centred'))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    test = sample_pairs(objects, images, np.random.default_rng(seed + 5), 160, True, min_gap)
+                                           freeze_vision=frozen, freeze_projector=frozen))
+    lr = 1e-3 if arm in ('plain', 'centred') else 3e-4
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    test = sample_pair_records(objects, images, np.random.default_rng(seed + 5), 160, True,
+                               min_gap)
     yes = tokenizer('Yes.', add_special_tokens=False)['input_ids'][0]
     no = tokenizer('No.', add_special_tokens=False)['input_ids'][0]
+
+    def encode(records: list[dict[str, Any]]) -> dict[str, Any]:
+        if arm in ORACLE:
+            oracle['tokens'] = tokens(records)
+        return encoder.batch([Example(r['image'], [(r['question'], r['answer'])], 'spatial',
+                                      'pairs') for r in records])
 
     def accuracy() -> float:
         model.eval()
@@ -113,13 +275,12 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
         with torch.no_grad():
             for start in range(0, len(test), 16):
                 chunk = test[start:start + 16]
-                batch = encoder.batch([Example(im, [(q, a)], 'spatial', 'pairs')
-                                       for im, q, a in chunk])
+                batch = encode(chunk)
                 logits = model(**batch).logits
-                for j, (_, _, answer) in enumerate(chunk):
+                for j, record in enumerate(chunk):
                     first = int((batch['labels'][j] != -100).nonzero()[0]) - 1
                     said_yes = bool(logits[j, first, yes] > logits[j, first, no])
-                    right += said_yes == (answer == 'Yes.')
+                    right += said_yes == (record['answer'] == 'Yes.')
         model.train()
         return right / len(test)
 
@@ -127,14 +288,18 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
     rows, losses = [], []
     model.train()
     for step in range(1, steps + 1):
-        batch = encoder.batch([Example(im, [(q, a)], 'spatial', 'pairs')
-                               for im, q, a in sample_pairs(objects, images, rng, 16, False,
-                                                            min_gap)])
-        loss = model(**batch).loss
+        records = sample_pair_records(objects, images, rng, 16, False, min_gap)
+        batch = encode(records)
+        out = model(**batch, output_attentions=arm in GROUNDED)
+        loss = out.loss
+        if arm in GROUNDED:
+            layer0, layer1 = grounding_rows(batch, records, tokenizer, grid, image_wh)
+            loss = loss + attention_mass_loss(out.attentions[0], layer0) \
+                + attention_mass_loss(out.attentions[1], layer1)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss.detach()))
+        losses.append(float(out.loss.detach()))
         if step % 100 == 0 or step == steps:
             rows.append((step, float(np.mean(losses[-100:])), accuracy()))
     return rows
@@ -144,8 +309,11 @@ def main() -> None:
     """Train each arm and print a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument('--data', type=Path, required=True, help='an engine dataset folder')
-    parser.add_argument('--arms', nargs='+', choices=('plain', 'centred'),
+    parser.add_argument('--arms', nargs='+',
+                        choices=('plain', 'centred', 'connector', 'oracle', 'oracle-grounded'),
                         default=['plain', 'centred'])
+    parser.add_argument('--pretrain-steps', type=int, default=600,
+                        help='connector pre-training steps of the connector arm')
     parser.add_argument('--image-size', type=int, default=96)
     parser.add_argument('--steps', type=int, default=400)
     parser.add_argument('--min-gap', type=float, default=20.0,
@@ -160,7 +328,7 @@ def main() -> None:
     for arm in args.arms:
         start = time.perf_counter()
         for step, loss, acc in run(arm, args.data, args.image_size, args.steps,
-                                   args.min_gap, args.seed):
+                                   args.min_gap, args.seed, args.pretrain_steps):
             print(f'| {arm} | {args.image_size} | {step} | {loss:.3f} | {acc:.3f} | '
                   f'{time.perf_counter() - start:.0f} |', flush=True)
 

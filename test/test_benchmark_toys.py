@@ -276,3 +276,78 @@ def test_grounding_toy_targets_point_at_the_colour_word_and_the_digit(grounding_
         assert tokenizer.decode([ids[first[i].query]]).strip() == colours[i]
         assert second[i].query == digits[i] - 1
         assert tokenizer.decode([int(batch['labels'][i, digits[i]])]) == str(patches[i] % g.GRID)
+
+
+def test_pair_records_carry_the_named_objects(tmp_path):
+    pairs = _load('exp_real_pairs')
+    objects = pairs.load_objects(_pairs_folder(tmp_path))
+    images = {i: i.encode() for i in objects}
+    records = pairs.sample_pair_records(objects, images, np.random.default_rng(1), 10, False,
+                                        20.0)
+    plain = pairs.sample_pairs(objects, images, np.random.default_rng(1), 10, False, 20.0)
+    assert [(r['image'], r['question'], r['answer']) for r in records] == plain
+    for r in records:
+        assert r['image'] == r['image_id'].encode()
+        assert r['question'] == \
+            f"Is {r['first']['caption']} to the left of {r['second']['caption']}?"
+        assert r['first'] in objects[r['image_id']] and r['second'] in objects[r['image_id']]
+
+
+_SCENE = [{'id': 'tray', 'caption': 'the tray', 'box': [0.0, 0.0, 200.0, 150.0]},
+          {'id': 'cube', 'caption': 'the blue dice', 'box': [10.0, 10.0, 40.0, 30.0]},
+          {'id': 'soccer_ball', 'caption': 'soccer ball', 'box': [250.0, 200.0, 270.0, 230.0]}]
+_TYPES = ['cube', 'soccer_ball', 'tray']
+
+
+def test_patch_classes_put_the_smaller_box_on_top():
+    pairs = _load('exp_real_pairs')
+    labels = pairs.patch_classes(_SCENE, _TYPES, 4, (320, 240)).reshape(4, 4)
+    # 4 x 4 grid over 320 x 240: patches of 80 x 60 px
+    assert labels[0, 0] == 0, 'the dice lies on the tray and wins its patch'
+    assert (labels[:3, :3][labels[:3, :3] != 0] == 2).all() and (labels[:3, :3] == 2).sum() == 8
+    assert labels[3, 3] == 1 and labels[3, 0] == 3 and labels[0, 3] == 3
+
+
+def test_oracle_features_name_type_colour_and_place():
+    pairs = _load('exp_real_pairs')
+    image = np.zeros((240, 320, 3), dtype=np.uint8)
+    image[10:31, 10:41] = (0, 0, 255)  # the dice's box is pure blue
+    features = pairs.oracle_features(image, _SCENE, _TYPES, 4)
+    assert features.shape == (16, len(_TYPES) + 6) and features.dtype == np.float32
+    dice = features[0]
+    assert dice[:4].tolist() == [1, 0, 0, 0]
+    np.testing.assert_allclose(dice[4:7], [-1, -1, 1])
+    np.testing.assert_allclose(dice[7:], [-1, -1])
+    background = features[3]  # row 0, column 3
+    assert background[:4].tolist() == [0, 0, 0, 1] and not background[4:7].any()
+    np.testing.assert_allclose(background[7:], [1, -1])
+
+
+def test_grounding_rows_point_names_and_answer_at_the_boxes():
+    pytest.importorskip('transformers')
+    from spatialvlm_ros.model.compact import build_processor, CompactVLMConfig
+    from spatialvlm_ros.model.tokenizer import build_default_tokenizer
+    from spatialvlm_ros.synth.dataset import encode_png
+    from spatialvlm_ros.train.data import ConversationEncoder, Example
+
+    pairs = _load('exp_real_pairs')
+    tokenizer = build_default_tokenizer()
+    processor = build_processor(CompactVLMConfig(image_size=64), tokenizer)  # 4 x 4 patches
+    record = {'first': _SCENE[1], 'second': _SCENE[2], 'answer': 'Yes.',
+              'question': 'Is the blue dice to the left of soccer ball?'}
+    image = encode_png(np.zeros((240, 320, 3), dtype=np.uint8))
+    batch = ConversationEncoder(processor, 512).batch(
+        [Example(image, [(record['question'], 'Yes.')], 'spatial', 'pairs')])
+    layer0, layer1 = pairs.grounding_rows(batch, [record], tokenizer, 4, (320, 240))
+    ids = batch['input_ids'][0].tolist()
+    image_positions = [p for p, t in enumerate(ids) if t == tokenizer.image_token_id]
+    dice_keys, ball_keys = (image_positions[0],), (image_positions[15],)
+    named = {}
+    for target in layer0:
+        assert target.head == 0 and target.keys in (dice_keys, ball_keys)
+        named.setdefault(target.keys, []).append(tokenizer.decode([ids[target.query]]))
+    assert ''.join(named[dice_keys]).strip() == 'blue dice', 'every word but "the"'
+    assert ''.join(named[ball_keys]).strip() == 'soccer ball'
+    answer = int((batch['labels'][0] != -100).nonzero()[0]) - 1
+    expected = [(0, answer, dice_keys), (1, answer, ball_keys)]
+    assert [(t.head, t.query, t.keys) for t in layer1] == expected
