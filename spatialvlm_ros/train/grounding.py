@@ -227,6 +227,9 @@ def pretrain_connector(model: Any, processor: Any, images: Sequence[np.ndarray],
     with torch.no_grad():  # a seeded head, independent of the global torch seed
         head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * hidden ** -0.5)
         head.bias.zero_()
+    parameter = next(projector.parameters())
+    head.to(device=parameter.device, dtype=parameter.dtype)
+    position = position.to(device=parameter.device, dtype=parameter.dtype)
     trained = list(tower.parameters()) + list(projector.parameters())
     saved = [p.requires_grad for p in trained]
     for p in trained:
@@ -241,6 +244,7 @@ def pretrain_connector(model: Any, processor: Any, images: Sequence[np.ndarray],
             pick = rng.integers(len(images), size=config.batch_size)
             pixels = processor.image_processor([np.asarray(images[i]) for i in pick],
                                                return_tensors='pt')['pixel_values']
+            pixels = pixels.to(device=parameter.device, dtype=parameter.dtype)
             features = model.model.get_image_features(pixel_values=pixels)
             features = getattr(features, 'pooler_output', features)
             if isinstance(features, (list, tuple)):
@@ -249,10 +253,11 @@ def pretrain_connector(model: Any, processor: Any, images: Sequence[np.ndarray],
                 raise ValueError(f'the model gives {features.shape[1]} tokens per image, the '
                                  f'labels {grid * grid}')
             out = head(features)  # (batch, patches, 2 + classes)
-            target = torch.as_tensor(labels[pick], dtype=torch.long)
+            target = torch.as_tensor(labels[pick], dtype=torch.long, device=parameter.device)
             place = torch.nn.functional.mse_loss(out[..., :2], position.expand_as(out[..., :2]))
             logits = out[..., 2:].reshape(-1, classes)
-            kind = torch.nn.functional.cross_entropy(logits, target.reshape(-1), weight=weight)
+            kind = torch.nn.functional.cross_entropy(
+                logits, target.reshape(-1), weight=None if weight is None else weight.to(logits))
             loss = config.position_weight * place + kind
             if not torch.isfinite(loss):
                 raise FloatingPointError('connector pre-training diverged (loss is not finite)')
