@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+import sys
 import time
 from typing import Any
 import zlib
@@ -230,11 +231,16 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
         chosen = train_ids[:2000]
         weights = np.ones(len(types) + 1, dtype=np.float32)
         weights[-1] = 0.1  # the background covers most patches
-        pretrain_connector(model, processor, [pixels(i) for i in chosen],
+        history = pretrain_connector(model, processor, [pixels(i) for i in chosen],
                            np.stack([patch_classes(objects[i], types, grid, image_wh)
                                      for i in chosen]), len(types) + 1,
                            ConnectorPretrainConfig(steps=pretrain_steps, seed=seed),
                            class_weights=weights)
+        last = history[-min(100, len(history)):]
+        print(f'connector pre-training, last {len(last)} steps: position MSE '
+              f"{np.mean([h['position'] for h in last]):.4f}, weighted type cross-entropy "
+              f"{np.mean([h['class'] for h in last]):.3f} (uniform guess "
+              f'{np.log(len(types) + 1):.2f})', file=sys.stderr, flush=True)
         centre_projector(model, processor, calibration)
         scale_projector(model, processor, calibration, 1.0)
     elif arm == 'centred':
