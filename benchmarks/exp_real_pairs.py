@@ -231,11 +231,11 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
         chosen = train_ids[:2000]
         weights = np.ones(len(types) + 1, dtype=np.float32)
         weights[-1] = 0.1  # the background covers most patches
-        history = pretrain_connector(model, processor, [pixels(i) for i in chosen],
-                           np.stack([patch_classes(objects[i], types, grid, image_wh)
-                                     for i in chosen]), len(types) + 1,
-                           ConnectorPretrainConfig(steps=pretrain_steps, seed=seed),
-                           class_weights=weights)
+        labels = np.stack([patch_classes(objects[i], types, grid, image_wh) for i in chosen])
+        history = pretrain_connector(model, processor, [pixels(i) for i in chosen], labels,
+                                     len(types) + 1,
+                                     ConnectorPretrainConfig(steps=pretrain_steps, seed=seed),
+                                     class_weights=weights)
         last = history[-min(100, len(history)):]
         print(f'connector pre-training, last {len(last)} steps: position MSE '
               f"{np.mean([h['position'] for h in last]):.4f}, weighted type cross-entropy "
