@@ -52,6 +52,39 @@ class CentringStats:
                 'mean_norm': self.mean_norm, 'spread': self.spread}
 
 
+def check_images(images: Sequence[np.ndarray], caller: str) -> list[np.ndarray]:
+    """Return ``images`` as RGB ``uint8`` ``(H, W, 3)`` arrays; raise naming the first bad one."""
+    from spatialvlm_ros.model.estimator import check_image
+
+    if not len(images):
+        raise ValueError(f'{caller} needs at least one image')
+    arrays = []
+    for index, image in enumerate(images):
+        try:
+            arrays.append(check_image(image))
+        except ValueError as error:
+            raise ValueError(f'image {index} must be RGB uint8 (H, W, 3): {error}') from None
+    return arrays
+
+
+def image_tokens(model: Any, processor: Any, images: Sequence[np.ndarray]) -> Any:
+    """
+    Return the projector's output for one batch of checked images, with the graph kept.
+
+    :return: a tensor ``(len(images), tokens_per_image, hidden)`` on the model's device.
+    """
+    import torch
+
+    parameter = next(model.parameters())
+    pixels = processor.image_processor(list(images), return_tensors='pt')['pixel_values']
+    pixels = pixels.to(device=parameter.device, dtype=parameter.dtype)
+    features = model.model.get_image_features(pixel_values=pixels)
+    features = getattr(features, 'pooler_output', features)
+    if isinstance(features, (list, tuple)):
+        features = torch.stack(list(features))
+    return features.reshape(len(images), -1, features.shape[-1])
+
+
 def projector_tokens(model: Any, processor: Any, images: Sequence[np.ndarray],
                      batch_size: int = 16) -> Any:
     """
@@ -65,26 +98,13 @@ def projector_tokens(model: Any, processor: Any, images: Sequence[np.ndarray],
     """
     import torch
 
-    if not len(images):
-        raise ValueError('projector_tokens needs at least one image')
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
-    for index, image in enumerate(images):
-        array = np.asarray(image)
-        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-            raise ValueError(f'image {index} must be RGB uint8 (H, W, 3), got {array.dtype} '
-                             f'{array.shape}')
+    arrays = check_images(images, 'projector_tokens')
     chunks = []
-    device = next(model.parameters()).device
     with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            batch = [np.asarray(image) for image in images[start:start + batch_size]]
-            pixels = processor.image_processor(batch, return_tensors='pt')['pixel_values']
-            pixels = pixels.to(device=device, dtype=next(model.parameters()).dtype)
-            features = model.model.get_image_features(pixel_values=pixels)
-            features = getattr(features, 'pooler_output', features)
-            if isinstance(features, (list, tuple)):
-                features = torch.cat([f.reshape(-1, f.shape[-1]) for f in features])
+        for start in range(0, len(arrays), batch_size):
+            features = image_tokens(model, processor, arrays[start:start + batch_size])
             chunks.append(features.reshape(-1, features.shape[-1]).float().cpu())
     return torch.cat(chunks)
 

@@ -187,6 +187,8 @@ def pretrain_connector(model: Any, processor: Any, images: Sequence[np.ndarray],
     """
     import torch
 
+    from spatialvlm_ros.train.connector import check_images, image_tokens
+
     config = config or ConnectorPretrainConfig()
     inner = getattr(model, 'model', None)
     tower = getattr(inner, 'vision_tower', None)
@@ -194,13 +196,7 @@ def pretrain_connector(model: Any, processor: Any, images: Sequence[np.ndarray],
     if tower is None or projector is None:
         raise ValueError('pretrain_connector needs a LLaVA model (vision_tower and '
                          'multi_modal_projector)')
-    if not len(images):
-        raise ValueError('pretrain_connector needs at least one image')
-    for index, image in enumerate(images):
-        array = np.asarray(image)
-        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-            raise ValueError(f'image {index} must be RGB uint8 (H, W, 3), got {array.dtype} '
-                             f'{array.shape}')
+    images = check_images(images, 'pretrain_connector')
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.shape[0] != len(images) \
             or not np.issubdtype(labels.dtype, np.integer):
@@ -242,13 +238,7 @@ def pretrain_connector(model: Any, processor: Any, images: Sequence[np.ndarray],
     try:
         for _ in range(config.steps):
             pick = rng.integers(len(images), size=config.batch_size)
-            pixels = processor.image_processor([np.asarray(images[i]) for i in pick],
-                                               return_tensors='pt')['pixel_values']
-            pixels = pixels.to(device=parameter.device, dtype=parameter.dtype)
-            features = model.model.get_image_features(pixel_values=pixels)
-            features = getattr(features, 'pooler_output', features)
-            if isinstance(features, (list, tuple)):
-                features = torch.stack(list(features))
+            features = image_tokens(model, processor, [images[i] for i in pick])
             if features.shape[1] != grid * grid:
                 raise ValueError(f'the model gives {features.shape[1]} tokens per image, the '
                                  f'labels {grid * grid}')
