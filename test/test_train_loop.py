@@ -194,3 +194,53 @@ def test_ablation_suite(data_dir, tmp_path):
     again = run_ablations(base, [data_dir], tmp_path / 'suite', names, eval_config,
                           model_factory=lambda: pytest.fail('retrained'))
     assert again == rows
+
+
+@pytest.mark.parametrize('buckets, accum', [(2, 1), (3, 2), (8, 1)])
+def test_length_buckets_train_exactly_as_one_padded_pass(data_dir, tmp_path, buckets, accum):
+    from spatialvlm_ros.train.data import Example
+
+    encoder = ConversationEncoder(build_tiny_vlm()[1], 1024)
+    lengths = {encoder.encode(Example(r.image, r.turns))['input_ids'].shape[1]
+               for r in read_rows([data_dir])}
+    assert len(lengths) > 1, 'the examples must differ in length for this test to bite'
+    runs = []
+    for split in (1, buckets):
+        model, processor = build_tiny_vlm()
+        config = _config(data_dir, tmp_path / f'run{split}', max_steps=3, batch_size=4 // accum,
+                         grad_accum=accum, freeze_vision=False, length_buckets=split)
+        result = Trainer(config, model, processor).train()
+        runs.append((result.losses, {n: p.detach().clone() for n, p in model.named_parameters()}))
+    (plain_losses, plain), (split_losses, split_weights) = runs
+    assert split_losses == pytest.approx(plain_losses, rel=1e-5)
+    assert plain_losses[-1] != pytest.approx(plain_losses[0], rel=1e-3), 'the runs did train'
+    for name, value in plain.items():  # Adam turns float rounding into steps of ~lr * 1e-3
+        torch.testing.assert_close(split_weights[name], value, atol=1e-4, rtol=1e-4)
+
+
+def test_length_buckets_give_the_padded_pass_gradient(data_dir, tmp_path):
+    from spatialvlm_ros.train.data import Example
+
+    model, processor = build_tiny_vlm()
+    trainer = Trainer(_config(data_dir, tmp_path, freeze_vision=False, length_buckets=3),
+                      model, processor)
+    trainer._setup()
+    examples = [Example(r.image, r.turns) for r in read_rows([data_dir])]
+    model.zero_grad()
+    loss, tokens = trainer._bucketed_backward(examples, last=True)
+    split = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    batch = trainer.encoder.batch(examples)
+    padded = model(**batch).loss
+    padded.backward()
+    assert float(loss) == pytest.approx(float(padded.detach()), rel=1e-5)
+    assert tokens == int(batch['attention_mask'].sum())
+    assert split.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            torch.testing.assert_close(split[name], param.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_length_buckets_are_validated(data_dir, tmp_path):
+    with pytest.raises(ValueError, match='length_buckets'):
+        _config(data_dir, tmp_path, length_buckets=0)

@@ -12,6 +12,7 @@ _FLAGS: dict[str, str] = {
     'max_steps': 'max_steps', 'batch_size': 'batch_size', 'grad_accum': 'grad_accum',
     'lr': 'lr', 'warmup_steps': 'warmup_steps', 'seed': 'seed', 'label_noise': 'label_noise_std',
     'lora_r': 'lora_r', 'bf16': 'bf16', 'save_every': 'save_every', 'max_length': 'max_length',
+    'length_buckets': 'length_buckets',
 }
 
 
@@ -43,6 +44,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument('--bf16', choices=('auto', 'yes', 'no'), help='bf16 mixed precision')
     parser.add_argument('--save-every', type=int, help='steps between checkpoints')
     parser.add_argument('--max-length', type=int, help='token limit per example')
+    parser.add_argument('--length-buckets', type=int,
+                        help='forward passes per micro-batch over length-sorted groups (same '
+                             'loss and gradients, less padding; default 1)')
     freeze = parser.add_mutually_exclusive_group()
     freeze.add_argument('--freeze-vision', dest='freeze_vision', action='store_true',
                         default=None, help='freeze the vision encoder')

@@ -70,6 +70,10 @@ class TrainConfig:
         answers (``value * (1 + N(0, std))``, see ``train.data.perturb_answer``).
     :ivar max_turns: QA turns per training example (0: all turns of an image).
     :ivar max_length: token limit per example; trailing turns are dropped to fit.
+    :ivar length_buckets: each micro-batch runs as this many forward passes over its examples
+        sorted by length, each padded only to its own longest, with the loss summed over all
+        answer tokens and divided by their count once, so loss and gradients are those of the
+        whole micro-batch (to float rounding) with less padding computed. 1: one padded pass.
     :ivar seed: seeds model-side randomness (dropout) and the data order and label noise.
     :ivar bf16: 'auto' (bf16 mixed precision on a CUDA device that supports it), 'yes', 'no'.
     :ivar log_every: steps between TensorBoard / progress-bar logs.
@@ -108,6 +112,7 @@ class TrainConfig:
     label_noise_std: float = 0.0
     max_turns: int = 0
     max_length: int = 1024
+    length_buckets: int = 1
     seed: int = 0
     bf16: str = 'auto'
     log_every: int = 10
@@ -137,7 +142,7 @@ class TrainConfig:
         if self.general_ratio > 0.0 and not (self.data or self.general_data):
             raise ValueError('general_ratio > 0 needs general_data or data to derive it from')
         for name in ('max_steps', 'batch_size', 'grad_accum', 'max_length', 'log_every',
-                     'keep_last', 'eval_batches'):
+                     'keep_last', 'eval_batches', 'length_buckets'):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f'{name} must be an integer >= 1, got {value!r}')

@@ -44,8 +44,16 @@ import shutil
 import time
 from typing import Any, Callable
 
+import numpy as np
+
 from spatialvlm_ros.train.config import TrainConfig
-from spatialvlm_ros.train.data import ConversationEncoder, Example, MixedStream, read_rows
+from spatialvlm_ros.train.data import (
+    ConversationEncoder,
+    Example,
+    IGNORE_INDEX,
+    MixedStream,
+    read_rows,
+)
 
 LOG = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = 'step-'
@@ -413,6 +421,40 @@ class Trainer:
         return {k: v.to(self.accelerator.device) if hasattr(v, 'to') else v
                 for k, v in batch.items()}
 
+    def _bucketed_backward(self, examples: list[Example], last: bool) -> tuple[Any, int]:
+        """
+        Back-propagate one micro-batch as ``length_buckets`` passes; return its loss and tokens.
+
+        The examples are sorted by length and cut into groups, each padded to its own longest.
+        Every group's loss is its summed answer-token cross-entropy over the micro-batch's
+        answer-token count, so the groups' losses add up to the micro-batch's mean loss and
+        their gradients to its gradient: what one padded pass gives, with less padding.
+        """
+        import torch
+
+        cfg, acc = self.config, self.accelerator
+        encoded = [self.encoder.encode(e) for e in examples]
+        lengths = [int(e['input_ids'].shape[1]) for e in encoded]
+        order = np.argsort(lengths, kind='stable')
+        groups = [g for g in np.array_split(order, cfg.length_buckets) if len(g)]
+        answers = sum(int((e['labels'][0, 1:] != IGNORE_INDEX).sum()) for e in encoded)
+        total: Any = 0.0
+        tokens = 0
+        for g, group in enumerate(groups):
+            batch = self._to_device(self.encoder.collate([encoded[int(i)] for i in group]))
+            labels = batch.pop('labels')
+            tokens += int(batch['attention_mask'].sum())
+            final = last and g == len(groups) - 1
+            with nullcontext() if final else acc.no_sync(self.model):
+                logits = self.model(**batch).logits[:, :-1].float()  # (B, T - 1, V)
+                target = labels[:, 1:].to(logits.device)  # (B, T - 1): token t predicts t + 1
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                    ignore_index=IGNORE_INDEX, reduction='sum') / max(answers, 1)
+                acc.backward(loss / cfg.grad_accum)
+            total = total + loss.detach().float()
+        return total, tokens
+
     def evaluate_loss(self) -> float:
         """Return the mean loss over the held-out examples (the same on every process)."""
         import torch
@@ -468,10 +510,15 @@ class Trainer:
             micro_losses = []
             micro_batches = self._micro_batches(step)
             for m, examples in enumerate(micro_batches):
-                batch = self._to_device(self.encoder.batch(examples))
                 samples += len(examples)
-                tokens += int(batch['attention_mask'].sum())
                 last = m == len(micro_batches) - 1
+                if cfg.length_buckets > 1:
+                    loss, used = self._bucketed_backward(examples, last)
+                    tokens += used
+                    micro_losses.append(loss)
+                    continue
+                batch = self._to_device(self.encoder.batch(examples))
+                tokens += int(batch['attention_mask'].sum())
                 with nullcontext() if last else acc.no_sync(self.model):
                     loss = self.model(**batch).loss
                     acc.backward(loss / cfg.grad_accum)
