@@ -17,10 +17,14 @@ Arms (lr 1e-3 for the first two, 3e-4 for the rest, as each recipe was tuned):
 - ``connector``: the recipe that learns the named toy (``train.grounding``, ``exp_grounding.py``)
   on these images: the tower and projector pre-trained on per-patch position and catalogue
   type (the ``id`` of the smallest box on the patch), centred, scaled, frozen, and the
-  decoder's attention supervised (:func:`grounding_rows`);
+  decoder's attention supervised (:func:`grounding_rows`). With ``--connector`` the tower and
+  projector come from ``exp_patch_labels.py --save`` (pre-trained on fresh renders), with
+  ``--fold`` optionally reduced to what that run's head reads;
 - ``oracle``: the projector's output replaced by what a perfect connector would say
   (:func:`oracle_features`: type, the box's mean colour, position; fixed random mix to the
-  decoder's width, unit norm), no attention loss;
+  decoder's width, unit norm), no attention loss; ``--oracle-identity colour`` codes the
+  object's palette colour instead of its type (:func:`add_colours`), ``none`` neither, and
+  ``--no-oracle-rgb`` drops the mean colour;
 - ``oracle-grounded``: the oracle tokens with the attention loss. With ``oracle`` it splits
   the problem: what the decoder can learn once the tokens are right, with and without
   grounding supervision.
@@ -125,18 +129,27 @@ def patch_classes(found: list[dict[str, Any]], types: list[str], grid: int,
 
 
 def oracle_features(image: np.ndarray, found: list[dict[str, Any]], types: list[str],
-                    grid: int) -> np.ndarray:
+                    grid: int, identity: str = 'type', rgb: bool = True) -> np.ndarray:
     """
     Return what a perfect connector would say of each patch.
 
-    Per patch: a one-hot of the type on it (or background), the mean RGB of that object's box
-    scaled to [-1, 1] (zeros on background) and the patch's column and row scaled to [-1, 1].
+    Per patch: a one-hot code of the object on it, or background; the mean RGB of that
+    object's box scaled to [-1, 1] (zeros on background, or everywhere when ``rgb`` is off);
+    and the patch's column and row scaled to [-1, 1].
 
     :param image: the RGB ``uint8`` ``(H, W, 3)`` render the boxes refer to.
+    :param identity: the code: ``'type'`` (the catalogue type, ``object['id']``, unique in a
+        scene), ``'colour'`` (``object['colour']``, a palette name, see :func:`add_colours`)
+        or ``'none'`` (one 'object' flag).
     :return: ``float32`` ``(grid * grid, len(types) + 6)``.
     """
+    from spatialvlm_ros.sim.catalog import PALETTE
     from spatialvlm_ros.train.grounding import box_patch_mask
 
+    if identity not in IDENTITIES:
+        raise ValueError(f'identity must be one of {IDENTITIES}, got {identity!r}')
+    if identity == 'colour' and len(PALETTE) > len(types):
+        raise ValueError(f'{len(PALETTE)} colours do not fit the {len(types)} code slots')
     height, width = image.shape[:2]
     features = np.zeros((grid * grid, len(types) + 6), dtype=np.float32)
     features[:, len(types)] = 1.0
@@ -148,9 +161,78 @@ def oracle_features(image: np.ndarray, found: list[dict[str, Any]], types: list[
         x0, y0, x1, y1 = (int(round(v)) for v in obj['box'])
         crop = image[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1].reshape(-1, 3)
         features[mask, :len(types) + 1] = 0.0
-        features[mask, types.index(obj['id'])] = 1.0
-        features[mask, len(types) + 1:len(types) + 4] = crop.mean(0) / 255.0 * 2 - 1
+        if identity == 'type':
+            features[mask, types.index(obj['id'])] = 1.0
+        elif identity == 'colour':
+            features[mask, list(PALETTE).index(obj['colour'])] = 1.0
+        else:
+            features[mask, 0] = 1.0
+        if rgb:
+            features[mask, len(types) + 1:len(types) + 4] = crop.mean(0) / 255.0 * 2 - 1
     return features
+
+
+def add_colours(objects: dict[str, list[dict[str, Any]]]) -> None:
+    """
+    Add each object's palette colour (``'colour'``) to engine metadata, from its scene.
+
+    The engine's simulator images are ``sim-<seed>-<index>``; the scene is sampled again from
+    the same generator (``synth.pipeline.scene_generators``) with the default ``SceneConfig``
+    at 320 x 240 (no rendering). A colour word in a caption must agree with it.
+    """
+    from spatialvlm_ros.sim.catalog import PALETTE
+    from spatialvlm_ros.sim.scene import sample_scene, SceneConfig
+    from spatialvlm_ros.synth.pipeline import scene_generators
+
+    config = SceneConfig(width=320, height=240)
+    for image_id, found in objects.items():
+        parts = image_id.split('-')
+        if len(parts) != 3 or parts[0] != 'sim':
+            raise ValueError(f'{image_id!r} is not a simulator image id (sim-<seed>-<index>)')
+        scene = sample_scene(config, scene_generators(int(parts[1]), int(parts[2]))[0])
+        colour = {o.object_id: o.attributes['colour'] for o in scene.objects}
+        for obj in found:
+            obj['colour'] = colour[obj['id']]
+            named = [w for w in obj['caption'].split() if w in PALETTE]
+            if named and named[0] != obj['colour']:
+                raise ValueError(f"{image_id}: caption {obj['caption']!r} but the scene's "
+                                 f"object is {obj['colour']}: another scene config?")
+
+
+def load_connector(model: Any, path: Path, fold: str, seed: int) -> None:
+    """
+    Load a tower and projector saved by ``exp_patch_labels.py --save``, optionally folded.
+
+    With ``fold`` ``'all'`` or ``'position+colour'``, the projector's last layer is replaced by
+    ``mix @ head`` (the saved head's rows, a fixed random ``mix`` to the decoder's width), so
+    the tokens carry only what the head reads: its position, colour (and type) logits.
+    """
+    from safetensors import safe_open
+    import torch
+
+    with safe_open(str(path), framework='pt') as stream:
+        layout = json.loads(stream.metadata()['layout'])
+        tensors = {k: stream.get_tensor(k) for k in stream.keys()}
+    inner = model.model
+    tower = inner.vision_tower.config
+    if (layout['image_size'], layout['patch_size']) != (tower.image_size, tower.patch_size):
+        raise ValueError(f"{path} is for {layout['image_size']} px / {layout['patch_size']} px "
+                         f'patches, the model takes {tower.image_size} / {tower.patch_size}')
+    for prefix, module in (('tower.', inner.vision_tower),
+                           ('projector.', inner.multi_modal_projector)):
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items()
+                                if k.startswith(prefix)})
+    if fold == 'none':
+        return
+    keep = ('position', 'colour', 'type') if fold == 'all' else ('position', 'colour')
+    rows = torch.cat([torch.arange(*layout['head'][name]) for name in keep])
+    weight, bias = tensors['head.weight'][rows], tensors['head.bias'][rows]
+    last = inner.multi_modal_projector.linear_2
+    mix = torch.randn(last.out_features, len(rows), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        folded_weight, folded_bias = mix @ weight @ last.weight, mix @ (weight @ last.bias + bias)
+        last.weight.copy_(folded_weight)
+        last.bias.copy_(folded_bias)
 
 
 def grounding_rows(batch: dict[str, Any], records: list[dict[str, Any]], tokenizer: Any,
@@ -184,13 +266,23 @@ def grounding_rows(batch: dict[str, Any], records: list[dict[str, Any]], tokeniz
     return layer0, layer1
 
 
+IDENTITIES = ('type', 'colour', 'none')
+FOLDS = ('none', 'all', 'position+colour')
 GROUNDED = ('connector', 'oracle-grounded')
 ORACLE = ('oracle', 'oracle-grounded')
 
 
 def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
-        seed: int, pretrain_steps: int = 600) -> list[tuple[int, float, float]]:
-    """Train one fresh model; return ``(step, mean loss of the last 100, test accuracy)``."""
+        seed: int, pretrain_steps: int = 600, connector: Path | None = None,
+        fold: str = 'none', identity: str = 'type',
+        rgb: bool = True) -> list[tuple[int, float, float]]:
+    """
+    Train one fresh model; return ``(step, mean loss of the last 100, test accuracy)``.
+
+    ``connector`` (connector arm): load the tower and projector from that file
+    (:func:`load_connector`, with ``fold``) instead of pre-training them here. ``identity``
+    and ``rgb`` (oracle arms): what :func:`oracle_features` puts in each token.
+    """
     import torch
 
     from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig
@@ -206,6 +298,8 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
     from spatialvlm_ros.train.trainer import apply_freeze_policy
 
     objects = load_objects(data)
+    if arm in ORACLE and identity == 'colour':
+        add_colours(objects)
     images = {row.image_id: row.image for row in read_rows([data]) if row.image_id in objects}
     decoded: dict[str, np.ndarray] = {}
 
@@ -227,7 +321,11 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
     encoder = ConversationEncoder(processor, 512)
     train_ids = [i for i in images if not is_test(i)]
     calibration = [pixels(i) for i in train_ids[:64]]
-    if arm == 'connector':
+    if arm == 'connector' and connector is not None:
+        load_connector(model, connector, fold, seed)
+        centre_projector(model, processor, calibration)
+        scale_projector(model, processor, calibration, 1.0)
+    elif arm == 'connector':
         chosen = train_ids[:2000]
         weights = np.ones(len(types) + 1, dtype=np.float32)
         weights[-1] = 0.1  # the background covers most patches
@@ -252,7 +350,8 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
 
         def tokens(records: list[dict[str, Any]]) -> Any:
             features = torch.stack([torch.from_numpy(oracle_features(
-                pixels(r['image_id']), objects[r['image_id']], types, grid)) for r in records])
+                pixels(r['image_id']), objects[r['image_id']], types, grid, identity, rgb))
+                for r in records])
             out = features @ mix
             return out / out.norm(dim=-1, keepdim=True)
 
@@ -320,6 +419,15 @@ def main() -> None:
                         default=['plain', 'centred'])
     parser.add_argument('--pretrain-steps', type=int, default=600,
                         help='connector pre-training steps of the connector arm')
+    parser.add_argument('--connector', type=Path,
+                        help='connector arm: load tower and projector from this file '
+                             '(exp_patch_labels.py --save) instead of pre-training them')
+    parser.add_argument('--fold', choices=FOLDS, default='none',
+                        help="with --connector: keep only the saved head's outputs")
+    parser.add_argument('--oracle-identity', choices=IDENTITIES, default='type',
+                        help='oracle arms: the one-hot object code of each token')
+    parser.add_argument('--no-oracle-rgb', action='store_true',
+                        help="oracle arms: leave the box's mean RGB out of the tokens")
     parser.add_argument('--image-size', type=int, default=96)
     parser.add_argument('--steps', type=int, default=400)
     parser.add_argument('--min-gap', type=float, default=20.0,
@@ -334,7 +442,8 @@ def main() -> None:
     for arm in args.arms:
         start = time.perf_counter()
         for step, loss, acc in run(arm, args.data, args.image_size, args.steps,
-                                   args.min_gap, args.seed, args.pretrain_steps):
+                                   args.min_gap, args.seed, args.pretrain_steps, args.connector,
+                                   args.fold, args.oracle_identity, not args.no_oracle_rgb):
             print(f'| {arm} | {args.image_size} | {step} | {loss:.3f} | {acc:.3f} | '
                   f'{time.perf_counter() - start:.0f} |', flush=True)
 

@@ -351,3 +351,111 @@ def test_grounding_rows_point_names_and_answer_at_the_boxes():
     answer = int((batch['labels'][0] != -100).nonzero()[0]) - 1
     expected = [(0, answer, dice_keys), (1, answer, ball_keys)]
     assert [(t.head, t.query, t.keys) for t in layer1] == expected
+
+
+def test_patch_label_renders_name_the_colour_and_type_on_each_patch():
+    pytest.importorskip('pybullet')
+    labels = _load('exp_patch_labels')
+    from spatialvlm_ros.sim.catalog import CATALOG, PALETTE
+    from spatialvlm_ros.sim.parallel import render_scene_frames
+    from spatialvlm_ros.sim.scene import SceneConfig
+
+    data = labels.render_labelled(labels.TRAIN_SEED, 1, 1, 6, 0.03)
+    assert data['rgb'].shape == (1, 240, 320, 3) and data['rgb'].dtype == np.uint8
+    frame = render_scene_frames(labels.TRAIN_SEED, SceneConfig(), 1)[0]
+    assert np.array_equal(frame.rgb, data['rgb'][0]), 'the same seeded scene'
+    colour, kind = data['colour'][0], data['kind'][0]
+    assert colour.shape == kind.shape == (36,)
+    objects = colour < len(PALETTE)
+    assert objects.any() and not objects.all()
+    assert np.array_equal(objects, kind < len(CATALOG))
+    rows = np.arange(240) * 6 // 240  # the patch row / column of each pixel row / column
+    columns = np.arange(320) * 6 // 320
+    for patch in np.flatnonzero(objects):  # the labels are those of an object on the patch
+        row, column = divmod(int(patch), 6)
+        cell = frame.segmentation[np.ix_(rows == row, columns == column)]
+        on_it = [frame.objects[k] for k in np.unique(cell[cell >= 0])]
+        assert (list(PALETTE)[colour[patch]], list(CATALOG)[kind[patch]]) in {
+            (o.attributes['colour'], o.category) for o in on_it}
+    flipped = labels.mirror(np.arange(72).reshape(2, 36), 6)
+    assert flipped[1, 0] == 36 + 5 and flipped[0, 7] == 10
+
+
+def test_oracle_features_can_code_the_colour_or_nothing():
+    pairs = _load('exp_real_pairs')
+    from spatialvlm_ros.sim.catalog import PALETTE
+
+    scene = [dict(o, colour=c) for o, c in zip(_SCENE, ('red', 'blue', 'white'), strict=True)]
+    types = _TYPES + [f'spare{i}' for i in range(11)]  # 14 code slots, as in the catalogue
+    image = np.full((240, 320, 3), 255, dtype=np.uint8)
+    by_colour = pairs.oracle_features(image, scene, types, 4, identity='colour', rgb=False)
+    assert np.flatnonzero(by_colour[0, :15]).tolist() == [list(PALETTE).index('blue')]
+    assert np.flatnonzero(by_colour[5, :15]).tolist() == [list(PALETTE).index('red')]
+    assert np.flatnonzero(by_colour[3, :15]).tolist() == [14], 'background'
+    assert not by_colour[:, 15:18].any(), 'no mean RGB'
+    nothing = pairs.oracle_features(image, scene, types, 4, identity='none')
+    assert nothing[0, 0] == nothing[5, 0] == 1 and nothing[:, 1:14].sum() == 0
+    np.testing.assert_allclose(nothing[0, 15:18], [1, 1, 1])
+    with pytest.raises(ValueError, match='do not fit'):
+        pairs.oracle_features(image, scene, _TYPES, 4, identity='colour')
+    with pytest.raises(ValueError, match='identity'):
+        pairs.oracle_features(image, scene, types, 4, identity='shape')
+
+
+def test_add_colours_samples_the_engine_scene_again():
+    pytest.importorskip('pybullet_data')
+    from spatialvlm_ros.sim.catalog import PALETTE
+
+    pairs = _load('exp_real_pairs')
+    # the engine's first training scene (seed 1): its caption names the dice blue
+    objects = {'sim-1-00000000': [{'id': 'cube', 'caption': 'the blue dice'},
+                                  {'id': 'prism', 'caption': 'small wedge'}]}
+    pairs.add_colours(objects)
+    assert objects['sim-1-00000000'][0]['colour'] == 'blue'
+    assert objects['sim-1-00000000'][1]['colour'] in PALETTE
+    with pytest.raises(ValueError, match='another scene config'):
+        pairs.add_colours({'sim-1-00000000': [{'id': 'cube', 'caption': 'the red dice'}]})
+    with pytest.raises(ValueError, match='not a simulator image id'):
+        pairs.add_colours({'nyu-0001': []})
+
+
+def test_load_connector_copies_the_tower_and_folds_the_head(tmp_path):
+    torch = pytest.importorskip('torch')
+    pytest.importorskip('transformers')
+    from safetensors.torch import save_file
+
+    from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig
+    from spatialvlm_ros.model.tokenizer import build_default_tokenizer
+    from spatialvlm_ros.train.connector import image_tokens
+
+    pairs = _load('exp_real_pairs')
+    tokenizer = build_default_tokenizer()
+    config = CompactVLMConfig(image_size=64, seed=3)
+    source, processor = build_compact_model(config, tokenizer)
+    hidden = source.model.multi_modal_projector.linear_2.out_features
+    head = torch.nn.Linear(hidden, 30)  # position 2, colour 13, type 15
+    tensors = {f'tower.{k}': v for k, v in source.model.vision_tower.state_dict().items()}
+    tensors.update({f'projector.{k}': v
+                    for k, v in source.model.multi_modal_projector.state_dict().items()})
+    tensors.update({f'head.{k}': v.detach() for k, v in head.state_dict().items()})
+    layout = {'image_size': 64, 'patch_size': 16,
+              'head': {'position': [0, 2], 'colour': [2, 15], 'type': [15, 30]}}
+    path = tmp_path / 'connector.safetensors'
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path),
+              metadata={'layout': json.dumps(layout)})
+    images = [np.random.default_rng(k).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+              for k in range(2)]
+    with torch.no_grad():
+        expected = image_tokens(source, processor, images)
+        loaded, _ = build_compact_model(CompactVLMConfig(image_size=64, seed=4), tokenizer)
+        pairs.load_connector(loaded, path, 'none', seed=0)
+        torch.testing.assert_close(image_tokens(loaded, processor, images), expected)
+        folded, _ = build_compact_model(CompactVLMConfig(image_size=64, seed=4), tokenizer)
+        pairs.load_connector(folded, path, 'position+colour', seed=5)
+        mix = torch.randn(hidden, 15, generator=torch.Generator().manual_seed(5))
+        read = head(expected)[..., :15]  # what the head reads: position and colour
+        torch.testing.assert_close(image_tokens(folded, processor, images), read @ mix.T,
+                                   atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match='takes 96'):
+        other, _ = build_compact_model(CompactVLMConfig(image_size=96, seed=4), tokenizer)
+        pairs.load_connector(other, path, 'none', seed=0)

@@ -16,6 +16,7 @@ from spatialvlm_ros.train.grounding import (  # noqa: E402
     ConnectorPretrainConfig,
     find_subsequence,
     pretrain_connector,
+    segment_patch_labels,
 )
 from spatialvlm_ros.train.testing import build_tiny_vlm  # noqa: E402
 
@@ -47,6 +48,34 @@ def test_box_mask_follows_the_square_resize():
 def test_box_mask_refuses_bad_input(box, wh, grid, match):
     with pytest.raises(ValueError, match=match):
         box_patch_mask(box, wh, grid)
+
+
+def test_segment_labels_take_the_largest_segment_of_each_patch():
+    # a 60 x 40 image on a 2 x 2 grid (the square resize): patches 30 px wide, 20 px high
+    seg = np.full((40, 60), -1)
+    seg[0:20, 0:12] = 0  # 240 px of segment 0 in the top-left patch
+    seg[0:20, 12:20] = 1  # 160 px of segment 1 there: 0 wins
+    seg[5:7, 50:52] = 1  # 4 px of segment 1 in the top-right patch: 0.7% of it
+    seg[20:40, 24:36] = 2  # crosses x = 30: 120 px in each bottom patch
+    classes = [7, 8, 9]
+    labels = segment_patch_labels(seg, classes, 2, background=-5)
+    assert labels.dtype == np.int64 and labels.tolist() == [7, -5, 9, 9]
+    assert segment_patch_labels(seg, classes, 2, -5, min_share=0.0).tolist() == [7, 8, 9, 9]
+    # an image without segments is all background
+    assert segment_patch_labels(np.full((8, 8), -1), [], 2, 3).tolist() == [3, 3, 3, 3]
+
+
+@pytest.mark.parametrize('seg, classes, grid, share, match', [
+    (np.zeros((4, 4), dtype=float), [1], 2, 0.1, 'int'),
+    (np.zeros((4, 4, 1), dtype=int), [1], 2, 0.1, 'int'),
+    (np.zeros((4, 4), dtype=int), [1], 5, 0.1, 'grid'),
+    (np.zeros((4, 4), dtype=int), [1], 2, 1.5, 'min_share'),
+    (np.full((4, 4), 2), [1, 2], 2, 0.1, 'segment indices'),
+    (np.full((4, 4), -2), [1], 2, 0.1, 'segment indices'),
+])
+def test_segment_labels_refuse_bad_input(seg, classes, grid, share, match):
+    with pytest.raises(ValueError, match=match):
+        segment_patch_labels(seg, classes, grid, 0, share)
 
 
 def test_find_subsequence():

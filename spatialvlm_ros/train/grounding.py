@@ -66,6 +66,50 @@ def box_patch_mask(box: Sequence[float], image_wh: tuple[int, int], grid: int) -
     return mask.reshape(-1)
 
 
+def segment_patch_labels(segmentation: np.ndarray, segment_classes: Sequence[int], grid: int,
+                         background: int, min_share: float = 0.03) -> np.ndarray:
+    """
+    Return each patch's class: that of the segment with the most pixels in it.
+
+    Patches are cut as :func:`box_patch_mask` cuts them (the processor's square resize, so
+    pixel column ``x`` falls in patch column ``x * grid // W``). A patch whose largest segment
+    covers less than ``min_share`` of its pixels is ``background``.
+
+    :param segmentation: ``int`` ``(H, W)`` segment index per pixel, ``-1`` for background.
+    :param segment_classes: the class of segment ``k`` at index ``k``; every segment index in
+        ``segmentation`` must have one.
+    :param grid: patches per side.
+    :param background: the class of background patches.
+    :param min_share: the least share of a patch's pixels, in ``[0, 1]``.
+    :return: ``int64`` ``(grid * grid,)``, row-major.
+    """
+    segmentation = np.asarray(segmentation)
+    if segmentation.ndim != 2 or not np.issubdtype(segmentation.dtype, np.integer):
+        raise ValueError(f'segmentation must be int (H, W), got {segmentation.dtype} '
+                         f'{segmentation.shape}')
+    height, width = segmentation.shape
+    if grid < 1 or height < grid or width < grid:
+        raise ValueError(f'grid must be in [1, min(H, W)], got {grid} for {width}x{height}')
+    if not 0.0 <= min_share <= 1.0:
+        raise ValueError(f'min_share must be in [0, 1], got {min_share}')
+    table = np.asarray(segment_classes, dtype=np.int64).reshape(-1)
+    if segmentation.size and (segmentation.min() < -1 or segmentation.max() >= len(table)):
+        raise ValueError(f'segment indices must lie in [-1, {len(table)}), got '
+                         f'[{segmentation.min()}, {segmentation.max()}]')
+    cell = (np.arange(height) * grid // height)[:, None] * grid \
+        + (np.arange(width) * grid // width)[None, :]  # (H, W) patch index of each pixel
+    segments = len(table) + 1  # slot 0 is the background
+    counts = np.bincount((cell * segments + segmentation + 1).ravel(),
+                         minlength=grid * grid * segments).reshape(grid * grid, segments)
+    pixels = counts.sum(axis=1)  # (P,) pixels per patch
+    counts[:, 0] = 0
+    best = counts.argmax(axis=1)  # (P,) largest segment slot
+    kept = counts[np.arange(grid * grid), best] >= np.maximum(min_share * pixels, 1)
+    labels = np.full(grid * grid, background, dtype=np.int64)
+    labels[kept] = table[best[kept] - 1]
+    return labels
+
+
 def find_subsequence(ids: Sequence[int], pattern: Sequence[int], start: int = 0) -> int | None:
     """Return the index of the first occurrence of ``pattern`` in ``ids`` at or after ``start``."""
     ids = [int(i) for i in ids]
