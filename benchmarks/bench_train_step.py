@@ -96,10 +96,11 @@ def main() -> None:
 
 def _groups(trainer, examples, buckets):
     """Return the encoded groups the trainer's bucketed pass forms for ``examples``."""
+    from spatialvlm_ros.train.trainer import length_groups
+
     encoded = [trainer.encoder.encode(e) for e in examples]
-    order = np.argsort([int(e['input_ids'].shape[1]) for e in encoded], kind='stable')
-    return [[encoded[int(i)] for i in group] for group in np.array_split(order, buckets)
-            if len(group)]
+    return [[encoded[int(i)] for i in group]
+            for group in length_groups([int(e['input_ids'].shape[1]) for e in encoded], buckets)]
 
 
 if __name__ == '__main__':

@@ -244,3 +244,11 @@ def test_length_buckets_give_the_padded_pass_gradient(data_dir, tmp_path):
 def test_length_buckets_are_validated(data_dir, tmp_path):
     with pytest.raises(ValueError, match='length_buckets'):
         _config(data_dir, tmp_path, length_buckets=0)
+
+
+def test_length_groups_sort_and_cut_the_batch():
+    from spatialvlm_ros.train.trainer import length_groups
+
+    groups = length_groups([30, 10, 20, 10, 40], 2)
+    assert [g.tolist() for g in groups] == [[1, 3, 2], [0, 4]]
+    assert [g.tolist() for g in length_groups([5, 3], 4)] == [[1], [0]], 'no empty passes'

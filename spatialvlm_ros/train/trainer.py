@@ -234,6 +234,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+def length_groups(lengths: list[int], buckets: int) -> list[Any]:
+    """
+    Return the example indices of each pass of ``TrainConfig.length_buckets``.
+
+    The indices are sorted by length (stable) and cut into ``buckets`` near-equal runs; empty
+    runs (fewer examples than buckets) are left out.
+    """
+    order = np.argsort(lengths, kind='stable')
+    return [group for group in np.array_split(order, buckets) if len(group)]
+
+
 def list_checkpoints(out_dir: str | Path) -> list[Path]:
     """Return the completed checkpoint folders of a run, oldest first."""
     root = Path(out_dir) / 'checkpoints'
@@ -434,9 +445,8 @@ class Trainer:
 
         cfg, acc = self.config, self.accelerator
         encoded = [self.encoder.encode(e) for e in examples]
-        lengths = [int(e['input_ids'].shape[1]) for e in encoded]
-        order = np.argsort(lengths, kind='stable')
-        groups = [g for g in np.array_split(order, cfg.length_buckets) if len(g)]
+        groups = length_groups([int(e['input_ids'].shape[1]) for e in encoded],
+                               cfg.length_buckets)
         answers = sum(int((e['labels'][0, 1:] != IGNORE_INDEX).sum()) for e in encoded)
         total: Any = 0.0
         tokens = 0
