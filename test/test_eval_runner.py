@@ -165,3 +165,26 @@ def test_eval_command(data_dir, tmp_path, capsys, monkeypatch):
     assert report['sampled']['overall']['within_50_200'] == pytest.approx(1.0)
     assert set(report['greedy']['by_type']) >= {'distance', 'width', 'big_choice'}
     assert plot.read_bytes()[:4] == b'\x89PNG'
+
+
+def test_series_key_names_the_episode_and_the_objects():
+    from spatialvlm_ros.evaluate.runner import series_of
+
+    meta = {'object_ids': ['gripper', 'mug'], 'episode': {'index': 5, 'frame': 3}}
+    assert series_of('gripper-2-000005-003', meta) == 'gripper-2-000005: gripper / mug'
+    # another dataset (seed) with the same episode index is another series
+    assert series_of('gripper-9-000005-003', meta) != series_of('gripper-2-000005-003', meta)
+    assert series_of('frame-a', meta) == 'episode 5: gripper / mug'
+    assert series_of('sim-1-00000003', {'object_ids': ['a', 'b']}) is None
+
+
+def test_gripper_questions_carry_their_series(tmp_path):
+    meta = {'qa_type': 'gripper_distance', 'kind': 'quantitative', 'value_m': 0.3,
+            'object_ids': ['gripper', 'mug'], 'captions': ['the gripper', 'the mug'],
+            'episode': {'index': 7, 'frame': 2, 'scenario': 'approach'}}
+    rows = [qa_row(png_bytes(np.zeros((8, 8, 3), np.uint8)), f'gripper-1-000007-00{k}',
+                   [('How far is the gripper from the mug?', '0.30 m')],
+                   [dict(meta, episode=dict(meta['episode'], frame=k))]) for k in (1, 2)]
+    write_qa_shard(tmp_path / 'data' / 'gripper-00000.parquet', rows)
+    questions = load_questions([tmp_path / 'data'])
+    assert [q.series for q in questions] == ['gripper-1-000007: gripper / mug'] * 2

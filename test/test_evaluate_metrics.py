@@ -186,3 +186,44 @@ def test_paper_scale_random_case_matches_a_direct_computation():
         assert out[name] == pytest.approx(np.mean((ratio >= low) & (ratio <= high)))
     finite = np.isfinite(pred)
     assert out['mse_m2'] == pytest.approx(np.mean((pred[finite] - truth[finite]) ** 2))
+
+
+def _series(predictions, truths, key):
+    return [EvalItem('gripper_distance', 'quantitative', [f'{p} m'] if p is not None else ['?'],
+                     t, series=key) for p, t in zip(predictions, truths, strict=True)]
+
+
+def test_tracking_follows_the_truth_within_each_series():
+    truths = [0.5, 0.4, 0.3, 0.2]
+    items = (_series([0.6, 0.5, 0.35, 0.3], truths, 'ep0: gripper / mug')  # same order: 1
+             + _series([0.2, 0.3, 0.4, 0.5], truths, 'ep1: gripper / mug')  # reversed: -1
+             + _series([0.4, 0.4, 0.4, 0.4], truths, 'ep2: gripper / box')  # constant
+             + _series([0.5, 0.1], truths[:2], 'ep3: gripper / box')  # too short: left out
+             + [_q('1 m', 1.0)])  # in no series
+    tracking = evaluate_items(items).tracking
+    assert tracking['n_series'] == 3
+    assert tracking['n_defined'] == 2
+    assert tracking['spearman_defined'] == pytest.approx(0.0)
+    assert tracking['spearman_all'] == pytest.approx(0.0)
+    assert tracking['median_distinct'] == 4
+    only_good = evaluate_items(items[:4] + items[8:12]).tracking
+    assert only_good['spearman_defined'] == pytest.approx(1.0)
+    assert only_good['spearman_all'] == pytest.approx(0.5)  # the constant series counts as 0
+    assert only_good['median_distinct'] == 2.5
+    assert json.loads(json.dumps(evaluate_items(items).to_dict()))['tracking'] == tracking
+
+
+def test_tracking_skips_unreadable_answers_and_is_none_without_series():
+    truths = [0.5, 0.4, 0.3, 0.2, 0.1]
+    items = _series([0.5, None, 0.3, 0.25, 0.2], truths, 'ep0: gripper / mug')
+    tracking = evaluate_items(items).tracking
+    assert tracking['n_defined'] == 1 and tracking['spearman_defined'] == pytest.approx(1.0)
+    assert evaluate_items([_q('1 m', 1.0), _q('2 m', 1.0), _q('3 m', 1.0)]).tracking is None
+    assert evaluate_items([_q('1 m', 1.0)]).to_dict()['tracking'] is None
+
+
+def test_only_quantitative_items_join_a_series():
+    with pytest.raises(ValueError, match='series'):
+        EvalItem('left_predicate', 'predicate', ['Yes.'], True, series='ep0: a / b')
+    with pytest.raises(ValueError, match='series'):
+        EvalItem('distance', 'quantitative', ['1 m'], 1.0, series=3)

@@ -71,3 +71,26 @@ def test_pretrained_tower_feeds_a_frozen_training_stage(tmp_path):
     assert vision and any(not torch.equal(before[k], tower[k]) for k in vision)
     assert all(torch.equal(tower[k], after[k]) for k in vision)  # frozen in training
     assert any(not torch.equal(tower[k], after[k]) for k in after if k not in vision)
+
+
+def _report(tracking=None, mre=0.5):
+    overall = {'qualitative_accuracy': 0.4, 'numeric_share': 1.0, 'within_50_200': 0.7,
+               'within_66_150': 0.4, 'within_90_110': 0.1, 'mse_m2': 0.01}
+    return {'greedy': {'overall': overall, 'tracking': tracking}, 'median_relative_error': mre}
+
+
+def test_model_card_reports_whether_gripper_answers_follow_the_distance():
+    from types import SimpleNamespace
+
+    from spatialvlm_ros.train.default import DefaultRecipe, model_card
+
+    result = SimpleNamespace(losses=[2.0, 0.5])
+    tracking = {'n_series': 40, 'n_defined': 30, 'spearman_defined': 0.25,
+                'spearman_all': 0.1875, 'median_distinct': 3.0}
+    card = model_card(DefaultRecipe(), result, {'heldout': _report(),
+                                                'gripper_heldout': _report(tracking)}, {})
+    assert 'Spearman 0.250 over the 30 of 40 series' in card
+    assert '(0.188 counting constant answers as 0), median 3 distinct answers' in card
+    card = model_card(DefaultRecipe(), result, {'heldout': _report(),
+                                                'gripper_heldout': _report()}, {})
+    assert 'no episode series to measure' in card

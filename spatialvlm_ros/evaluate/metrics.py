@@ -24,6 +24,15 @@ Each question is an ``EvalItem``: its type and kind, one or more sampled answers
   as 6e-17 m for the height difference of two objects on one table, and a relative error
   against those would read 1e14.
 
+- **Tracking** (:func:`tracking_metrics`): quantitative items may carry a ``series`` key, the
+  same question asked about the same objects over the frames of one robot episode (the reward
+  node's question, frame after frame). Per series of at least 3 items, the Spearman correlation
+  of the numeric predictions with the truth says whether the answers follow the distance as it
+  changes, which the band shares cannot (a model that gives the typical distance every frame
+  scores in the bands and tracks nothing). A series whose predictions are all equal, or with
+  fewer than 3 numeric ones, has no correlation: ``spearman_defined`` averages the others,
+  ``spearman_all`` counts those as 0, and ``n_defined`` says how many there were.
+
 Shares are fractions in [0, 1]. A metric with nothing to average over is None, so every output
 is plain JSON (``json.dumps`` works without ``allow_nan``).
 """
@@ -61,6 +70,8 @@ class EvalItem:
         metres (>= 0); None: ambiguous, not graded (qualitative only).
     :ivar options: choice: the two captions; classify: the two relation phrases (e.g.
         'to the left of', 'to the right of').
+    :ivar series: quantitative only: a key shared by the items that ask the same question
+        about the same objects over the frames of one episode (None: not part of a series).
     """
 
     qa_type: str
@@ -68,6 +79,7 @@ class EvalItem:
     answers: list[str]
     truth: bool | int | float | None
     options: tuple[str, ...] = ()
+    series: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -76,6 +88,10 @@ class EvalItem:
             self.answers = [self.answers]
         self.answers = list(self.answers)
         self.options = tuple(self.options)
+        if self.series is not None and (self.kind != 'quantitative'
+                                        or not isinstance(self.series, str)):
+            raise ValueError(f'{self.qa_type}: only a quantitative item belongs to a series '
+                             f'(a str key), got {self.series!r} on a {self.kind} item')
         if self.kind == 'quantitative':
             if isinstance(self.truth, bool) or self.truth is None or not (
                     math.isfinite(float(self.truth)) and float(self.truth) >= 0):
@@ -127,6 +143,7 @@ class ItemScore:
     :ivar truth: as in the item.
     :ivar correct: qualitative: whether the prediction is right (None when not graded).
     :ivar ratio: quantitative: prediction / truth (None if not numeric or truth is 0).
+    :ivar series: as in the item.
     """
 
     qa_type: str
@@ -137,6 +154,7 @@ class ItemScore:
     truth: bool | int | float | None
     correct: bool | None = None
     ratio: float | None = None
+    series: str | None = None
 
     @property
     def numeric(self) -> bool:
@@ -179,7 +197,7 @@ def score_item(item: EvalItem, config: MetricsConfig | None = None) -> ItemScore
         ratio = (prediction / truth if prediction is not None and truth > cfg.zero_truth_m
                  else None)
         return ItemScore(item.qa_type, item.kind, len(item.answers), n_parsed, prediction,
-                         truth, None, ratio)
+                         truth, None, ratio, item.series)
     if item.kind == 'predicate':
         readings: list[Any] = [parse_yes_no(a) for a in item.answers]
     else:
@@ -266,6 +284,42 @@ def aggregate(scores: Iterable[ItemScore], ratio_tolerance: float = 1e-9,
     return out
 
 
+MIN_SERIES = 3
+
+
+def tracking_metrics(scores: Iterable[ItemScore]) -> dict[str, Any] | None:
+    """
+    Return how well quantitative answers follow the truth within each series (None: no series).
+
+    Keys: ``n_series`` (series of at least ``MIN_SERIES`` items), ``n_defined`` (those with a
+    Spearman correlation), ``spearman_defined`` (its mean over them), ``spearman_all`` (the
+    mean over all series, undefined counted as 0), ``median_distinct`` (median number of
+    different predictions per series; 1 means one answer for every frame).
+    """
+    from spatialvlm_ros.replay.metrics import rank_correlations
+
+    groups: dict[str, list[ItemScore]] = {}
+    for s in scores:
+        if s.kind == 'quantitative' and s.series is not None:
+            groups.setdefault(s.series, []).append(s)
+    groups = {k: v for k, v in groups.items() if len(v) >= MIN_SERIES}
+    if not groups:
+        return None
+    rhos, distinct = [], []
+    for members in groups.values():
+        numeric = [s for s in members if s.prediction is not None]
+        distinct.append(len({round(float(s.prediction), 6) for s in numeric}))
+        # rank_correlations(r, t) correlates r with -t; negating both gives predictions vs truth
+        rho, _ = rank_correlations([-float(s.prediction) for s in numeric],
+                                   [float(s.truth or 0.0) for s in numeric])
+        rhos.append(rho)
+    defined = [r for r in rhos if r is not None]
+    return {'n_series': len(groups), 'n_defined': len(defined),
+            'spearman_defined': float(np.mean(defined)) if defined else None,
+            'spearman_all': float(np.sum(defined) / len(groups)),
+            'median_distinct': float(np.median(distinct))}
+
+
 @dataclass
 class EvalReport:
     """
@@ -275,17 +329,19 @@ class EvalReport:
     :ivar by_kind: kind -> ``aggregate`` of its items.
     :ivar by_type: question type -> ``aggregate`` of its items.
     :ivar items: the per-item grading.
+    :ivar tracking: :func:`tracking_metrics` of the items (None when none is in a series).
     """
 
     overall: dict[str, Any]
     by_kind: dict[str, dict[str, Any]]
     by_type: dict[str, dict[str, Any]]
     items: list[ItemScore]
+    tracking: dict[str, Any] | None = None
 
     def to_dict(self, include_items: bool = False) -> dict[str, Any]:
         """Return a JSON-ready dict (per-item grading only if asked)."""
         out: dict[str, Any] = {'overall': self.overall, 'by_kind': self.by_kind,
-                               'by_type': self.by_type}
+                               'by_type': self.by_type, 'tracking': self.tracking}
         if include_items:
             out['items'] = [s.to_dict() for s in self.items]
         return out
@@ -300,4 +356,5 @@ def evaluate_items(items: Iterable[EvalItem], config: MetricsConfig | None = Non
                for kind in KINDS if any(s.kind == kind for s in scores)}
     by_type = {name: aggregate([s for s in scores if s.qa_type == name], *tolerances)
                for name in sorted({s.qa_type for s in scores})}
-    return EvalReport(aggregate(scores, *tolerances), by_kind, by_type, scores)
+    return EvalReport(aggregate(scores, *tolerances), by_kind, by_type, scores,
+                      tracking_metrics(scores))

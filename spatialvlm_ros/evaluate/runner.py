@@ -94,6 +94,7 @@ class Question:
     kind: str
     truth: bool | int | float | None
     options: tuple[str, ...] = ()
+    series: str | None = None
 
 
 @dataclass
@@ -184,6 +185,24 @@ def _fine_kind(meta: dict[str, Any]) -> str:
     raise ValueError(f'unknown QA kind {kind!r}')
 
 
+def series_of(image_id: str, meta: dict[str, Any]) -> str | None:
+    """
+    Return the series key of a quantitative turn from a robot episode (None: not in one).
+
+    The key names the episode and the objects asked about, so the same question over the
+    frames of one episode shares it. ``synth.gripper`` names a frame's image
+    ``gripper-<seed>-<episode>-<frame>``; the image id without its frame part tells episodes of
+    different datasets apart, and the episode index stands in for ids of another form.
+    """
+    episode = meta.get('episode')
+    if not isinstance(episode, dict) or episode.get('index') is None:
+        return None
+    suffix = f"-{int(episode.get('frame', -1)):03d}"
+    name = (image_id[:-len(suffix)] if image_id.endswith(suffix)
+            else f"episode {episode['index']}")
+    return f"{name}: {' / '.join(str(o) for o in meta.get('object_ids') or ())}"
+
+
 def question_of(row: Row, turn: int, truth_source: str = 'value_m') -> Question | None:
     """Return the gradable question of turn ``turn`` of ``row`` (None if it cannot be graded)."""
     meta = row.metadata[turn] if turn < len(row.metadata) else {}
@@ -217,8 +236,9 @@ def question_of(row: Row, turn: int, truth_source: str = 'value_m') -> Question 
         words = _axis_words(qa_type)
         value = meta.get('truth')
         truth = words.index(value) if words and value in words else None
+    series = series_of(row.image_id, meta) if kind == 'quantitative' else None
     return Question(row.image, row.image_id, question, reference, qa_type, kind, truth,
-                    options)
+                    options, series)
 
 
 def load_questions(paths: Iterable[str | Path], truth: str = 'value_m',
@@ -380,7 +400,7 @@ def _ask(answerer: Answerer, questions: Sequence[Question], num_samples: int,
 
 
 def _items(questions: Sequence[Question], answers: Sequence[list[str]]) -> list[EvalItem]:
-    return [EvalItem(q.qa_type, q.kind, list(a), q.truth, q.options)
+    return [EvalItem(q.qa_type, q.kind, list(a), q.truth, q.options, q.series)
             for q, a in zip(questions, answers, strict=True)]
 
 
@@ -428,6 +448,12 @@ def summary_lines(result: EvalResult) -> list[str]:
                      f'{fmt(o["numeric_share"])}, [50%,200%] {fmt(o["within_50_200"])}, '
                      f'[66.7%,150%] {fmt(o["within_66_150"])}, [90%,110%] '
                      f'{fmt(o["within_90_110"])}, MSE {fmt(o["mse_m2"])} m^2')
+        if report.tracking is not None:
+            t = report.tracking
+            lines.append(f'  tracking over {t["n_series"]} episode series: Spearman '
+                         f'{fmt(t["spearman_defined"])} over the {t["n_defined"]} defined, '
+                         f'{fmt(t["spearman_all"])} with constant answers as 0; median '
+                         f'{t["median_distinct"]:g} distinct answers per series')
         for qa_type, m in report.by_type.items():
             value = m['qualitative_accuracy'] if m['n_qualitative'] else m['within_50_200']
             label = 'acc' if m['n_qualitative'] else '[50%,200%]'

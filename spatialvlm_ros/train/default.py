@@ -348,6 +348,12 @@ def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
         f'{recipe.focus_gripper_episodes} more episodes (seed {FOCUS_SEED})'
         + (', still mixed with the engine data' if recipe.focus_mix_engine else ' alone'))
     gripper_mre = '-' if mre is None else f'{100 * mre:.1f}%'
+    tracking = reports['gripper_heldout']['greedy'].get('tracking')
+    follows = 'no episode series to measure' if tracking is None else (
+        f"Spearman {_fmt(tracking['spearman_defined'])} over the {tracking['n_defined']} of "
+        f"{tracking['n_series']} series whose answers vary "
+        f"({_fmt(tracking['spearman_all'])} counting constant answers as 0), median "
+        f"{tracking['median_distinct']:g} distinct answers per series")
     tower = 'vision tower: trained with the rest (no pre-training).'
     if recipe.vision_pretrain_episodes > 0:
         tower = (f'vision tower: first pre-trained {recipe.vision_pretrain_steps} steps on '
@@ -386,13 +392,18 @@ Recipe (``DefaultRecipe``): `{json.dumps(asdict(recipe), sort_keys=True)}`
 |---|---|
 {table}
 
-Gripper-to-object distance, median relative error: {gripper_mre}.
+Gripper-to-object distance, median relative error: {gripper_mre}. Whether the answers
+follow the distance over the frames of an episode (what a reward needs): {follows}.
 Full reports: `eval_heldout.json`, `eval_gripper_heldout.json` (beside this card).
 
 ## Against the project's goals
 
 {goals_table(reports)}
 """
+
+
+def _fmt(value: float | None) -> str:
+    return '-' if value is None else f'{value:.3f}'
 
 
 GOALS = (('qualitative accuracy', 'heldout', 'qualitative_accuracy', 0.90, True),
