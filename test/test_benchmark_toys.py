@@ -459,3 +459,50 @@ def test_load_connector_copies_the_tower_and_folds_the_head(tmp_path):
     with pytest.raises(ValueError, match='takes 96'):
         other, _ = build_compact_model(CompactVLMConfig(image_size=96, seed=4), tokenizer)
         pairs.load_connector(other, path, 'none', seed=0)
+
+
+def test_text_relation_toy_answers_follow_the_size_order():
+    rel = _load('exp_text_relations')
+    rng = np.random.default_rng(0)
+    rank = {'mug': 0, 'duck': 1, 'tray': 2}
+    for _ in range(30):
+        question, answer, truth = rel.toy_question(rng, rank)
+        a, b = question[len('Is the '):-1].split(' bigger than the ')
+        assert truth == (rank[a] > rank[b]) and answer == ('Yes.' if truth else 'No.')
+
+
+def test_text_relation_grading_uses_unambiguous_simulator_truth():
+    rel = _load('exp_text_relations')
+    assert rel.yes_no_truth({'kind': 'predicate', 'truth': True,
+                             'sim_truth': {'truth': False, 'ambiguous': False}}) is False
+    assert rel.yes_no_truth({'kind': 'predicate', 'truth': True}) is True
+    assert rel.yes_no_truth({'kind': 'predicate', 'truth': True,
+                             'sim_truth': {'truth': True, 'ambiguous': True}}) is None
+    assert rel.yes_no_truth({'kind': 'choice', 'truth': 'mug'}) is None
+
+
+def test_text_relation_labels_cover_only_the_answer():
+    pytest.importorskip('torch')
+    pytest.importorskip('transformers')
+    rel = _load('exp_text_relations')
+    lm = rel.TextLM(rel.DEFAULT_MODEL, fresh=False, seed=0)
+    ids, labels, mask = lm.batch([('Is the mug bigger than the duck?', 'Yes.'), ('Q?', 'No.')])
+    tok = lm.tokenizer
+    for i, answer in enumerate(('Yes.', 'No.')):
+        reply = tok(f' {answer}', add_special_tokens=False)['input_ids'] + [tok.eos_token_id]
+        assert labels[i][labels[i] != -100].tolist() == reply
+        assert ids[i][mask[i] == 1][-len(reply):].tolist() == reply
+    assert int(mask[1].sum()) < int(mask[0].sum())  # the shorter row is padded, not labelled
+    assert lm.says_yes(['Is the mug bigger than the duck?']).shape == (1,)
+
+
+def test_gripper_probe_scores_follow_each_episode():
+    probe = _load('exp_gripper_probe')
+    truth = np.array([0.4, 0.3, 0.2, 0.4, 0.3, 0.2, 0.5, 0.5, 0.5])
+    episodes = np.array(['a'] * 3 + ['b'] * 3 + ['c'] * 3)
+    follows = probe.scores(np.array([0.8, 0.6, 0.4, 0.2, 0.3, 0.4, 0.5, 0.4, 0.3]), truth,
+                           episodes)
+    assert follows['spearman'] == pytest.approx(0.0)  # +1 and -1; 'c' has a constant truth
+    assert follows['median_rel_error'] == pytest.approx(0.5)
+    exact = probe.scores(truth.copy(), truth, episodes)
+    assert exact['spearman'] == pytest.approx(1.0) and exact['median_rel_error'] == 0.0
