@@ -18,6 +18,10 @@ Arms (``--arms``):
   with the engine's own answer templates; accuracy on the first 400 unambiguous yes/no questions
   of ``DATA/train`` and of ``DATA/heldout``, all of them and the size families alone (tall,
   short, wide, thin, big, small: the ones the object types decide).
+- ``clean``: the engine's size yes/no questions with their captions and answers, but every one
+  rewritten in one template per family ('Is the white cup taller than green domino?' ->
+  'Yes.'); accuracy on 400 training and 400 held-out questions in that template, and on the
+  same held-out questions in the engine's own phrasing (``heldout size``).
 
 The decoder starts from ``--model`` (default: the shipped default) or, with ``--fresh``, from
 its random initialisation. AdamW, one-cycle lr, batch 64, gradient clip 1.
@@ -38,6 +42,8 @@ from typing import Any, Iterator
 import numpy as np
 
 SIZE_FAMILIES = ('tall', 'short', 'wide', 'thin', 'big', 'small')
+COMPARATIVE = {'tall': 'taller', 'short': 'shorter', 'wide': 'wider', 'thin': 'thinner',
+               'big': 'bigger', 'small': 'smaller'}
 QUALITATIVE = ('predicate', 'choice', 'classify')
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / 'spatialvlm_ros' / 'model' / 'default_model'
 
@@ -60,6 +66,15 @@ def yes_no_truth(meta: dict[str, Any]) -> bool | None:
         return None
     truth = sim.get('truth', meta.get('truth'))
     return truth if isinstance(truth, bool) else None
+
+
+def clean_question(meta: dict[str, Any]) -> str | None:
+    """Return a size predicate in one fixed template ('Is A taller than B?'), else None."""
+    family = str(meta.get('qa_type', '')).split('_')[0]
+    captions = meta.get('captions') or ()
+    if meta.get('kind') != 'predicate' or family not in COMPARATIVE or len(captions) != 2:
+        return None
+    return f'Is {captions[0]} {COMPARATIVE[family]} than {captions[1]}?'
 
 
 def toy_question(rng: np.random.Generator, rank: dict[str, int]) -> tuple[str, str, bool]:
@@ -156,6 +171,24 @@ def run(arm: str, data: Path | None, model_dir: Path, fresh: bool, steps: int, l
 
         def sample() -> list[tuple[str, str]]:
             return [toy_question(rng, rank)[:2] for _ in range(64)]
+    elif arm == 'clean':
+        if data is None:
+            raise SystemExit('the clean arm needs --data')
+        train = [(clean_question(m), 'Yes.' if m['truth'] else 'No.')
+                 for _, _, m in engine_turns(data / 'train')
+                 if clean_question(m) and isinstance(m.get('truth'), bool)]
+        heldout = [(q, yes_no_truth(m), m) for q, _, m in engine_turns(data / 'heldout')
+                   if clean_question(m) and yes_no_truth(m) is not None][:400]
+        training_graded = [(clean_question(m), yes_no_truth(m))
+                           for _, _, m in engine_turns(data / 'train')
+                           if clean_question(m) and yes_no_truth(m) is not None][:400]
+        sets = {'clean train': training_graded,
+                'clean heldout': [(clean_question(m), t) for _, t, m in heldout],
+                'heldout size': [(q, t) for q, t, _ in heldout]}
+        print(f'{len(train)} size predicates to train on', flush=True)
+
+        def sample() -> list[tuple[str, str]]:
+            return [train[i] for i in rng.integers(len(train), size=64)]
     else:
         if data is None:
             raise SystemExit('the engine arm needs --data')
@@ -206,7 +239,8 @@ def main() -> None:
     """Run the arms and print a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument('--data', type=Path, help='train-default data folder (engine arm)')
-    parser.add_argument('--arms', nargs='+', choices=('toy', 'engine'), default=['toy'])
+    parser.add_argument('--arms', nargs='+', choices=('toy', 'engine', 'clean'),
+                        default=['toy'])
     parser.add_argument('--model', type=Path, default=DEFAULT_MODEL, help='model folder')
     parser.add_argument('--fresh', action='store_true', help='re-initialise the decoder')
     parser.add_argument('--steps', type=int, default=300)
@@ -223,7 +257,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    columns = ['toy', 'train', 'train size', 'heldout', 'heldout size']
+    columns = [c for c in ('toy', 'train', 'train size', 'heldout', 'clean train',
+                           'clean heldout', 'heldout size') if any(c in r for r in rows)]
 
     def cell(value: Any) -> str:
         return '-' if value is None else f'{value:.3f}'

@@ -506,3 +506,13 @@ def test_gripper_probe_scores_follow_each_episode():
     assert follows['median_rel_error'] == pytest.approx(0.5)
     exact = probe.scores(truth.copy(), truth, episodes)
     assert exact['spearman'] == pytest.approx(1.0) and exact['median_rel_error'] == 0.0
+
+
+def test_text_relation_clean_template_keeps_captions_and_order():
+    rel = _load('exp_text_relations')
+    meta = {'kind': 'predicate', 'qa_type': 'thin_predicate', 'truth': False,
+            'captions': ['large rubber duck', 'blue football']}
+    assert rel.clean_question(meta) == 'Is large rubber duck thinner than blue football?'
+    assert rel.clean_question(dict(meta, qa_type='left_predicate')) is None  # not a size
+    assert rel.clean_question(dict(meta, kind='choice')) is None
+    assert rel.clean_question(dict(meta, captions=['one'])) is None
