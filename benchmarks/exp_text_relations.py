@@ -90,13 +90,16 @@ class TextLM:
     def __init__(self, model_dir: Path, fresh: bool, seed: int) -> None:
         """Load the model (re-initialised when ``fresh``)."""
         import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
         torch.manual_seed(seed)
         self.torch = torch
-        model = AutoModelForImageTextToText.from_pretrained(model_dir)
         if fresh:
-            model.apply(model._init_weights)
+            # built from the config: re-applying _init_weights to loaded weights is a no-op
+            # (transformers marks loaded modules as initialised)
+            model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model_dir))
+        else:
+            model = AutoModelForImageTextToText.from_pretrained(model_dir)
         self.tokenizer = AutoProcessor.from_pretrained(model_dir).tokenizer
         self.lm = model.model.language_model
         self.head = model.lm_head

@@ -516,3 +516,15 @@ def test_text_relation_clean_template_keeps_captions_and_order():
     assert rel.clean_question(dict(meta, qa_type='left_predicate')) is None  # not a size
     assert rel.clean_question(dict(meta, kind='choice')) is None
     assert rel.clean_question(dict(meta, captions=['one'])) is None
+
+
+def test_text_relation_fresh_decoder_is_not_the_trained_one():
+    pytest.importorskip('torch')
+    pytest.importorskip('transformers')
+    rel = _load('exp_text_relations')
+    trained = rel.TextLM(rel.DEFAULT_MODEL, fresh=False, seed=0)
+    fresh = rel.TextLM(rel.DEFAULT_MODEL, fresh=True, seed=0)
+    again = rel.TextLM(rel.DEFAULT_MODEL, fresh=True, seed=0)
+    first = [p.detach() for p in trained.params]
+    assert not all(bool((a == b).all()) for a, b in zip(first, fresh.params, strict=True))
+    assert all(bool((a == b).all()) for a, b in zip(fresh.params, again.params, strict=True))
