@@ -44,17 +44,19 @@ def target_frames(folder: Path) -> tuple[list[np.ndarray], np.ndarray, np.ndarra
     """
     from PIL import Image
 
+    from spatialvlm_ros.evaluate.runner import series_of
     from spatialvlm_ros.train.data import read_rows
 
     images, distances, episodes = [], [], []
     for row in read_rows([folder]):
         meta = row.metadata[0] if row.metadata else {}
-        if meta.get('value_m') is None or 'episode' not in meta:
+        episode = series_of(row.image_id, meta)  # the episode and its target
+        if meta.get('value_m') is None or episode is None:
             continue
         with Image.open(io.BytesIO(row.image)) as image:
             images.append(np.asarray(image.convert('RGB')))
         distances.append(float(meta['value_m']))
-        episodes.append(row.image_id.rsplit('-', 1)[0])
+        episodes.append(episode)
     if not images:
         raise SystemExit(f'no gripper-distance rows in {folder}')
     return images, np.asarray(distances), np.asarray(episodes)
