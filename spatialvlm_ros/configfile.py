@@ -4,7 +4,9 @@ Dataclass configs from YAML files plus command-line overrides, with clear errors
 A file holds a mapping of the dataclass's field names (a top-level key naming the section,
 e.g. ``episode:``, may wrap it). Unknown keys are an error naming the known ones; values are
 validated by the dataclass's own ``__post_init__``. Lists become tuples where the field's
-default is a tuple.
+default is a tuple; numbers become floats where the default is a float, including YAML 1.1's
+exponents without a dot (``1e-5`` reads as a string in PyYAML), and anything else there is an
+error naming the key.
 """
 
 from __future__ import annotations
@@ -52,11 +54,22 @@ def build_config(cls: type[T], values: dict[str, Any], source: str = 'config') -
         default = fields[name].default
         if isinstance(default, tuple) and isinstance(value, list):
             value = tuple(value)
+        elif isinstance(default, float) and not isinstance(value, float):
+            value = _as_float(value, name, source)
         kwargs[name] = value
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f'{source}: {exc}') from exc
+
+
+def _as_float(value: Any, name: str, source: str) -> float:
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f'{source}: {name} must be a number, got {value!r}')
 
 
 def load_config(cls: type[T], path: str | Path | None = None, section: str | None = None,

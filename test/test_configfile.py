@@ -34,6 +34,20 @@ def test_bad_configs_name_the_problem(tmp_path, text, message):
     assert message in str(err.value) and str(path) in str(err.value)
 
 
+def test_float_fields_take_yaml_exponents_and_reject_words(tmp_path):
+    from spatialvlm_ros.train.config import TrainConfig
+
+    path = tmp_path / 'train.yaml'
+    path.write_text('train:\n  lr: 1e-3\n  min_lr: 2e-5\n  weight_decay: 0\n')
+    config = load_config(TrainConfig, path, 'train', {'max_grad_norm': '0.5', 'data': ['d']})
+    assert (config.lr, config.min_lr, config.max_grad_norm) == (1e-3, 2e-5, 0.5)
+    assert isinstance(config.weight_decay, float)
+    with pytest.raises(ConfigError, match="lr must be a number, got 'fast'"):
+        load_config(TrainConfig, None, None, {'lr': 'fast', 'data': ['d']})
+    with pytest.raises(ConfigError, match='min_lr must be a number'):
+        load_config(TrainConfig, None, None, {'min_lr': True, 'data': ['d']})
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match='cannot read config file'):
         load_config(EpisodeConfig, tmp_path / 'nope.yaml')
