@@ -94,3 +94,43 @@ def test_model_card_reports_whether_gripper_answers_follow_the_distance():
     card = model_card(DefaultRecipe(), result, {'heldout': _report(),
                                                 'gripper_heldout': _report()}, {})
     assert 'no episode series to measure' in card
+
+
+def test_plain_stage_sits_between_the_two_stages(tmp_path):
+    torch = pytest.importorskip('torch')
+    from spatialvlm_ros.model.loading import load_vlm
+    from spatialvlm_ros.train.data import read_rows
+    from spatialvlm_ros.train.default import init_model, run_training
+    from spatialvlm_ros.train.trainer import list_checkpoints, STATE_FILE
+
+    recipe = DefaultRecipe(out=str(tmp_path), train_scenes=2, heldout_scenes=1,
+                           gripper_episodes=1, heldout_gripper_episodes=1, focus_steps=2,
+                           focus_gripper_episodes=1, width=64, height=48, workers=1, steps=2,
+                           batch_size=2, warmup_steps=1, image_size=32, plain_steps=2,
+                           plain_families=('tall', 'short', 'big', 'small', 'wide', 'thin',
+                                           'left', 'right', 'front', 'behind', 'above',
+                                           'below'))
+    folders = build_data(recipe)
+    plain = read_rows([folders['plain']])
+    assert plain and all(m['phrasing'] == 'plain' for r in plain for m in r.metadata)
+    init = init_model(tmp_path / 'init', recipe.image_size)
+    result = run_training(recipe, init, folders)
+    assert result.final_dir == tmp_path / 'run_focus' / 'final'
+    assert len(result.losses) == 6  # stage 1, plain stage and stage 2 (two steps each)
+
+    def weights(folder):
+        return {k: v.clone() for k, v in load_vlm(folder, device='cpu').model.state_dict()
+                .items()}
+
+    first, mid = weights(tmp_path / 'run' / 'final'), weights(tmp_path / 'run_plain' / 'final')
+    vision = [k for k in first if 'vision_tower' in k]
+    assert all(torch.equal(first[k], mid[k]) for k in vision)  # frozen in the plain stage
+    assert any(not torch.equal(first[k], mid[k]) for k in first if k not in vision)
+    last = list_checkpoints(tmp_path / 'run_focus')[-1]
+    focus_state = json.loads((last / STATE_FILE).read_text())
+    assert focus_state['config']['model'] == str(tmp_path / 'run_plain' / 'final')
+    assert str(folders['plain']) in focus_state['config']['data']
+    with pytest.raises(ValueError, match='unknown families'):
+        DefaultRecipe(out=str(tmp_path), plain_families=('taller',))
+    with pytest.raises(ValueError, match='plain_steps'):
+        DefaultRecipe(out=str(tmp_path), plain_steps=-1)

@@ -1,4 +1,4 @@
-"""``spatialvlm synth run|summary``: generate a spatial VQA dataset, or summarise one."""
+"""``spatialvlm synth run|summary|plain``: generate, summarise or restate a spatial VQA dataset."""
 
 from __future__ import annotations
 
@@ -41,6 +41,22 @@ def register(subparsers: Any) -> None:
     summary.add_argument('dir', help='dataset folder (written by synth run)')
     summary.add_argument('--json', action='store_true', help='print JSON')
     summary.set_defaults(func=_summary)
+    plain = sub.add_parser(
+        'plain', help="restate a dataset's qualitative turns in one template per type",
+        description='Write the unambiguous qualitative turns of engine datasets, asked in each '
+                    "type's plainest template and answered in the shortest form ('Yes.', the "
+                    "chosen object, 'Taller than B.'), as a dataset of their own (a curriculum "
+                    'for small models; see spatialvlm_ros/synth/plain.py). Resumable.')
+    plain.add_argument('sources', nargs='+', help='engine dataset folders or Parquet shards')
+    plain.add_argument('--out', required=True, help='output folder')
+    plain.add_argument('--families', nargs='*', default=[],
+                       help='predicate/choice families to keep, e.g. tall short wide thin big '
+                            'small (default: all)')
+    plain.add_argument('--kinds', nargs='+', default=['predicate', 'choice', 'classify'],
+                       help='answer kinds to keep (default: predicate choice classify)')
+    plain.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+    plain.add_argument('--json', action='store_true', help='print the summary as JSON')
+    plain.set_defaults(func=_plain)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -76,6 +92,23 @@ def _summary(args: argparse.Namespace) -> int:
     except (OSError, DatasetError) as exc:
         raise CommandError(str(exc)) from exc
     print_result(summary, args.json, format_summary(summary))
+    return 0
+
+
+def _plain(args: argparse.Namespace) -> int:
+    from spatialvlm_ros.cli import CommandError, print_result
+    from spatialvlm_ros.synth.plain import PlainConfig, write_plain_dataset
+
+    try:
+        config = PlainConfig(families=tuple(args.families), kinds=tuple(args.kinds))
+        summary = write_plain_dataset(args.sources, args.out, config,
+                                      progress=not args.no_progress)
+    except (OSError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
+    turns = ', '.join(f'{k} {v}' for k, v in summary['turns'].items())
+    print_result(summary, args.json,
+                 f'{summary["rows"]} rows ({turns}) in {args.out}; shards written '
+                 f'{summary["shards_written"]}, already there {summary["shards_skipped"]}')
     return 0
 
 

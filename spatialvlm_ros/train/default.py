@@ -10,7 +10,9 @@ Steps, each resumable (re-running the command skips what is done):
    optionally (``vision_pretrain_episodes``) its vision tower pre-trained on per-patch
    simulator targets (``train.vision_pretrain``), ``out/init_vision``;
 4. training (the vision encoder trains too unless ``freeze_vision`` keeps a pre-trained one),
-   ``out/run`` (checkpoints, TensorBoard, ``final/``), then a second stage that adds more
+   ``out/run`` (checkpoints, TensorBoard, ``final/``); optionally (``plain_steps``) a stage on
+   the engine's qualitative turns restated in one template per type (``synth.plain``),
+   ``out/data/plain`` and ``out/run_plain``; then a second stage that adds more
    gripper episodes (``gripper_focus``) while keeping the engine's data in the mix (a stage on
    gripper data alone made the model forget the object-to-object questions), ``out/run_focus``;
 5. evaluation on the held-out sets against the simulator's truth (``out/eval_*.json`` and
@@ -73,6 +75,14 @@ class DefaultRecipe:
     :ivar vision_targets: its targets, ``'basic'`` or ``'extended'``.
     :ivar freeze_vision: keep the vision tower frozen in both QA stages (meant for a
         pre-trained tower; a from-scratch tower must train).
+    :ivar plain_steps: steps of a stage between the first and the second, on the training
+        scenes' unambiguous qualitative turns of ``plain_families`` restated in one template
+        per type with short answers (``synth.plain``; the compact decoder learns the size
+        relations in that form and not in the engine's 20 phrasings); 0: none. The vision
+        tower stays frozen in it (the relations it teaches are decided by the object names).
+    :ivar plain_lr: peak learning rate of that stage.
+    :ivar plain_families: the predicate / choice families it restates (``PlainConfig``).
+    :ivar focus_mix_plain: keep the plain turns in the second stage's mix.
     :ivar length_buckets: ``TrainConfig.length_buckets`` of both QA stages: the same loss and
         gradients as one padded pass per batch, with about a third less computed on padding
         (the shipped model was trained with the single padded pass, 1).
@@ -104,8 +114,19 @@ class DefaultRecipe:
     vision_targets: str = 'extended'
     freeze_vision: bool = False
     length_buckets: int = 4
+    plain_steps: int = 0
+    plain_lr: float = 1e-3
+    plain_families: tuple[str, ...] = ('tall', 'short', 'wide', 'thin', 'big', 'small')
+    focus_mix_plain: bool = True
 
     def __post_init__(self) -> None:
+        from spatialvlm_ros.synth.plain import PlainConfig
+
+        self.plain_families = tuple(self.plain_families)
+        PlainConfig(families=self.plain_families)  # raises ValueError on unknown families
+        if self.plain_steps < 0 or not self.plain_lr > 0:
+            raise ValueError(f'plain_steps must be >= 0 and plain_lr positive, got '
+                             f'{self.plain_steps} and {self.plain_lr}')
         if self.image_size < 16 or self.image_size % 16:
             raise ValueError(f'image_size must be a positive multiple of 16, got '
                              f'{self.image_size}')
@@ -178,7 +199,7 @@ def build_data(recipe: DefaultRecipe, timings: Timings | None = None) -> dict[st
     folders = {'train': data / 'train', 'heldout': data / 'heldout',
                'gripper_train': data / 'gripper_train',
                'gripper_focus': data / 'gripper_focus',
-               'gripper_heldout': data / 'gripper_heldout'}
+               'gripper_heldout': data / 'gripper_heldout', 'plain': data / 'plain'}
     size = {'width': recipe.width, 'height': recipe.height}
     for name, scenes, seed in (('train', recipe.train_scenes, TRAIN_SEED),
                                ('heldout', recipe.heldout_scenes, HELDOUT_SEED)):
@@ -207,6 +228,16 @@ def build_data(recipe: DefaultRecipe, timings: Timings | None = None) -> dict[st
             workers=recipe.workers)
         if timings is not None:
             timings.record(f'data_{name}', time.perf_counter() - start, summary['written'] > 0)
+    if recipe.plain_steps > 0:
+        from spatialvlm_ros.synth.plain import PlainConfig, write_plain_dataset
+
+        _log(f'plain restatement of {folders["train"]} -> {folders["plain"]}')
+        start = time.perf_counter()
+        summary = write_plain_dataset([folders['train']], folders['plain'],
+                                      PlainConfig(families=recipe.plain_families))
+        if timings is not None:
+            timings.record('data_plain', time.perf_counter() - start,
+                           summary['shards_written'] > 0)
     return folders
 
 
@@ -250,11 +281,25 @@ def pretrain_tower(recipe: DefaultRecipe, model: Path, timings: Timings | None =
     return result.folder
 
 
+def _train_stage(config: Any, label: str, timing: str, timings: Timings | None) -> Any:
+    """Run one training stage (resuming from its latest checkpoint); return its result."""
+    from spatialvlm_ros.train.trainer import list_checkpoints, train
+
+    out = Path(config.out_dir)
+    resume = bool(out.exists() and list_checkpoints(out))
+    done = (out / 'final' / 'config.json').is_file()
+    _log(f'{label}: {config.max_steps} steps (resume: {resume}) -> {out}')
+    start = time.perf_counter()
+    result = train(config, resume=resume)
+    if timings is not None:
+        timings.record(timing, time.perf_counter() - start, not done)
+    return result
+
+
 def run_training(recipe: DefaultRecipe, model: Path, folders: dict[str, Path],
                  timings: Timings | None = None) -> Any:
-    """Train (resuming from the latest checkpoint when there is one)."""
+    """Train each stage (resuming from the latest checkpoint when there is one)."""
     from spatialvlm_ros.train.config import TrainConfig
-    from spatialvlm_ros.train.trainer import list_checkpoints, train
 
     run = Path(recipe.out) / 'run'
     config = TrainConfig(
@@ -263,34 +308,35 @@ def run_training(recipe: DefaultRecipe, model: Path, folders: dict[str, Path],
         batch_size=recipe.batch_size, lr=recipe.lr, min_lr=recipe.lr / 50,
         warmup_steps=recipe.warmup_steps, freeze_vision=recipe.freeze_vision, seed=recipe.seed,
         save_every=100, keep_last=2, eval_every=0, length_buckets=recipe.length_buckets)
-    resume = bool(run.exists() and list_checkpoints(run))
-    done = (run / 'final' / 'config.json').is_file()
-    _log(f'training {recipe.steps} steps (resume: {resume}) -> {run}')
-    start = time.perf_counter()
-    result = train(config, resume=resume)
-    if timings is not None:
-        timings.record('train_stage1', time.perf_counter() - start, not done)
+    result = _train_stage(config, 'training', 'train_stage1', timings)
+    start_model = str(result.final_dir or run / 'final')
+    if recipe.plain_steps > 0:
+        plain_run = Path(recipe.out) / 'run_plain'
+        plain = _train_stage(dataclasses.replace(
+            config, model=start_model, data=(str(folders['plain']),), out_dir=str(plain_run),
+            max_steps=recipe.plain_steps, lr=recipe.plain_lr, min_lr=recipe.plain_lr / 50,
+            warmup_steps=min(50, recipe.plain_steps // 10), general_ratio=0.0,
+            freeze_vision=True), 'plain-phrasing stage', 'train_plain', timings)
+        plain.losses = list(result.losses) + list(plain.losses)
+        result = plain
+        start_model = str(plain.final_dir or plain_run / 'final')
     if recipe.focus_steps <= 0:
         return result
-    focus = Path(recipe.out) / 'run_focus'
     data = [str(folders['gripper_train'])]
     if recipe.focus_gripper_episodes > 0:
         data.append(str(folders['gripper_focus']))
     if recipe.focus_mix_engine:
         data.append(str(folders['train']))
+    if recipe.plain_steps > 0 and recipe.focus_mix_plain:
+        data.append(str(folders['plain']))
     config = dataclasses.replace(
-        config, model=str(result.final_dir or run / 'final'), data=tuple(data),
-        out_dir=str(focus), max_steps=recipe.focus_steps, lr=recipe.focus_lr,
-        min_lr=recipe.focus_lr / 50, warmup_steps=min(50, recipe.focus_steps // 10),
+        config, model=start_model, data=tuple(data),
+        out_dir=str(Path(recipe.out) / 'run_focus'), max_steps=recipe.focus_steps,
+        lr=recipe.focus_lr, min_lr=recipe.focus_lr / 50,
+        warmup_steps=min(50, recipe.focus_steps // 10),
         general_ratio=recipe.general_ratio if recipe.focus_mix_engine else 0.0)
-    resume = bool(focus.exists() and list_checkpoints(focus))
-    done = (focus / 'final' / 'config.json').is_file()
-    _log(f'second stage: {recipe.focus_steps} steps on {len(data)} datasets '
-         f'(resume: {resume}) -> {focus}')
-    start = time.perf_counter()
-    second = train(config, resume=resume)
-    if timings is not None:
-        timings.record('train_stage2', time.perf_counter() - start, not done)
+    second = _train_stage(config, f'second stage on {len(data)} datasets', 'train_stage2',
+                          timings)
     second.losses = list(result.losses) + list(second.losses)
     return second
 
@@ -347,6 +393,13 @@ def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
         f'then {recipe.focus_steps} steps (lr {recipe.focus_lr}) on the gripper data plus '
         f'{recipe.focus_gripper_episodes} more episodes (seed {FOCUS_SEED})'
         + (', still mixed with the engine data' if recipe.focus_mix_engine else ' alone'))
+    if recipe.plain_steps > 0:
+        second = (f'then {recipe.plain_steps} steps (lr {recipe.plain_lr}, vision tower frozen) '
+                  f"on the training scenes' unambiguous qualitative turns of the families "
+                  f'{", ".join(recipe.plain_families)}, restated in one template per type with '
+                  f"short answers ('Yes.', the chosen object; `synth.plain`); " + second
+                  + (' and the plain turns' if recipe.focus_steps > 0 and recipe.focus_mix_plain
+                     else ''))
     gripper_mre = '-' if mre is None else f'{100 * mre:.1f}%'
     tracking = reports['gripper_heldout']['greedy'].get('tracking')
     follows = 'no episode series to measure' if tracking is None else (
@@ -459,6 +512,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument('--length-buckets', type=int,
                         help='length-sorted forward passes per batch (default 4; 1: one padded '
                              'pass, as the shipped model was trained)')
+    parser.add_argument('--plain-steps', type=int,
+                        help='steps of the plain-phrasing stage between the two stages '
+                             '(default 0: none)')
+    parser.add_argument('--plain-lr', type=float, help='its peak learning rate (default 1e-3)')
     parser.add_argument('--install', action='store_true',
                         help='copy the final model into the package as the shipped default')
     parser.add_argument('--json', action='store_true', help='print the reports as JSON')
@@ -471,7 +528,8 @@ def _run(args: argparse.Namespace) -> int:
     names = ('steps', 'focus_steps', 'focus_gripper_episodes', 'train_scenes',
              'gripper_episodes', 'heldout_scenes', 'heldout_gripper_episodes', 'eval_limit',
              'workers', 'gripper_answer_style', 'image_size', 'vision_pretrain_episodes',
-             'vision_pretrain_steps', 'freeze_vision', 'length_buckets')
+             'vision_pretrain_steps', 'freeze_vision', 'length_buckets', 'plain_steps',
+             'plain_lr')
     overrides = {k: getattr(args, k) for k in names
                  if getattr(args, k) is not None}
     try:
