@@ -182,6 +182,27 @@ def test_write_plain_dataset_reads_back_and_resumes(tmp_path):
     assert on_disk['turns'] == summary['turns']
 
 
+def test_same_shard_names_in_two_sources_are_both_kept(tmp_path):
+    from spatialvlm_ros.train.data import read_rows
+
+    _engine_shard(tmp_path / 'a' / 'train' / 'shard-00000.parquet')
+    _engine_shard(tmp_path / 'b' / 'train' / 'shard-00000.parquet', n_rows=2)
+    summary = write_plain_dataset([tmp_path / 'a' / 'train', tmp_path / 'b' / 'train'],
+                                  tmp_path / 'plain', progress=False)
+    assert summary['shards_written'] == 2 and summary['rows'] == 3
+    assert len(read_rows([tmp_path / 'plain'])) == 3
+
+
+def test_output_inside_the_source_is_not_read_back(tmp_path):
+    _engine_shard(tmp_path / 'engine' / 'shard-00000.parquet')
+    first = write_plain_dataset([tmp_path / 'engine'], tmp_path / 'engine' / 'plain',
+                                progress=False)
+    again = write_plain_dataset([tmp_path / 'engine'], tmp_path / 'engine' / 'plain',
+                                progress=False)
+    assert again['shards'] == first['shards'] == [str(tmp_path / 'engine' / 'shard-00000.parquet')]
+    assert again['rows'] == first['rows'] and again['shards_skipped'] == 1
+
+
 def test_write_plain_dataset_errors(tmp_path):
     _engine_shard(tmp_path / 'engine' / 'shard-00000.parquet')
     out = tmp_path / 'plain'
@@ -189,6 +210,10 @@ def test_write_plain_dataset_errors(tmp_path):
                         progress=False)
     with pytest.raises(ValueError, match='another config'):
         write_plain_dataset([tmp_path / 'engine'], out, PlainConfig(), progress=False)
+    _engine_shard(tmp_path / 'other' / 'shard-00000.parquet')
+    with pytest.raises(ValueError, match='other sources'):
+        write_plain_dataset([tmp_path / 'other'], out, PlainConfig(families=('tall',)),
+                            progress=False)
     with pytest.raises(FileNotFoundError, match='no \\*.parquet'):
         write_plain_dataset([tmp_path / 'missing'], tmp_path / 'p2', progress=False)
     bad = tmp_path / 'bad' / 'x.parquet'

@@ -141,16 +141,23 @@ def _content(message: dict[str, Any]) -> list[dict[str, Any]]:
     return [content] if isinstance(content, dict) else list(content)
 
 
-def _shards(sources: Iterable[str | Path]) -> list[Path]:
-    files: list[Path] = []
-    for source in sources:
+def _shards(sources: Iterable[str | Path], out: Path) -> list[tuple[Path, str]]:
+    """Return ``(source shard, output name)`` pairs; names are unique and stable per sources."""
+    pairs: list[tuple[Path, str]] = []
+    for k, source in enumerate(sources):
         source = Path(source)
-        found = sorted(source.rglob('*.parquet')) if source.is_dir() else \
-            [source] if source.is_file() else []
+        if source.is_dir():  # never read back what this run writes
+            found = [f for f in sorted(source.rglob('*.parquet'))
+                     if out.resolve() not in f.resolve().parents]
+        else:
+            found = [source] if source.is_file() else []
         if not found:
             raise FileNotFoundError(f'no *.parquet files under {source}')
-        files.extend(found)
-    return files
+        for file in found:
+            relative = file.relative_to(source).with_suffix('') if source.is_dir() \
+                else Path(file.stem)
+            pairs.append((file, f"{k:02d}-{relative.as_posix().replace('/', '_')}.parquet"))
+    return pairs
 
 
 def write_plain_dataset(sources: Iterable[str | Path], out: str | Path,
@@ -159,12 +166,14 @@ def write_plain_dataset(sources: Iterable[str | Path], out: str | Path,
     """
     Restate the engine shards under ``sources`` into ``out`` (resumable); return the summary.
 
-    Output shards are named after their source (``<source folder>-<shard>.parquet``); a
-    source shard without kept turns gives no output shard. The summary counts rows and turns
+    Output shards are named after their source (``<source index>-<shard path>.parquet``);
+    a source shard without kept turns gives no output shard. Shards under ``out`` itself
+    are never read as sources. The summary counts rows and turns
     per kind over all shards, including those written by an earlier run.
 
     :raises FileNotFoundError: a source holds no Parquet shard.
-    :raises ValueError: ``out`` holds a run with another config, or a shard lacks the
+    :raises ValueError: ``out`` holds a run with another config or other sources, or a shard
+        lacks the
         ``messages`` / ``qa_metadata`` columns.
     """
     import pyarrow.parquet as pq
@@ -173,21 +182,23 @@ def write_plain_dataset(sources: Iterable[str | Path], out: str | Path,
     from spatialvlm_ros.synth.dataset import atomic_write, dumps, parquet_bytes
 
     config = config or PlainConfig()
-    files = _shards(sources)
     out = Path(out)
+    sources = [Path(source) for source in sources]
+    pairs = _shards(sources, out)
     out.mkdir(parents=True, exist_ok=True)
     bank = TemplateBank.load()
-    run = {'families': list(config.families), 'kinds': list(config.kinds)}
+    run = {'families': list(config.families), 'kinds': list(config.kinds),
+           'sources': [str(source.resolve()) for source in sources]}
     summary_path = out / SUMMARY
     if summary_path.is_file():
         recorded = json.loads(summary_path.read_text(encoding='utf-8')).get('config')
         if recorded != run:
-            raise ValueError(f'{out} holds a plain restatement with another config '
-                             f'({recorded}); use another --out')
+            raise ValueError(f'{out} holds a plain restatement with another config or other '
+                             f'sources ({recorded}); use another --out')
     counts: dict[str, Any] = {'rows': 0, 'turns': dict.fromkeys(config.kinds, 0),
                               'shards_written': 0, 'shards_skipped': 0}
-    for file in tqdm(files, desc='plain shards', disable=not progress):
-        target = out / f'{file.parent.name}-{file.stem}.parquet'
+    for file, name in tqdm(pairs, desc='plain shards', disable=not progress):
+        target = out / name
         if target.is_file():
             table = pq.read_table(target, columns=['qa_metadata'])
             _count(counts, [json.loads(m) for m in table.column('qa_metadata').to_pylist()])
@@ -217,7 +228,7 @@ def write_plain_dataset(sources: Iterable[str | Path], out: str | Path,
             atomic_write(target, parquet_bytes(columns))
             counts['shards_written'] += 1
             _count(counts, metas_written)
-    summary = {'config': run, 'sources': [str(f) for f in files], **counts}
+    summary = {'config': run, 'shards': [str(f) for f, _ in pairs], **counts}
     atomic_write(summary_path, json.dumps(summary, indent=1).encode('utf-8'))
     return summary
 
