@@ -22,6 +22,10 @@ Arms (``--arms``):
   rewritten in one template per family ('Is the white cup taller than green domino?' ->
   'Yes.'); accuracy on 400 training and 400 held-out questions in that template, and on the
   same held-out questions in the engine's own phrasing (``heldout size``).
+- ``short``: the same size yes/no questions in the engine's own phrasing (about 20 question
+  templates per family), answered ``'Yes.'`` / ``'No.'`` instead of the engine's 10 answer
+  templates; scored like ``clean``. Tells whether the question templates or the answer
+  templates hold the relations back.
 
 The decoder starts from ``--model`` (default: the shipped default) or, with ``--fresh``, from
 its random initialisation. AdamW, one-cycle lr, batch 64, gradient clip 1.
@@ -174,18 +178,18 @@ def run(arm: str, data: Path | None, model_dir: Path, fresh: bool, steps: int, l
 
         def sample() -> list[tuple[str, str]]:
             return [toy_question(rng, rank)[:2] for _ in range(64)]
-    elif arm == 'clean':
+    elif arm in ('clean', 'short'):
         if data is None:
-            raise SystemExit('the clean arm needs --data')
-        train = [(clean_question(m), 'Yes.' if m['truth'] else 'No.')
-                 for _, _, m in engine_turns(data / 'train')
+            raise SystemExit(f'the {arm} arm needs --data')
+        train = [(clean_question(m) if arm == 'clean' else q, 'Yes.' if m['truth'] else 'No.')
+                 for q, _, m in engine_turns(data / 'train')
                  if clean_question(m) and isinstance(m.get('truth'), bool)]
         heldout = [(q, yes_no_truth(m), m) for q, _, m in engine_turns(data / 'heldout')
                    if clean_question(m) and yes_no_truth(m) is not None][:400]
-        training_graded = [(clean_question(m), yes_no_truth(m))
-                           for _, _, m in engine_turns(data / 'train')
+        training_graded = [(clean_question(m) if arm == 'clean' else q, yes_no_truth(m))
+                           for q, _, m in engine_turns(data / 'train')
                            if clean_question(m) and yes_no_truth(m) is not None][:400]
-        sets = {'clean train': training_graded,
+        sets = {'clean train' if arm == 'clean' else 'train size': training_graded,
                 'clean heldout': [(clean_question(m), t) for _, t, m in heldout],
                 'heldout size': [(q, t) for q, t, _ in heldout]}
         print(f'{len(train)} size predicates to train on', flush=True)
@@ -242,7 +246,7 @@ def main() -> None:
     """Run the arms and print a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument('--data', type=Path, help='train-default data folder (engine arm)')
-    parser.add_argument('--arms', nargs='+', choices=('toy', 'engine', 'clean'),
+    parser.add_argument('--arms', nargs='+', choices=('toy', 'engine', 'clean', 'short'),
                         default=['toy'])
     parser.add_argument('--model', type=Path, default=DEFAULT_MODEL, help='model folder')
     parser.add_argument('--fresh', action='store_true', help='re-initialise the decoder')
