@@ -114,13 +114,15 @@ def episode_rows(config: GripperDataConfig, index: int,
 
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, index]))
     scenario = str(rng.choice(SCENARIOS))
-    episode = generate_episode(EpisodeConfig(
+    episode_config = EpisodeConfig(
         seed=int(rng.integers(2**31)), scenario=scenario, width=config.width,
-        height=config.height, num_frames=config.frames_per_episode))
-    frames = np.sort(rng.choice(len(episode.frames), config.samples_per_episode, replace=False))
+        height=config.height, num_frames=config.frames_per_episode)
+    frames = np.sort(rng.choice(config.frames_per_episode, config.samples_per_episode,
+                                replace=False))
+    # only the kept frames are rendered (the same frames as in the full episode)
+    episode = generate_episode(episode_config, frames=[int(k) for k in frames])
     rows = []
-    for k in frames:
-        frame = episode.frames[int(k)]
+    for k, frame in zip(frames, episode.frames, strict=True):
         others = [o.object_id for o in frame.objects if o.object_id != episode.target_id]
         rng.shuffle(others)
         ids = ([episode.target_id] + others)[:config.qa_per_frame]
