@@ -106,3 +106,41 @@ def test_a_run_recorded_before_answer_style_existed_resumes(tmp_path):
     run_file.write_text(json.dumps(recorded))
     with pytest.raises(ValueError, match='different gripper run'):
         write_gripper_dataset(_config(tmp_path / 'old', answer_style='metric'), progress=False)
+
+
+def test_the_target_alone(tmp_path):
+    """n_objects (1, 1): one question per frame, about the target; no distractor episodes."""
+    config = _config(tmp_path / 'alone', episodes=6, episodes_per_shard=6, n_objects=(1, 1))
+    write_gripper_dataset(config, progress=False)
+    rows = pq.read_table(shard_path(config, 0)).to_pylist()
+    assert len(rows) == 12
+    for row in rows:
+        metas = json.loads(row['qa_metadata'])
+        assert len(metas) == 1 and len(row['messages']) == 2
+        assert metas[0]['episode']['scenario'] != 'distractor_first'
+    # resuming the same run (its tuple recorded as a JSON list) skips the written shard
+    assert write_gripper_dataset(config, progress=False)['skipped'] == 1
+    with pytest.raises(ValueError, match='different gripper run'):
+        write_gripper_dataset(_config(tmp_path / 'alone', episodes=6, episodes_per_shard=6),
+                              progress=False)
+
+
+@pytest.mark.parametrize('n_objects', [(0, 2), (3, 2), (1, 9), (1, 2, 3)])
+def test_bad_n_objects(n_objects):
+    with pytest.raises(ValueError, match='n_objects'):
+        GripperDataConfig(out='x', n_objects=n_objects)
+
+
+def test_cli_gripper(tmp_path, capsys):
+    from spatialvlm_ros.cli import main
+
+    out = tmp_path / 'cli'
+    assert main(['synth', 'gripper', '--out', str(out), '--episodes', '2', '--seed', '4',
+                 '--frames-per-episode', '12', '--samples-per-episode', '2', '--width', '96',
+                 '--height', '72', '--n-objects', '1', '1', '--no-progress', '--json']) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary['rows'] == 4 and summary['qa'] == 4 and summary['written'] == 1
+    recorded = json.loads((out / 'gripper_run.json').read_text())
+    assert recorded['n_objects'] == [1, 1]
+    assert main(['synth', 'gripper', '--out', str(tmp_path / 'bad'), '--n-objects', '2', '1',
+                 '--no-progress']) != 0

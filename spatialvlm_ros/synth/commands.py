@@ -1,4 +1,4 @@
-"""``spatialvlm synth run|summary|plain``: generate, summarise or restate a spatial VQA dataset."""
+"""``spatialvlm synth run|summary|plain|gripper``: spatial VQA datasets and gripper-distance QA."""
 
 from __future__ import annotations
 
@@ -57,6 +57,31 @@ def register(subparsers: Any) -> None:
     plain.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     plain.add_argument('--json', action='store_true', help='print the summary as JSON')
     plain.set_defaults(func=_plain)
+    grip = sub.add_parser(
+        'gripper', help='gripper-to-object distance QA from simulated robot episodes',
+        description='Render simulated Panda episodes and write the reward node\'s question ("how '
+                    'far is the gripper from the X?") with exact answers as sharded chat-format '
+                    'Parquet (spatialvlm_ros/synth/gripper.py). Resumable.')
+    grip.add_argument('--out', required=True, help='output folder')
+    grip.add_argument('--episodes', type=int, default=100, help='episodes (default 100)')
+    grip.add_argument('--seed', type=int, default=0, help='base seed (default 0)')
+    grip.add_argument('--frames-per-episode', type=int, default=30,
+                      help='frames each episode spans (default 30)')
+    grip.add_argument('--samples-per-episode', type=int, default=6,
+                      help='frames of each episode rendered and written (default 6)')
+    grip.add_argument('--qa-per-frame', type=int, default=2,
+                      help='questions per frame, the target first (default 2)')
+    grip.add_argument('--answer-style', choices=('human', 'metric'), default='human',
+                      help="'human' rounding in mixed units (default) or fixed-width metres "
+                           "('The distance is 0.46 m.')")
+    grip.add_argument('--n-objects', type=int, nargs=2, default=[3, 8], metavar=('MIN', 'MAX'),
+                      help='objects on the table (default 3 8; 1 1: the target alone)')
+    grip.add_argument('--width', type=int, default=320, help='image width (default 320)')
+    grip.add_argument('--height', type=int, default=240, help='image height (default 240)')
+    grip.add_argument('--workers', type=int, default=1, help='render processes (default 1)')
+    grip.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+    grip.add_argument('--json', action='store_true', help='print the summary as JSON')
+    grip.set_defaults(func=_gripper)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -109,6 +134,27 @@ def _plain(args: argparse.Namespace) -> int:
     print_result(summary, args.json,
                  f'{summary["rows"]} rows ({turns}) in {args.out}; shards written '
                  f'{summary["shards_written"]}, already there {summary["shards_skipped"]}')
+    return 0
+
+
+def _gripper(args: argparse.Namespace) -> int:
+    from spatialvlm_ros.cli import CommandError, print_result
+    from spatialvlm_ros.synth.gripper import GripperDataConfig, write_gripper_dataset
+
+    try:
+        config = GripperDataConfig(
+            out=args.out, episodes=args.episodes, seed=args.seed,
+            frames_per_episode=args.frames_per_episode,
+            samples_per_episode=args.samples_per_episode, qa_per_frame=args.qa_per_frame,
+            width=args.width, height=args.height, answer_style=args.answer_style,
+            n_objects=tuple(args.n_objects))
+        summary = write_gripper_dataset(config, progress=not args.no_progress,
+                                        workers=args.workers)
+    except (OSError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
+    print_result(summary, args.json,
+                 f'{summary["rows"]} rows, {summary["qa"]} questions in {args.out}; shards '
+                 f'written {summary["written"]}, already there {summary["skipped"]}')
     return 0
 
 

@@ -20,7 +20,7 @@ writing shards in parallel (``workers``) gives the same files.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, MISSING
 import json
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,11 @@ class GripperDataConfig:
         digits tokenized one by one, human-rounded answers make the first generated digit mix
         units and magnitudes (a model learns the commonest: '1 cm'); fixed-width metres make
         each digit one decimal place (``benchmarks/RESULTS.md``, vision experiments).
+    :ivar n_objects: objects on the table per episode, ``(min, max)`` (the target is one of
+        them). With fewer than two possible, ``distractor_first`` episodes (which need a
+        second object) become ``approach`` ones; with one, no question needs the model to find
+        the named object, which tells reading the distance apart from grounding
+        (``benchmarks/RESULTS.md``, "finding the named target is the blocker").
     """
 
     out: str
@@ -69,8 +74,13 @@ class GripperDataConfig:
     height: int = 240
     episodes_per_shard: int = 20
     answer_style: str = 'human'
+    n_objects: tuple[int, int] = (3, 8)
 
     def __post_init__(self) -> None:
+        self.n_objects = tuple(int(n) for n in self.n_objects)  # type: ignore[assignment]
+        if len(self.n_objects) != 2 or not 1 <= self.n_objects[0] <= self.n_objects[1] <= 8:
+            raise ValueError(f'n_objects must be (min, max) with 1 <= min <= max <= 8, got '
+                             f'{self.n_objects}')
         if self.answer_style not in ANSWER_STYLES:
             raise ValueError(f'answer_style must be one of {ANSWER_STYLES}, got '
                              f'{self.answer_style!r}')
@@ -114,9 +124,11 @@ def episode_rows(config: GripperDataConfig, index: int,
 
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, index]))
     scenario = str(rng.choice(SCENARIOS))
+    if scenario == 'distractor_first' and config.n_objects[0] < 2:
+        scenario = 'approach'  # a scene may hold the target alone
     episode_config = EpisodeConfig(
         seed=int(rng.integers(2**31)), scenario=scenario, width=config.width,
-        height=config.height, num_frames=config.frames_per_episode)
+        height=config.height, num_frames=config.frames_per_episode, n_objects=config.n_objects)
     frames = np.sort(rng.choice(config.frames_per_episode, config.samples_per_episode,
                                 replace=False))
     # only the kept frames are rendered (the same frames as in the full episode)
@@ -180,9 +192,12 @@ def _write_shard(config: GripperDataConfig, shard: int) -> int:
 
 def _same_run(recorded: dict[str, Any], config: GripperDataConfig) -> bool:
     """Return whether a recorded run is ``config`` (fields added since count as defaults)."""
-    defaults = {f.name: f.default for f in fields(GripperDataConfig)}
-    return all(recorded.get(key, defaults[key]) == value
-               for key, value in asdict(config).items()) and set(recorded) <= set(defaults)
+    names = {f.name for f in fields(GripperDataConfig)}
+    defaults = json.loads(dumps({f.name: f.default for f in fields(GripperDataConfig)
+                                 if f.default is not MISSING}))
+    current = json.loads(dumps(asdict(config)))  # as recorded: tuples become lists
+    return all(recorded.get(key, defaults.get(key)) == value
+               for key, value in current.items()) and set(recorded) <= names
 
 
 def write_gripper_dataset(config: GripperDataConfig, progress: bool = True,
@@ -225,7 +240,12 @@ def write_gripper_dataset(config: GripperDataConfig, progress: bool = True,
                 future.result()
                 bar.update()
     bar.close()
-    rows_total = config.episodes * config.samples_per_episode
+    import pyarrow.parquet as pq
+
+    # counted, not computed: a frame has fewer questions when fewer objects are on the table
+    metas = [m for k in range(config.num_shards)
+             for m in pq.read_table(shard_path(config, k), columns=['qa_metadata'])
+             .column('qa_metadata').to_pylist()]
     return {'out': str(out), 'shards': config.num_shards, 'written': len(todo),
-            'skipped': skipped, 'rows': rows_total,
-            'qa': rows_total * config.qa_per_frame}
+            'skipped': skipped, 'rows': len(metas),
+            'qa': sum(len(json.loads(m)) for m in metas)}
