@@ -131,7 +131,7 @@ def episode_rows(config: GripperDataConfig, index: int,
         height=config.height, num_frames=config.frames_per_episode, n_objects=config.n_objects)
     frames = np.sort(rng.choice(config.frames_per_episode, config.samples_per_episode,
                                 replace=False))
-    # only the kept frames are rendered (the same frames as in the full episode)
+    # only the kept frames are rendered (with the full episode's poses and truth)
     episode = generate_episode(episode_config, frames=[int(k) for k in frames])
     rows = []
     for k, frame in zip(frames, episode.frames, strict=True):
