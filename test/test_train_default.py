@@ -134,3 +134,9 @@ def test_plain_stage_sits_between_the_two_stages(tmp_path):
         DefaultRecipe(out=str(tmp_path), plain_families=('taller',))
     with pytest.raises(ValueError, match='plain_steps'):
         DefaultRecipe(out=str(tmp_path), plain_steps=-1)
+
+
+def test_plain_families_default_is_the_size_families():
+    from spatialvlm_ros.synth.plain import SIZE_FAMILIES
+
+    assert DefaultRecipe().plain_families == SIZE_FAMILIES

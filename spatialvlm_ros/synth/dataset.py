@@ -36,7 +36,7 @@ import json
 import os
 from pathlib import Path
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -186,12 +186,17 @@ def encode_png(image: np.ndarray, compression: int = 3) -> bytes:
 
 def chat_messages(result: ImageResult) -> list[dict[str, Any]]:
     """Return the multi-turn conversation of an image's QA (image in the first user turn)."""
-    messages = []
-    for k, qa in enumerate(result.qa):
-        content = [{'type': 'image', 'text': None}] if k == 0 else []
-        content.append({'type': 'text', 'text': qa.question})
+    return turn_messages([(qa.question, qa.answer) for qa in result.qa])
+
+
+def turn_messages(turns: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Return the chat rows' ``messages`` of ``(question, answer)`` turns, image first."""
+    messages: list[dict[str, Any]] = []
+    for k, (question, answer) in enumerate(turns):
+        content: list[dict[str, Any]] = [{'type': 'image', 'text': None}] if k == 0 else []
+        content.append({'type': 'text', 'text': question})
         messages.append({'role': 'user', 'content': content})
-        messages.append({'role': 'assistant', 'content': [{'type': 'text', 'text': qa.answer}]})
+        messages.append({'role': 'assistant', 'content': [{'type': 'text', 'text': answer}]})
     return messages
 
 

@@ -27,7 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from spatialvlm_ros.synth.dataset import atomic_write, dumps, encode_png, parquet_bytes
+from spatialvlm_ros.synth.dataset import (
+    atomic_write,
+    dumps,
+    encode_png,
+    parquet_bytes,
+    turn_messages,
+)
 from spatialvlm_ros.synth.rounding import humanize_distance
 
 TEMPLATES = Path(__file__).resolve().parent / 'templates' / 'gripper_templates.json'
@@ -138,9 +144,9 @@ def episode_rows(config: GripperDataConfig, index: int,
         others = [o.object_id for o in frame.objects if o.object_id != episode.target_id]
         rng.shuffle(others)
         ids = ([episode.target_id] + others)[:config.qa_per_frame]
-        messages: list[dict[str, Any]] = []
+        turns: list[tuple[str, str]] = []
         metadata = []
-        for turn, object_id in enumerate(ids):
+        for object_id in ids:
             obj = frame.get_object(object_id)
             subject = str(rng.choice(templates['subjects']))
             caption = str(rng.choice([c for c in obj.captions if len(c.split()) > 1]
@@ -156,10 +162,7 @@ def episode_rows(config: GripperDataConfig, index: int,
             question = _fill(str(rng.choice(templates['questions'])), subject, target)
             template = METRIC_ANSWER if metric else str(rng.choice(templates['answers']))
             answer = _fill(template, subject, target, text)
-            content: list[dict[str, Any]] = [{'type': 'image', 'text': None}] if turn == 0 else []
-            content.append({'type': 'text', 'text': question})
-            messages.append({'role': 'user', 'content': content})
-            messages.append({'role': 'assistant', 'content': [{'type': 'text', 'text': answer}]})
+            turns.append((question, answer))
             metadata.append({
                 'type': QA_TYPE, 'kind': 'quantitative', 'needs_canonical': False,
                 'object_ids': ['gripper', object_id], 'captions': [subject, target],
@@ -169,7 +172,7 @@ def episode_rows(config: GripperDataConfig, index: int,
                 'episode': {'index': index, 'scenario': scenario, 'frame': int(k)}})
         rows.append({'image': {'bytes': encode_png(frame.rgb), 'path': None},
                      'image_id': f'gripper-{config.seed}-{index:06d}-{int(k):03d}',
-                     'messages': messages, 'qa_metadata': dumps(metadata)})
+                     'messages': turn_messages(turns), 'qa_metadata': dumps(metadata)})
     return rows
 
 

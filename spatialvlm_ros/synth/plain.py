@@ -111,34 +111,16 @@ def plain_turn(meta: dict[str, Any], bank: TemplateBank,
     return question, render('[X] [B].', a, b, bank.x_value(qa_type, truth == axis.positive))
 
 
-def plain_row(messages: list[dict[str, Any]], metadata: list[dict[str, Any]],
-              bank: TemplateBank, config: PlainConfig) -> tuple[list[dict[str, Any]],
-                                                                list[dict[str, Any]]] | None:
-    """Return the plain ``(messages, metadata)`` of one chat row (None: no turn kept)."""
+def plain_row(metadata: list[dict[str, Any]], bank: TemplateBank,
+              config: PlainConfig) -> tuple[list[tuple[str, str]], list[dict[str, Any]]] | None:
+    """Return the kept ``(question, answer)`` turns of one row and their metadata (or None)."""
     turns, metas = [], []
     for meta in metadata:
         pair = plain_turn(meta, bank, config)
         if pair is not None:
             turns.append(pair)
             metas.append({**meta, 'question': pair[0], 'answer': pair[1], 'phrasing': 'plain'})
-    if not turns:
-        return None
-    out: list[dict[str, Any]] = []
-    for i, (question, answer) in enumerate(turns):
-        content = [{'type': 'text', 'text': question}]
-        if i == 0:  # the image goes first in the first user turn, as in the engine's rows
-            image_part = next((c for c in _content(messages[0]) if c.get('type') == 'image'),
-                              None) if messages else None
-            if image_part is not None:
-                content.insert(0, {'type': 'image', 'text': image_part.get('text')})
-        out.append({'role': 'user', 'content': content})
-        out.append({'role': 'assistant', 'content': [{'type': 'text', 'text': answer}]})
-    return out, metas
-
-
-def _content(message: dict[str, Any]) -> list[dict[str, Any]]:
-    content = message.get('content') or []
-    return [content] if isinstance(content, dict) else list(content)
+    return (turns, metas) if turns else None
 
 
 def _shards(sources: Iterable[str | Path], out: Path) -> list[tuple[Path, str]]:
@@ -167,19 +149,18 @@ def write_plain_dataset(sources: Iterable[str | Path], out: str | Path,
     Restate the engine shards under ``sources`` into ``out`` (resumable); return the summary.
 
     Output shards are named after their source (``<source index>-<shard path>.parquet``);
-    a source shard without kept turns gives no output shard. Shards under ``out`` itself
-    are never read as sources. The summary counts rows and turns
-    per kind over all shards, including those written by an earlier run.
+    a source shard without kept turns gives no output shard. Shards under ``out`` itself are
+    never read as sources. The summary counts rows and turns per kind over all shards,
+    including those written by an earlier run.
 
     :raises FileNotFoundError: a source holds no Parquet shard.
     :raises ValueError: ``out`` holds a run with another config or other sources, or a shard
-        lacks the
-        ``messages`` / ``qa_metadata`` columns.
+        lacks one of the engine's columns.
     """
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
-    from spatialvlm_ros.synth.dataset import atomic_write, dumps, parquet_bytes
+    from spatialvlm_ros.synth.dataset import atomic_write, dumps, parquet_bytes, turn_messages
 
     config = config or PlainConfig()
     out = Path(out)
@@ -211,17 +192,16 @@ def write_plain_dataset(sources: Iterable[str | Path], out: str | Path,
         columns: dict[str, list[Any]] = {'image': [], 'image_id': [], 'messages': [],
                                          'qa_metadata': []}
         metas_written = []
-        for image, image_id, messages, raw in zip(
+        for image, image_id, raw in zip(
                 table.column('image').to_pylist(), table.column('image_id').to_pylist(),
-                table.column('messages').to_pylist(), table.column('qa_metadata').to_pylist(),
-                strict=True):
+                table.column('qa_metadata').to_pylist(), strict=True):
             metadata = json.loads(raw) if isinstance(raw, str) else list(raw or [])
-            restated = plain_row(messages or [], metadata, bank, config)
+            restated = plain_row(metadata, bank, config)
             if restated is None:
                 continue
             columns['image'].append(image)
             columns['image_id'].append(image_id)
-            columns['messages'].append(restated[0])
+            columns['messages'].append(turn_messages(restated[0]))
             columns['qa_metadata'].append(dumps(restated[1]))
             metas_written.append(restated[1])
         if metas_written:

@@ -116,6 +116,7 @@ class DefaultRecipe:
     length_buckets: int = 4
     plain_steps: int = 0
     plain_lr: float = 1e-3
+    # synth.plain.SIZE_FAMILIES, spelt out so that the CLI does not import the engine's QA code
     plain_families: tuple[str, ...] = ('tall', 'short', 'wide', 'thin', 'big', 'small')
     focus_mix_plain: bool = True
 
