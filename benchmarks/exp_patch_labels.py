@@ -35,12 +35,15 @@ HELDOUT_SEED = 600_000
 
 
 def render_labelled(first_seed: int, scenes: int, frames_per_scene: int, grid: int,
-                    min_share: float) -> dict[str, np.ndarray]:
+                    min_share: float, scene_config: Any = None) -> dict[str, np.ndarray]:
     """
     Render ``scenes`` scenes and label every patch of every frame.
 
+    :param scene_config: a ``SceneConfig`` (camera ranges); ``None`` for the engine's default.
     :return: ``rgb`` ``uint8`` ``(N, H, W, 3)``; ``colour`` and ``kind`` ``int64``
-        ``(N, grid * grid)`` with ``len(PALETTE)`` / ``len(CATALOG)`` for background.
+        ``(N, grid * grid)`` with ``len(PALETTE)`` / ``len(CATALOG)`` for background;
+        ``object_px`` ``float64`` ``(M,)``, the square root of each visible object's pixel
+        count (its typical side in pixels of the full-size render).
     """
     from spatialvlm_ros.sim.catalog import CATALOG, PALETTE
     from spatialvlm_ros.sim.parallel import render_scenes
@@ -48,11 +51,15 @@ def render_labelled(first_seed: int, scenes: int, frames_per_scene: int, grid: i
     from spatialvlm_ros.train.grounding import segment_patch_labels
 
     colours, kinds = list(PALETTE), list(CATALOG)
-    rendered = render_scenes(range(first_seed, first_seed + scenes), SceneConfig(),
+    rendered = render_scenes(range(first_seed, first_seed + scenes),
+                             scene_config or SceneConfig(),
                              frames_per_scene=frames_per_scene, progress=True)
-    rgb, colour, kind = [], [], []
+    rgb, colour, kind, object_px = [], [], [], []
     for frames in rendered:
         for frame in frames:
+            counts = np.bincount(frame.segmentation.reshape(-1) + 1,
+                                 minlength=len(frame.objects) + 1)[1:]
+            object_px.extend(np.sqrt(counts[counts > 0]).tolist())
             colour_of = [colours.index(o.attributes['colour']) for o in frame.objects]
             kind_of = [kinds.index(o.category) for o in frame.objects]
             rgb.append(frame.rgb)
@@ -60,7 +67,8 @@ def render_labelled(first_seed: int, scenes: int, frames_per_scene: int, grid: i
                                                len(colours), min_share))
             kind.append(segment_patch_labels(frame.segmentation, kind_of, grid, len(kinds),
                                              min_share))
-    return {'rgb': np.stack(rgb), 'colour': np.stack(colour), 'kind': np.stack(kind)}
+    return {'rgb': np.stack(rgb), 'colour': np.stack(colour), 'kind': np.stack(kind),
+            'object_px': np.asarray(object_px)}
 
 
 def mirror(labels: np.ndarray, grid: int) -> np.ndarray:
@@ -79,14 +87,22 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     grid = args.image_size // args.patch_size
     n_colour, n_kind = len(PALETTE), len(CATALOG)
+    from spatialvlm_ros.sim.scene import SceneConfig
+
+    scene_config = SceneConfig(**{k: tuple(v) for k, v in
+                                  (('fov_deg', args.fov), ('cam_distance', args.cam_distance))
+                                  if v is not None})
     start = time.perf_counter()
     train = render_labelled(TRAIN_SEED, args.scenes, args.frames_per_scene, grid,
-                            args.min_share)
+                            args.min_share, scene_config)
     heldout = render_labelled(HELDOUT_SEED, args.heldout_scenes, args.frames_per_scene, grid,
-                              args.min_share)
+                              args.min_share, scene_config)
+    side = np.percentile(train['object_px'], [10, 50, 90]) * args.image_size / scene_config.width
     print(f"rendered {len(train['rgb'])} training and {len(heldout['rgb'])} held-out frames "
           f'in {time.perf_counter() - start:.0f} s; object patches '
-          f"{(train['colour'] < n_colour).mean():.1%}", flush=True)
+          f"{(train['colour'] < n_colour).mean():.1%}; object side at the model's input "
+          f'(sqrt of pixels, 10/50/90th percentile): {side[0]:.1f} / {side[1]:.1f} / '
+          f'{side[2]:.1f} px', flush=True)
 
     torch.manual_seed(args.seed)
     model, processor = build_compact_model(
@@ -192,6 +208,11 @@ def main() -> None:
     parser.add_argument('--lr', type=float, default=1e-3)
     parser.add_argument('--min-share', type=float, default=0.03,
                         help="least share of a patch's pixels that makes it an object patch")
+    parser.add_argument('--fov', type=float, nargs=2, metavar=('LO', 'HI'),
+                        help="the camera's vertical field of view range in degrees "
+                             "(default: the engine's SceneConfig)")
+    parser.add_argument('--cam-distance', type=float, nargs=2, metavar=('LO', 'HI'),
+                        help="the camera's distance range in metres (default: the engine's)")
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--save', type=Path, help='write tower, projector, head (safetensors)')
     args = parser.parse_args()

@@ -528,3 +528,43 @@ def test_text_relation_fresh_decoder_is_not_the_trained_one():
     first = [p.detach() for p in trained.params]
     assert not all(bool((a == b).all()) for a, b in zip(first, fresh.params, strict=True))
     assert all(bool((a == b).all()) for a, b in zip(fresh.params, again.params, strict=True))
+
+
+def test_patch_label_camera_range_frames_the_objects_larger():
+    pytest.importorskip('pybullet')
+    labels = _load('exp_patch_labels')
+    from spatialvlm_ros.sim.scene import SceneConfig
+
+    wide = labels.render_labelled(labels.TRAIN_SEED, 3, 1, 6, 0.03)
+    close = labels.render_labelled(labels.TRAIN_SEED, 3, 1, 6, 0.03,
+                                   SceneConfig(fov_deg=(25.0, 35.0), cam_distance=(0.55, 0.8)))
+    for data in (wide, close):  # one entry per visible object, its side in pixels
+        assert data['object_px'].ndim == 1 and len(data['object_px']) >= 3
+        assert np.all(data['object_px'] >= 1)
+    assert np.median(close['object_px']) > 1.5 * np.median(wide['object_px'])
+
+
+def test_type_tower_labels_and_arms_share_one_grid():
+    pytest.importorskip('pybullet')
+    torch = pytest.importorskip('torch')
+    tower = _load('exp_type_tower')
+    labels = _load('exp_patch_labels')
+    from spatialvlm_ros.sim.catalog import CATALOG
+    from spatialvlm_ros.sim.scene import SceneConfig
+
+    data = tower.render(tower.TRAIN_SEED, 1, 1, SceneConfig(), (6, 12))
+    reference = labels.render_labelled(labels.TRAIN_SEED, 1, 1, 6, 0.03)
+    assert np.array_equal(data['kind6'], reference['kind']), 'the same labels as exp_patch_labels'
+    assert data['kind12'].shape == (1, 144)
+    objects6 = (data['kind6'][0] < len(CATALOG)).reshape(6, 6)
+    objects12 = (data['kind12'][0] < len(CATALOG)).reshape(6, 2, 6, 2).any(axis=(1, 3))
+    # An object covering >= 3% of a coarse cell covers >= 3% of one of its four fine cells.
+    assert np.array_equal(objects6 & ~objects12, np.zeros_like(objects6))
+    assert objects6.any()
+    torch.manual_seed(0)
+    for arm, grid in (('cnn', 6), ('cnn192', 6), ('siglip16', 6), ('siglip8', 12)):
+        params, forward, set_train, arm_grid = tower.build_arm(arm, len(CATALOG) + 1)
+        assert arm_grid == grid and params
+        with torch.no_grad():
+            out = forward(np.repeat(data['rgb'], 2, axis=0))
+        assert tuple(out.shape) == (2, grid * grid, len(CATALOG) + 1)
