@@ -26,7 +26,7 @@ import argparse
 import json
 from pathlib import Path
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -34,12 +34,22 @@ TRAIN_SEED = 100_000
 HELDOUT_SEED = 600_000
 
 
+def camera_config(fov: Sequence[float] | None, cam_distance: Sequence[float] | None) -> Any:
+    """Return the engine's ``SceneConfig`` with the given camera ranges (``None``: the default)."""
+    from spatialvlm_ros.sim.scene import SceneConfig
+
+    ranges = (('fov_deg', fov), ('cam_distance', cam_distance))
+    return SceneConfig(**{k: tuple(v) for k, v in ranges if v is not None})
+
+
 def render_labelled(first_seed: int, scenes: int, frames_per_scene: int, grid: int,
-                    min_share: float, scene_config: Any = None) -> dict[str, np.ndarray]:
+                    min_share: float, scene_config: Any = None,
+                    kind_grids: Sequence[int] = ()) -> dict[str, np.ndarray]:
     """
     Render ``scenes`` scenes and label every patch of every frame.
 
     :param scene_config: a ``SceneConfig`` (camera ranges); ``None`` for the engine's default.
+    :param kind_grids: more grids to label the type at, returned as ``kind{g}``.
     :return: ``rgb`` ``uint8`` ``(N, H, W, 3)``; ``colour`` and ``kind`` ``int64``
         ``(N, grid * grid)`` with ``len(PALETTE)`` / ``len(CATALOG)`` for background;
         ``object_px`` ``float64`` ``(M,)``, the square root of each visible object's pixel
@@ -55,6 +65,7 @@ def render_labelled(first_seed: int, scenes: int, frames_per_scene: int, grid: i
                              scene_config or SceneConfig(),
                              frames_per_scene=frames_per_scene, progress=True)
     rgb, colour, kind, object_px = [], [], [], []
+    kind_at: dict[int, list[np.ndarray]] = {g: [] for g in kind_grids}
     for frames in rendered:
         for frame in frames:
             counts = np.bincount(frame.segmentation.reshape(-1) + 1,
@@ -67,8 +78,12 @@ def render_labelled(first_seed: int, scenes: int, frames_per_scene: int, grid: i
                                                len(colours), min_share))
             kind.append(segment_patch_labels(frame.segmentation, kind_of, grid, len(kinds),
                                              min_share))
+            for g in kind_grids:
+                kind_at[g].append(segment_patch_labels(frame.segmentation, kind_of, g,
+                                                       len(kinds), min_share))
     return {'rgb': np.stack(rgb), 'colour': np.stack(colour), 'kind': np.stack(kind),
-            'object_px': np.asarray(object_px)}
+            'object_px': np.asarray(object_px),
+            **{f'kind{g}': np.stack(labels) for g, labels in kind_at.items()}}
 
 
 def mirror(labels: np.ndarray, grid: int) -> np.ndarray:
@@ -87,11 +102,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     grid = args.image_size // args.patch_size
     n_colour, n_kind = len(PALETTE), len(CATALOG)
-    from spatialvlm_ros.sim.scene import SceneConfig
-
-    scene_config = SceneConfig(**{k: tuple(v) for k, v in
-                                  (('fov_deg', args.fov), ('cam_distance', args.cam_distance))
-                                  if v is not None})
+    scene_config = camera_config(args.fov, args.cam_distance)
     start = time.perf_counter()
     train = render_labelled(TRAIN_SEED, args.scenes, args.frames_per_scene, grid,
                             args.min_share, scene_config)

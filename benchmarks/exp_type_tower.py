@@ -28,6 +28,7 @@ cnn 5 min, siglip16 4 min, siglip8 18 min).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 import time
 from typing import Any, Callable
@@ -39,29 +40,25 @@ HELDOUT_SEED = 600_000
 ARMS = ('siglip16', 'siglip8', 'cnn', 'cnn192')
 
 
-def render(first_seed: int, scenes: int, frames_per_scene: int, scene_config: Any,
-           grids: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """
-    Render ``scenes`` scenes and label every patch at each grid.
+def _patch_labels() -> Any:
+    """Return the ``exp_patch_labels`` module (renders and patch labels), from beside this file."""
+    path = Path(__file__).resolve().parent / 'exp_patch_labels.py'
+    spec = importlib.util.spec_from_file_location('exp_patch_labels', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    :return: ``rgb`` ``uint8`` ``(N, H, W, 3)`` and, per grid ``g``, ``kind{g}`` ``int64``
+
+def render(first_seed: int, scenes: int, scene_config: Any) -> dict[str, np.ndarray]:
+    """
+    Render ``scenes`` scenes (two frames each) and label each patch's type at both grids.
+
+    :return: ``rgb`` ``uint8`` ``(N, H, W, 3)``; ``kind6`` and ``kind12`` ``int64``
         ``(N, g * g)`` with ``len(CATALOG)`` for background.
     """
-    from spatialvlm_ros.sim.catalog import CATALOG
-    from spatialvlm_ros.sim.parallel import render_scenes
-    from spatialvlm_ros.train.grounding import segment_patch_labels
-
-    kinds = list(CATALOG)
-    out: dict[str, list[np.ndarray]] = {'rgb': [], **{f'kind{g}': [] for g in grids}}
-    for frames in render_scenes(range(first_seed, first_seed + scenes), scene_config,
-                                frames_per_scene=frames_per_scene, progress=True):
-        for frame in frames:
-            kind_of = [kinds.index(o.category) for o in frame.objects]
-            out['rgb'].append(frame.rgb)
-            for g in grids:
-                out[f'kind{g}'].append(segment_patch_labels(frame.segmentation, kind_of, g,
-                                                            len(kinds), 0.03))
-    return {k: np.stack(v) for k, v in out.items()}
+    data = _patch_labels().render_labelled(first_seed, scenes, 2, 6, 0.03, scene_config,
+                                           kind_grids=(6, 12))
+    return {key: data[key] for key in ('rgb', 'kind6', 'kind12')}
 
 
 Renders = dict[str, np.ndarray]
@@ -69,8 +66,6 @@ Renders = dict[str, np.ndarray]
 
 def load_or_render(args: argparse.Namespace) -> tuple[Renders, Renders]:
     """Return the training and held-out renders, from ``args.cache`` when it matches."""
-    from spatialvlm_ros.sim.scene import SceneConfig
-
     key = np.array([args.scenes, args.heldout_scenes, *(args.fov or (0, 0)),
                     *(args.cam_distance or (0, 0))], dtype=np.float64)
     if args.cache and args.cache.exists():
@@ -79,12 +74,10 @@ def load_or_render(args: argparse.Namespace) -> tuple[Renders, Renders]:
                 return ({k[3:]: z[k] for k in z.files if k.startswith('tr_')},
                         {k[3:]: z[k] for k in z.files if k.startswith('ho_')})
         print(f'{args.cache} holds other renders; rendering again', flush=True)
-    overrides = {k: tuple(v) for k, v in (('fov_deg', args.fov),
-                                          ('cam_distance', args.cam_distance)) if v is not None}
-    scene_config = SceneConfig(**overrides)
+    scene_config = _patch_labels().camera_config(args.fov, args.cam_distance)
     start = time.perf_counter()
-    train = render(TRAIN_SEED, args.scenes, 2, scene_config, (6, 12))
-    heldout = render(HELDOUT_SEED, args.heldout_scenes, 2, scene_config, (6, 12))
+    train = render(TRAIN_SEED, args.scenes, scene_config)
+    heldout = render(HELDOUT_SEED, args.heldout_scenes, scene_config)
     print(f"rendered {len(train['rgb'])} + {len(heldout['rgb'])} frames in "
           f'{time.perf_counter() - start:.0f} s', flush=True)
     if args.cache:

@@ -552,10 +552,12 @@ def test_type_tower_labels_and_arms_share_one_grid():
     from spatialvlm_ros.sim.catalog import CATALOG
     from spatialvlm_ros.sim.scene import SceneConfig
 
-    data = tower.render(tower.TRAIN_SEED, 1, 1, SceneConfig(), (6, 12))
-    reference = labels.render_labelled(labels.TRAIN_SEED, 1, 1, 6, 0.03)
+    data = tower.render(tower.TRAIN_SEED, 1, SceneConfig())
+    reference = labels.render_labelled(labels.TRAIN_SEED, 1, 2, 6, 0.03)
+    assert set(data) == {'rgb', 'kind6', 'kind12'}
+    assert np.array_equal(data['rgb'], reference['rgb'])
     assert np.array_equal(data['kind6'], reference['kind']), 'the same labels as exp_patch_labels'
-    assert data['kind12'].shape == (1, 144)
+    assert data['kind12'].shape == (2, 144)
     objects6 = (data['kind6'][0] < len(CATALOG)).reshape(6, 6)
     objects12 = (data['kind12'][0] < len(CATALOG)).reshape(6, 2, 6, 2).any(axis=(1, 3))
     # An object covering >= 3% of a coarse cell covers >= 3% of one of its four fine cells.
@@ -566,5 +568,5 @@ def test_type_tower_labels_and_arms_share_one_grid():
         params, forward, set_train, arm_grid = tower.build_arm(arm, len(CATALOG) + 1)
         assert arm_grid == grid and params
         with torch.no_grad():
-            out = forward(np.repeat(data['rgb'], 2, axis=0))
+            out = forward(data['rgb'])
         assert tuple(out.shape) == (2, grid * grid, len(CATALOG) + 1)
