@@ -8,6 +8,8 @@ and compares them:
 
 - ``siglip16``: the compact model's tower and projector (36 tokens), as in ``exp_patch_labels``;
 - ``siglip8``: the same tower with 8 px patches (144 tokens);
+- ``swin``: the compact model with its Swin tower (``CompactVLMConfig(vision_tower='swin')``:
+  4 px patches, windowed attention, two patch mergings; 36 tokens) and projector;
 - ``cnn``: a small convolutional network (five 3x3 convolutions, four with stride 2, then a
   3x3 and a 1x1 convolution) on the same 96 px input, one output per 16 px cell (36 cells);
 - ``cnn192``: the same with a 192 px input and one more stride-2 convolution (36 cells).
@@ -37,7 +39,7 @@ import numpy as np
 
 TRAIN_SEED = 100_000
 HELDOUT_SEED = 600_000
-ARMS = ('siglip16', 'siglip8', 'cnn', 'cnn192')
+ARMS = ('siglip16', 'siglip8', 'swin', 'cnn', 'cnn192')
 
 
 def _patch_labels() -> Any:
@@ -102,14 +104,16 @@ def build_arm(arm: str, n_out: int) -> Arm:
     from torch import nn
     from torch.nn import functional as F
 
-    if arm.startswith('siglip'):
+    if arm.startswith(('siglip', 'swin')):
         from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig
         from spatialvlm_ros.model.tokenizer import build_default_tokenizer
         from spatialvlm_ros.train.connector import image_tokens
 
-        patch = int(arm[len('siglip'):])
-        model, processor = build_compact_model(CompactVLMConfig(patch_size=patch, seed=0),
-                                               build_default_tokenizer())
+        tower = 'swin' if arm == 'swin' else 'siglip'
+        patch = 16 if arm == 'swin' else int(arm[len('siglip'):])
+        model, processor = build_compact_model(
+            CompactVLMConfig(patch_size=patch, vision_tower=tower, seed=0),
+            build_default_tokenizer())
         inner = model.model
         head = nn.Linear(inner.multi_modal_projector.linear_2.out_features, n_out)
         params = [*inner.vision_tower.parameters(), *inner.multi_modal_projector.parameters(),

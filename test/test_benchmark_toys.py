@@ -564,7 +564,7 @@ def test_type_tower_labels_and_arms_share_one_grid():
     assert np.array_equal(objects6 & ~objects12, np.zeros_like(objects6))
     assert objects6.any()
     torch.manual_seed(0)
-    for arm, grid in (('cnn', 6), ('cnn192', 6), ('siglip16', 6), ('siglip8', 12)):
+    for arm, grid in (('cnn', 6), ('cnn192', 6), ('siglip16', 6), ('siglip8', 12), ('swin', 6)):
         params, forward, set_train, arm_grid = tower.build_arm(arm, len(CATALOG) + 1)
         assert arm_grid == grid and params
         with torch.no_grad():

@@ -1,4 +1,6 @@
-"""The compact LLaVA (SigLIP + projector + Llama): build, image-token count, loss, round trip."""
+"""The compact LLaVA (SigLIP or Swin, projector, Llama): build, image tokens, loss, round trip."""
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -26,9 +28,9 @@ def tokenizer():
     return build_default_tokenizer()
 
 
-@pytest.fixture(scope='module')
-def compact(tokenizer):
-    return build_compact_model(SMALL, tokenizer)
+@pytest.fixture(scope='module', params=['siglip', 'swin'])
+def compact(tokenizer, request):
+    return build_compact_model(replace(SMALL, vision_tower=request.param), tokenizer)
 
 
 @pytest.fixture(scope='module')
@@ -45,6 +47,18 @@ def test_default_config_is_small_llava(tokenizer):
     counts = count_parameters(model)
     assert 3e6 < counts['total'] < 12e6, counts
     assert isinstance(processor, transformers.LlavaProcessor)
+
+
+def test_swin_tower_gives_one_token_per_cell(tokenizer):
+    model, _ = build_compact_model(CompactVLMConfig(vision_tower='swin'), tokenizer)
+    vision = model.config.vision_config
+    assert vision.model_type == 'swin' and vision.patch_size == 4 and vision.hidden_size == 192
+    assert vision.window_size == 6 and list(vision.num_heads) == [2, 4, 8]
+    pixels = torch.zeros(2, 3, 96, 96)
+    with torch.no_grad():
+        features = model.model.get_image_features(pixel_values=pixels, return_dict=True)
+    assert [tuple(f.shape) for f in features.pooler_output] == [(36, 256)] * 2
+    assert 3e6 < count_parameters(model)['total'] < 12e6
 
 
 def test_image_tokens_match_patches(compact, image):
@@ -103,6 +117,9 @@ def test_save_load_round_trip(compact, image, tmp_path):
     ({'text_layers': 0}, 'positive'),
     ({'max_length': 40, 'image_size': 112}, 'no room'),
     ({'attn_init_scale': 0.0}, 'attn_init_scale'),
+    ({'vision_tower': 'convnext'}, 'vision_tower'),
+    ({'vision_tower': 'swin', 'patch_size': 6, 'image_size': 96}, 'divisible by 4'),
+    ({'vision_tower': 'swin', 'swin_depths': (2, 0)}, 'positive'),
 ])
 def test_config_is_validated(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -110,9 +127,9 @@ def test_config_is_validated(kwargs, match):
 
 
 def test_attn_init_scale_scales_only_queries_and_keys(compact, tokenizer):
-    from dataclasses import replace
-
-    scaled, _ = build_compact_model(replace(SMALL, attn_init_scale=5.0), tokenizer)
+    tower = 'swin' if compact[0].config.vision_config.model_type == 'swin' else 'siglip'
+    config = replace(SMALL, vision_tower=tower)
+    scaled, _ = build_compact_model(replace(config, attn_init_scale=5.0), tokenizer)
     base = dict(compact[0].named_parameters())
     names = {name for name, _ in scaled.named_parameters()
              if name.endswith(('q_proj.weight', 'k_proj.weight'))}

@@ -114,6 +114,14 @@ def compact_gqa():
 
 
 @pytest.fixture(scope='module')
+def compact_swin():
+    """Return a tiny compact LLaVA with the Swin tower: lean decoder, transformers' features."""
+    model, processor = build_compact_model(dataclasses.replace(SMALL_GQA, vision_tower='swin'),
+                                           build_default_tokenizer())
+    return from_memory(_randomize(model, 2, 0.2), processor)
+
+
+@pytest.fixture(scope='module')
 def llava15():
     """Return a tiny LLaVA-1.5: CLIP tower (CLS dropped, layer -2), Llama, cropping."""
     tok = _tiny_tokenizer(['<image>'], extra_special_tokens={'image_token': '<image>'})
@@ -251,7 +259,7 @@ def test_shipped_answers_match_generate(shipped, frames, prefix, stop):
     assert all(text.startswith(prefix) for text in fast)
 
 
-@pytest.mark.parametrize('name', ['compact_gqa', 'llava15'])
+@pytest.mark.parametrize('name', ['compact_gqa', 'compact_swin', 'llava15'])
 @pytest.mark.parametrize('prefix, stop', DECODINGS)
 def test_tiny_llava_answers_match_generate(name, request, images, prefix, stop):
     loaded = request.getfixturevalue(name)
@@ -265,7 +273,7 @@ def test_tiny_llava_answers_match_generate(name, request, images, prefix, stop):
     assert len(set(slow)) > 1
 
 
-@pytest.mark.parametrize('name', ['shipped', 'compact_gqa', 'llava15'])
+@pytest.mark.parametrize('name', ['shipped', 'compact_gqa', 'compact_swin', 'llava15'])
 def test_lean_tokens_equal_generate_tokens(name, request, images):
     loaded = request.getfixturevalue(name)
     assert lean_blocker(loaded.model) is None
@@ -324,8 +332,9 @@ def test_lean_siglip_features_equal_get_image_features(compact_gqa, images, laye
         model.config.vision_feature_layer, model.config.vision_feature_select_strategy = saved
 
 
-def test_other_vision_towers_use_get_image_features(llava15, compact_gqa):
+def test_other_vision_towers_use_get_image_features(llava15, compact_gqa, compact_swin):
     assert not LeanGreedyDecoder(llava15.model).lean_vision
+    assert not LeanGreedyDecoder(compact_swin.model).lean_vision
     model = compact_gqa.model
     model.config.vision_feature_layer = 0  # transformers' own code fails on it
     try:

@@ -56,8 +56,10 @@ def test_pretrained_tower_feeds_a_frozen_training_stage(tmp_path):
                            vision_pretrain_steps=3, freeze_vision=True)
     folders = build_data(recipe)
     init = init_model(tmp_path / 'init', recipe.image_size)
-    with pytest.raises(ValueError, match='32 px model'):
+    with pytest.raises(ValueError, match='32 px siglip model'):
         init_model(tmp_path / 'init', 96)
+    with pytest.raises(ValueError, match='32 px swin one'):
+        init_model(tmp_path / 'init', 32, 'swin')
     pretrained = pretrain_tower(recipe, init)
     assert pretrained == tmp_path / 'init_vision'
     result = run_training(recipe, pretrained, folders)

@@ -30,6 +30,7 @@ import argparse
 import dataclasses
 from dataclasses import asdict, dataclass
 import json
+import math
 from pathlib import Path
 import shutil
 import sys
@@ -69,6 +70,8 @@ class DefaultRecipe:
         'The distance is 0.46 m.'; see ``synth.gripper.GripperDataConfig``). The held-out
         gripper set is always ``'human'`` (only its questions and truth are used).
     :ivar image_size: the compact model's input side in pixels (16 px patches).
+    :ivar vision_tower: the compact model's vision tower, ``'siglip'`` (the shipped model's) or
+        ``'swin'`` (``model.compact.CompactVLMConfig.vision_tower``).
     :ivar vision_pretrain_episodes: rendered episodes for pre-training the vision tower on
         per-patch simulator targets before the QA stages (``train.vision_pretrain``); 0: none.
     :ivar vision_pretrain_steps: steps of that pre-training.
@@ -109,6 +112,7 @@ class DefaultRecipe:
     focus_mix_engine: bool = True
     gripper_answer_style: str = 'human'
     image_size: int = 96
+    vision_tower: str = 'siglip'
     vision_pretrain_episodes: int = 0
     vision_pretrain_steps: int = 600
     vision_targets: str = 'extended'
@@ -131,6 +135,11 @@ class DefaultRecipe:
         if self.image_size < 16 or self.image_size % 16:
             raise ValueError(f'image_size must be a positive multiple of 16, got '
                              f'{self.image_size}')
+        from spatialvlm_ros.model.compact import VISION_TOWERS
+
+        if self.vision_tower not in VISION_TOWERS:
+            raise ValueError(f'vision_tower must be one of {VISION_TOWERS}, got '
+                             f'{self.vision_tower!r}')
         if self.vision_pretrain_episodes < 0 or self.vision_pretrain_steps < 1:
             raise ValueError('vision_pretrain_episodes must be >= 0 and vision_pretrain_steps '
                              '>= 1')
@@ -242,21 +251,24 @@ def build_data(recipe: DefaultRecipe, timings: Timings | None = None) -> dict[st
     return folders
 
 
-def init_model(folder: Path, image_size: int = 96) -> Path:
+def init_model(folder: Path, image_size: int = 96, vision_tower: str = 'siglip') -> Path:
     """Build and save the untrained compact model (tokenizer trained on the engine text)."""
     from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig, save_compact
     from spatialvlm_ros.model.tokenizer import build_default_tokenizer
 
     if (folder / 'config.json').is_file():
         config = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
-        found = config.get('vision_config', {}).get('image_size')
-        if found != image_size:
-            raise ValueError(f'{folder} holds a {found} px model, the recipe asks for '
-                             f'{image_size} px; use another --out')
+        vision = config.get('vision_config', {})
+        found = (vision.get('image_size'),
+                 'swin' if vision.get('model_type') == 'swin' else 'siglip')
+        if found != (image_size, vision_tower):
+            raise ValueError(f'{folder} holds a {found[0]} px {found[1]} model, the recipe asks '
+                             f'for a {image_size} px {vision_tower} one; use another --out')
         return folder
     _log(f'initial compact model -> {folder}')
-    model, processor = build_compact_model(CompactVLMConfig(image_size=image_size),
-                                           build_default_tokenizer())
+    model, processor = build_compact_model(
+        CompactVLMConfig(image_size=image_size, vision_tower=vision_tower),
+        build_default_tokenizer())
     tmp = folder.with_name(folder.name + '.tmp')
     shutil.rmtree(tmp, ignore_errors=True)
     save_compact(model, processor, tmp)
@@ -369,6 +381,24 @@ def evaluate(recipe: DefaultRecipe, model_dir: Path, folders: dict[str, Path]) -
     return reports
 
 
+_TOWER_NAMES = {'siglip': 'SigLIP-style', 'swin': 'Swin'}
+
+
+def _parameter_text(folder: str | Path | None) -> str:
+    """Return ' about N M parameters,' from the safetensors headers in ``folder`` ('' if none)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob('*.safetensors')) if folder else []
+    if not files:
+        return ''
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework='numpy') as weights:
+            for key in weights.keys():
+                total += math.prod(weights.get_slice(key).get_shape())
+    return f' about {total / 1e6:.1f} M parameters,'
+
+
 def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
                timings: dict[str, float]) -> str:
     """Return the model card (markdown); ``timings``: seconds per step of the recipe."""
@@ -416,8 +446,9 @@ def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
                  + ('kept frozen.' if recipe.freeze_vision else 'trained with the rest.'))
     return f"""# spatialvlm_ros compact spatial VLM (shipped default)
 
-A LLaVA-style model (SigLIP-style vision tower, projector, small Llama decoder; about 5.7 M
-parameters, {recipe.image_size} px input) trained from scratch on this package's data engine, for
+A LLaVA-style model ({_TOWER_NAMES[recipe.vision_tower]} vision tower, projector, small Llama
+decoder;{_parameter_text(getattr(result, 'final_dir', None))} {recipe.image_size} px input) trained
+from scratch on this package's data engine, for
 gripper-to-object and object-to-object spatial questions about simulated tabletop scenes.
 It is a small reproduction artefact, not a general VLM: on real images use a real VLM folder.
 
@@ -504,6 +535,8 @@ def register(subparsers: Any) -> None:
                         help="gripper training answers: 'human' rounding (default) or fixed-width "
                              "'metric' ('The distance is 0.46 m.')")
     parser.add_argument('--image-size', type=int, help='model input side in px (default 96)')
+    parser.add_argument('--vision-tower', choices=('siglip', 'swin'),
+                        help="the compact model's vision tower (default siglip)")
     parser.add_argument('--vision-pretrain-episodes', type=int,
                         help='episodes for pre-training the vision tower (default 0: none)')
     parser.add_argument('--vision-pretrain-steps', type=int,
@@ -528,7 +561,8 @@ def _run(args: argparse.Namespace) -> int:
 
     names = ('steps', 'focus_steps', 'focus_gripper_episodes', 'train_scenes',
              'gripper_episodes', 'heldout_scenes', 'heldout_gripper_episodes', 'eval_limit',
-             'workers', 'gripper_answer_style', 'image_size', 'vision_pretrain_episodes',
+             'workers', 'gripper_answer_style', 'image_size', 'vision_tower',
+             'vision_pretrain_episodes',
              'vision_pretrain_steps', 'freeze_vision', 'length_buckets', 'plain_steps',
              'plain_lr')
     overrides = {k: getattr(args, k) for k in names
@@ -540,7 +574,7 @@ def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     timings = Timings(recipe.out)
     folders = build_data(recipe, timings)
-    model = init_model(Path(recipe.out) / 'init', recipe.image_size)
+    model = init_model(Path(recipe.out) / 'init', recipe.image_size, recipe.vision_tower)
     model = pretrain_tower(recipe, model, timings)
     result = run_training(recipe, model, folders, timings)
     final = Path(result.final_dir)
