@@ -129,7 +129,9 @@ def patch_classes(found: list[dict[str, Any]], types: list[str], grid: int,
 
 
 def oracle_features(image: np.ndarray, found: list[dict[str, Any]], types: list[str],
-                    grid: int, identity: str = 'type', rgb: bool = True) -> np.ndarray:
+                    grid: int, identity: str = 'type', rgb: bool = True,
+                    type_error: float = 0.0,
+                    rng: np.random.Generator | None = None) -> np.ndarray:
     """
     Return what a perfect connector would say of each patch.
 
@@ -141,6 +143,8 @@ def oracle_features(image: np.ndarray, found: list[dict[str, Any]], types: list[
     :param identity: the code: ``'type'`` (the catalogue type, ``object['id']``, unique in a
         scene), ``'colour'`` (``object['colour']``, a palette name, see :func:`add_colours`)
         or ``'none'`` (one 'object' flag).
+    :param type_error: with ``'type'``, the share of object patches whose code names another
+        type, drawn uniformly (``rng``): the tokens of a tower that gets that share wrong.
     :return: ``float32`` ``(grid * grid, len(types) + 6)``.
     """
     from spatialvlm_ros.sim.catalog import PALETTE
@@ -162,7 +166,13 @@ def oracle_features(image: np.ndarray, found: list[dict[str, Any]], types: list[
         crop = image[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1].reshape(-1, 3)
         features[mask, :len(types) + 1] = 0.0
         if identity == 'type':
-            features[mask, types.index(obj['id'])] = 1.0
+            codes = np.full(int(mask.sum()), types.index(obj['id']))
+            if type_error > 0:
+                wrong = rng.random(len(codes)) < type_error
+                # another type: shift by 1..len(types)-1, uniform over the other types
+                codes[wrong] = (codes[wrong] + rng.integers(1, len(types), int(wrong.sum()))) \
+                    % len(types)
+            features[np.flatnonzero(mask), codes] = 1.0
         elif identity == 'colour':
             features[mask, list(PALETTE).index(obj['colour'])] = 1.0
         else:
@@ -274,14 +284,16 @@ ORACLE = ('oracle', 'oracle-grounded')
 
 def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
         seed: int, pretrain_steps: int = 600, connector: Path | None = None,
-        fold: str = 'none', identity: str = 'type',
-        rgb: bool = True) -> list[tuple[int, float, float]]:
+        fold: str = 'none', identity: str = 'type', rgb: bool = True,
+        type_error: float = 0.0) -> list[tuple[int, float, float]]:
     """
     Train one fresh model; return ``(step, mean loss of the last 100, test accuracy)``.
 
     ``connector`` (connector arm): load the tower and projector from that file
     (:func:`load_connector`, with ``fold``) instead of pre-training them here. ``identity``
-    and ``rgb`` (oracle arms): what :func:`oracle_features` puts in each token.
+    and ``rgb`` (oracle arms): what :func:`oracle_features` puts in each token;
+    ``type_error``: the share of object patches whose type code is wrong, the same draw for
+    an image each time it is seen (seeded by its id), as a tower's errors would be.
     """
     import torch
 
@@ -350,7 +362,9 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
 
         def tokens(records: list[dict[str, Any]]) -> Any:
             features = torch.stack([torch.from_numpy(oracle_features(
-                pixels(r['image_id']), objects[r['image_id']], types, grid, identity, rgb))
+                pixels(r['image_id']), objects[r['image_id']], types, grid, identity, rgb,
+                type_error, np.random.default_rng(
+                    [seed, zlib.crc32(r['image_id'].encode('utf-8'))])))
                 for r in records])
             out = features @ mix
             return out / out.norm(dim=-1, keepdim=True)
@@ -428,6 +442,8 @@ def main() -> None:
                         help='oracle arms: the one-hot object code of each token')
     parser.add_argument('--no-oracle-rgb', action='store_true',
                         help="oracle arms: leave the box's mean RGB out of the tokens")
+    parser.add_argument('--oracle-type-error', type=float, default=0.0,
+                        help='oracle arms: share of object patches given a wrong type code')
     parser.add_argument('--image-size', type=int, default=96)
     parser.add_argument('--steps', type=int, default=400)
     parser.add_argument('--min-gap', type=float, default=20.0,
@@ -436,6 +452,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 1 or args.image_size < 16 or args.image_size % 16:
         parser.error('--steps must be >= 1 and --image-size a multiple of 16')
+    if not 0 <= args.oracle_type_error <= 1:
+        parser.error('--oracle-type-error must lie in [0, 1]')
     print('| arm | image size | step | training loss (last 100) | test accuracy | '
           'seconds (whole arm) |')
     print('|---|---|---|---|---|---|')
@@ -443,7 +461,8 @@ def main() -> None:
         start = time.perf_counter()
         for step, loss, acc in run(arm, args.data, args.image_size, args.steps,
                                    args.min_gap, args.seed, args.pretrain_steps, args.connector,
-                                   args.fold, args.oracle_identity, not args.no_oracle_rgb):
+                                   args.fold, args.oracle_identity, not args.no_oracle_rgb,
+                                   args.oracle_type_error):
             print(f'| {arm} | {args.image_size} | {step} | {loss:.3f} | {acc:.3f} | '
                   f'{time.perf_counter() - start:.0f} |', flush=True)
 

@@ -402,6 +402,25 @@ def test_oracle_features_can_code_the_colour_or_nothing():
         pairs.oracle_features(image, scene, types, 4, identity='shape')
 
 
+def test_oracle_type_error_swaps_that_share_of_object_codes():
+    pairs = _load('exp_real_pairs')
+    types = _TYPES + [f'spare{i}' for i in range(11)]
+    image = np.zeros((240, 320, 3), dtype=np.uint8)
+    clean = pairs.oracle_features(image, _SCENE, types, 24)
+    n_types = len(types)
+    objects = clean[:, n_types] == 0
+    for error in (0.0, 0.3, 1.0):
+        noisy = pairs.oracle_features(image, _SCENE, types, 24, type_error=error,
+                                      rng=np.random.default_rng(0))
+        np.testing.assert_array_equal(noisy[:, n_types:], clean[:, n_types:])
+        assert (noisy[:, :n_types].sum(axis=1) == objects).all(), 'one code per object patch'
+        wrong = (noisy[objects, :n_types] != clean[objects, :n_types]).any(axis=1)
+        assert abs(wrong.mean() - error) < 0.08, (error, wrong.mean())
+    first, again = (pairs.oracle_features(image, _SCENE, types, 24, type_error=0.3,
+                                          rng=np.random.default_rng(7)) for _ in range(2))
+    np.testing.assert_array_equal(first, again)
+
+
 def test_add_colours_samples_the_engine_scene_again():
     pytest.importorskip('pybullet_data')
     from spatialvlm_ros.sim.catalog import PALETTE
