@@ -23,8 +23,9 @@ Arms (lr 1e-3 for the first two, 3e-4 for the rest, as each recipe was tuned):
 - ``oracle``: the projector's output replaced by what a perfect connector would say
   (:func:`oracle_features`: type, the box's mean colour, position; fixed random mix to the
   decoder's width, unit norm), no attention loss; ``--oracle-identity colour`` codes the
-  object's palette colour instead of its type (:func:`add_colours`), ``none`` neither, and
-  ``--no-oracle-rgb`` drops the mean colour;
+  object's palette colour instead of its type (:func:`add_colours`), ``none`` neither,
+  ``--no-oracle-rgb`` drops the mean colour, and ``--oracle-type-error P`` gives a share P of
+  the object patches a wrong type code (a tower that gets that share wrong);
 - ``oracle-grounded``: the oracle tokens with the attention loss. With ``oracle`` it splits
   the problem: what the decoder can learn once the tokens are right, with and without
   grounding supervision.
