@@ -25,7 +25,9 @@ Arms (lr 1e-3 for the first two, 3e-4 for the rest, as each recipe was tuned):
   decoder's width, unit norm), no attention loss; ``--oracle-identity colour`` codes the
   object's palette colour instead of its type (:func:`add_colours`), ``none`` neither,
   ``--no-oracle-rgb`` drops the mean colour, and ``--oracle-type-error P`` gives a share P of
-  the object patches a wrong type code (a tower that gets that share wrong);
+  the object patches a wrong type code (a tower that gets that share wrong), and
+  ``--type-tower`` fills the same layout from pixels: a saved type tower's per-patch
+  probabilities and each patch's mean RGB;
 - ``oracle-grounded``: the oracle tokens with the attention loss. With ``oracle`` it splits
   the problem: what the decoder can learn once the tokens are right, with and without
   grounding supervision.
@@ -183,6 +185,42 @@ def oracle_features(image: np.ndarray, found: list[dict[str, Any]], types: list[
     return features
 
 
+def tower_features(image: np.ndarray, probabilities: np.ndarray, types: list[str],
+                   grid: int) -> np.ndarray:
+    """
+    Return the oracle's token layout filled from pixels only (no boxes, no truth).
+
+    :param image: the RGB ``uint8`` ``(H, W, 3)`` render.
+    :param probabilities: a type tower's per-patch softmax, ``(grid * grid, len(CATALOG) + 1)``
+        in catalogue order, background last (``exp_type_tower.load_arm``).
+    :return: ``float32`` ``(grid * grid, len(types) + 6)``: the probabilities of ``types`` and
+        of the background, the patch's own mean RGB scaled to [-1, 1] (the image resized to
+        the grid, as the processor squashes it), and the patch's column and row.
+    """
+    from spatialvlm_ros.sim.catalog import CATALOG
+
+    catalogue = list(CATALOG)
+    names = [t.replace('_', ' ') for t in types]  # the engine's ids: 'soccer_ball'
+    missing = sorted(set(names) - set(catalogue))
+    if missing:
+        raise ValueError(f'types {missing} are not in the catalogue the tower was trained on')
+    features = np.zeros((grid * grid, len(types) + 6), dtype=np.float32)
+    features[:, :len(types)] = probabilities[:, [catalogue.index(t) for t in names]]
+    features[:, len(types)] = probabilities[:, -1]
+    height, width = image.shape[:2]
+    rows = np.minimum(np.arange(height) * grid // height, grid - 1)
+    columns = np.minimum(np.arange(width) * grid // width, grid - 1)
+    cell = (rows[:, None] * grid + columns[None, :]).ravel()
+    sums = np.zeros((grid * grid, 3))
+    np.add.at(sums, cell, image.reshape(-1, 3).astype(np.float64))
+    counts = np.bincount(cell, minlength=grid * grid)[:, None]
+    features[:, len(types) + 1:len(types) + 4] = sums / np.maximum(counts, 1) / 255.0 * 2 - 1
+    index = np.arange(grid * grid)
+    features[:, -2] = index % grid / max(grid - 1, 1) * 2 - 1
+    features[:, -1] = index // grid / max(grid - 1, 1) * 2 - 1
+    return features
+
+
 def add_colours(objects: dict[str, list[dict[str, Any]]]) -> None:
     """
     Add each object's palette colour (``'colour'``) to engine metadata, from its scene.
@@ -283,10 +321,22 @@ GROUNDED = ('connector', 'oracle-grounded')
 ORACLE = ('oracle', 'oracle-grounded')
 
 
+def _type_tower_module() -> Any:
+    """Return ``exp_type_tower`` (the saved type towers), from beside this file."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent / 'exp_type_tower.py'
+    spec = importlib.util.spec_from_file_location('exp_type_tower', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
         seed: int, pretrain_steps: int = 600, connector: Path | None = None,
         fold: str = 'none', identity: str = 'type', rgb: bool = True,
-        type_error: float = 0.0) -> list[tuple[int, float, float]]:
+        type_error: float = 0.0,
+        type_tower: Path | None = None) -> list[tuple[int, float, float]]:
     """
     Train one fresh model; return ``(step, mean loss of the last 100, test accuracy)``.
 
@@ -294,7 +344,9 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
     (:func:`load_connector`, with ``fold``) instead of pre-training them here. ``identity``
     and ``rgb`` (oracle arms): what :func:`oracle_features` puts in each token;
     ``type_error``: the share of object patches whose type code is wrong, the same draw for
-    an image each time it is seen (seeded by its id), as a tower's errors would be.
+    an image each time it is seen (seeded by its id), as a tower's errors would be;
+    ``type_tower``: a ``cnn`` arm saved by ``exp_type_tower.py --save`` whose per-patch type
+    probabilities and each patch's mean RGB replace the oracle's codes (:func:`tower_features`).
     """
     import torch
 
@@ -361,7 +413,29 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
         hidden = model.config.text_config.hidden_size
         mix = torch.randn(len(types) + 6, hidden, generator=torch.Generator().manual_seed(seed))
 
+        seen: dict[str, np.ndarray] = {}
+        if type_tower is not None:
+            from spatialvlm_ros.sim.catalog import CATALOG
+
+            forward, tower_grid = _type_tower_module().load_arm('cnn', type_tower,
+                                                                len(CATALOG) + 1)
+            if tower_grid != grid:
+                raise ValueError(f'the type tower has a {tower_grid} grid, the model {grid}')
+
+        def features_of(image_id: str) -> np.ndarray:
+            if image_id not in seen:
+                with torch.no_grad():
+                    logits = forward(pixels(image_id)[None])[0]  # (grid * grid, 15)
+                seen[image_id] = tower_features(pixels(image_id),
+                                                torch.softmax(logits, -1).numpy(), types, grid)
+            return seen[image_id]
+
         def tokens(records: list[dict[str, Any]]) -> Any:
+            if type_tower is not None:
+                features = torch.stack([torch.from_numpy(features_of(r['image_id']))
+                                        for r in records])
+                out = features @ mix
+                return out / out.norm(dim=-1, keepdim=True)
             features = torch.stack([torch.from_numpy(oracle_features(
                 pixels(r['image_id']), objects[r['image_id']], types, grid, identity, rgb,
                 type_error, np.random.default_rng(
@@ -445,6 +519,9 @@ def main() -> None:
                         help="oracle arms: leave the box's mean RGB out of the tokens")
     parser.add_argument('--oracle-type-error', type=float, default=0.0,
                         help='oracle arms: share of object patches given a wrong type code')
+    parser.add_argument('--type-tower', type=Path,
+                        help='oracle arms: codes from this saved cnn type tower '
+                             '(exp_type_tower.py --save) instead of the truth')
     parser.add_argument('--image-size', type=int, default=96)
     parser.add_argument('--steps', type=int, default=400)
     parser.add_argument('--min-gap', type=float, default=20.0,
@@ -463,7 +540,7 @@ def main() -> None:
         for step, loss, acc in run(arm, args.data, args.image_size, args.steps,
                                    args.min_gap, args.seed, args.pretrain_steps, args.connector,
                                    args.fold, args.oracle_identity, not args.no_oracle_rgb,
-                                   args.oracle_type_error):
+                                   args.oracle_type_error, args.type_tower):
             print(f'| {arm} | {args.image_size} | {step} | {loss:.3f} | {acc:.3f} | '
                   f'{time.perf_counter() - start:.0f} |', flush=True)
 

@@ -20,7 +20,9 @@ AdamW, one-cycle lr, batch 32, random left-right flips. The table gives the trai
 the type accuracy on object patches of 300 training and of the held-out frames.
 
 ``--fov`` and ``--cam-distance`` set the camera ranges (``SceneConfig``); ``--cache`` keeps the
-renders in an ``.npz`` file, so a second run with other arms skips the rendering.
+renders in an ``.npz`` file, so a second run with other arms skips the rendering; ``--save``
+writes each trained arm (``load_arm`` builds it again, e.g. for ``exp_real_pairs.py
+--type-tower``).
 
 Run: ``PYTHONPATH=. python benchmarks/exp_type_tower.py --fov 25 35 --cam-distance 0.55 0.8
 --cache /tmp/close.npz`` (about 6 min of rendering on 2 cores; training per 1,200 steps:
@@ -193,7 +195,36 @@ def run_arm(arm: str, train: dict[str, np.ndarray], heldout: dict[str, np.ndarra
             row = rows[-1]
             print(f"| {arm} | {step} | {row['loss']:.3f} | {row['train']:.3f} | "
                   f"{row['heldout']:.3f} | {row['seconds']:.0f} |", flush=True)
+    if getattr(args, 'save', None) is not None:
+        save_arm(params, args.save.with_name(f'{args.save.stem}_{arm}.safetensors'))
     return rows
+
+
+def save_arm(params: list[Any], path: Path) -> None:
+    """Write an arm's trained parameters (safetensors, in :func:`build_arm`'s order)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + '.partial')
+    save_file({f'{i:04d}': p.detach().contiguous() for i, p in enumerate(params)}, str(partial))
+    partial.replace(path)
+
+
+def load_arm(arm: str, path: Path, n_out: int) -> tuple[Callable[[np.ndarray], Any], int]:
+    """Return ``(forward, grid)`` of an arm built by :func:`build_arm` with saved parameters."""
+    from safetensors.torch import load_file
+    import torch
+
+    params, forward, set_train, grid = build_arm(arm, n_out)
+    saved = load_file(str(path))
+    shapes = [tuple(p.shape) for p in params]
+    if [tuple(saved[k].shape) for k in sorted(saved)] != shapes:
+        raise ValueError(f'{path} does not hold the parameters of a {arm!r} arm')
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(saved[f'{i:04d}'])
+    set_train(False)
+    return forward, grid
 
 
 def main() -> None:
@@ -211,6 +242,8 @@ def main() -> None:
     parser.add_argument('--cam-distance', type=float, nargs=2, metavar=('LO', 'HI'),
                         help="camera distance range in metres (default: the engine's)")
     parser.add_argument('--cache', type=Path, help='.npz file to keep the renders in')
+    parser.add_argument('--save', type=Path,
+                        help='write each trained arm to STEM_ARM.safetensors beside this path')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args()
     if min(args.scenes, args.heldout_scenes, args.steps, args.eval_every, args.batch_size) < 1:

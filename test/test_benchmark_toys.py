@@ -421,6 +421,46 @@ def test_oracle_type_error_swaps_that_share_of_object_codes():
     np.testing.assert_array_equal(first, again)
 
 
+def test_tower_features_fill_the_oracle_layout_from_pixels():
+    pairs = _load('exp_real_pairs')
+    from spatialvlm_ros.sim.catalog import CATALOG
+
+    image = np.zeros((240, 320, 3), dtype=np.uint8)
+    image[:120, 160:] = (255, 0, 0)  # the top-right quarter is red
+    probabilities = np.zeros((4, len(CATALOG) + 1), dtype=np.float32)
+    probabilities[:, -1] = 1.0
+    probabilities[1] = 0.0
+    probabilities[1, list(CATALOG).index('cube')] = 0.75
+    probabilities[1, list(CATALOG).index('mug')] = 0.25
+    features = pairs.tower_features(image, probabilities, ['cube', 'soccer_ball'], 2)
+    assert features.shape == (4, 8)
+    np.testing.assert_allclose(features[1, :3], [0.75, 0, 0])  # the mug is not a scene type
+    np.testing.assert_allclose(features[0, :3], [0, 0, 1])
+    np.testing.assert_allclose(features[1, 3:6], [1, -1, -1])
+    np.testing.assert_allclose(features[2, 3:6], [-1, -1, -1])
+    np.testing.assert_allclose(features[:, 6:], [[-1, -1], [1, -1], [-1, 1], [1, 1]])
+    with pytest.raises(ValueError, match='not in the catalogue'):
+        pairs.tower_features(image, probabilities, ['cube', 'tea_pot'], 2)
+
+
+def test_a_saved_type_tower_loads_with_its_outputs(tmp_path):
+    torch = pytest.importorskip('torch')
+    tower = _load('exp_type_tower')
+    torch.manual_seed(0)
+    params, forward, set_train, grid = tower.build_arm('cnn', 15)
+    set_train(False)
+    images = np.random.default_rng(0).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = forward(images)
+    tower.save_arm(params, tmp_path / 'cnn.safetensors')
+    torch.manual_seed(1)
+    loaded, loaded_grid = tower.load_arm('cnn', tmp_path / 'cnn.safetensors', 15)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), expected) and loaded_grid == grid == 6
+    with pytest.raises(ValueError, match='does not hold'):
+        tower.load_arm('cnn192', tmp_path / 'cnn.safetensors', 15)
+
+
 def test_add_colours_samples_the_engine_scene_again():
     pytest.importorskip('pybullet_data')
     from spatialvlm_ros.sim.catalog import PALETTE
