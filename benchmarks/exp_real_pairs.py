@@ -336,7 +336,8 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
         seed: int, pretrain_steps: int = 600, connector: Path | None = None,
         fold: str = 'none', identity: str = 'type', rgb: bool = True,
         type_error: float = 0.0,
-        type_tower: Path | None = None) -> list[tuple[int, float, float]]:
+        type_tower: Path | None = None,
+        tower_types: bool = True) -> list[tuple[int, float, float]]:
     """
     Train one fresh model; return ``(step, mean loss of the last 100, test accuracy)``.
 
@@ -346,7 +347,8 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
     ``type_error``: the share of object patches whose type code is wrong, the same draw for
     an image each time it is seen (seeded by its id), as a tower's errors would be;
     ``type_tower``: a ``cnn`` arm saved by ``exp_type_tower.py --save`` whose per-patch type
-    probabilities and each patch's mean RGB replace the oracle's codes (:func:`tower_features`).
+    probabilities and each patch's mean RGB replace the oracle's codes (:func:`tower_features`);
+    ``tower_types`` off zeroes the type probabilities (a control: colour and place only).
     """
     import torch
 
@@ -428,6 +430,8 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
                     logits = forward(pixels(image_id)[None])[0]  # (grid * grid, 15)
                 seen[image_id] = tower_features(pixels(image_id),
                                                 torch.softmax(logits, -1).numpy(), types, grid)
+                if not tower_types:
+                    seen[image_id][:, :len(types)] = 0.0
             return seen[image_id]
 
         def tokens(records: list[dict[str, Any]]) -> Any:
@@ -522,6 +526,8 @@ def main() -> None:
     parser.add_argument('--type-tower', type=Path,
                         help='oracle arms: codes from this saved cnn type tower '
                              '(exp_type_tower.py --save) instead of the truth')
+    parser.add_argument('--no-tower-types', action='store_true',
+                        help='with --type-tower: zero the type probabilities (a control)')
     parser.add_argument('--image-size', type=int, default=96)
     parser.add_argument('--steps', type=int, default=400)
     parser.add_argument('--min-gap', type=float, default=20.0,
@@ -540,7 +546,8 @@ def main() -> None:
         for step, loss, acc in run(arm, args.data, args.image_size, args.steps,
                                    args.min_gap, args.seed, args.pretrain_steps, args.connector,
                                    args.fold, args.oracle_identity, not args.no_oracle_rgb,
-                                   args.oracle_type_error, args.type_tower):
+                                   args.oracle_type_error, args.type_tower,
+                                   not args.no_tower_types):
             print(f'| {arm} | {args.image_size} | {step} | {loss:.3f} | {acc:.3f} | '
                   f'{time.perf_counter() - start:.0f} |', flush=True)
 
