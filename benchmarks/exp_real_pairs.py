@@ -434,17 +434,14 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
                     seen[image_id][:, :len(types)] = 0.0
             return seen[image_id]
 
+        def truth_features(image_id: str) -> np.ndarray:
+            return oracle_features(pixels(image_id), objects[image_id], types, grid, identity,
+                                   rgb, type_error, np.random.default_rng(
+                                       [seed, zlib.crc32(image_id.encode('utf-8'))]))
+
         def tokens(records: list[dict[str, Any]]) -> Any:
-            if type_tower is not None:
-                features = torch.stack([torch.from_numpy(features_of(r['image_id']))
-                                        for r in records])
-                out = features @ mix
-                return out / out.norm(dim=-1, keepdim=True)
-            features = torch.stack([torch.from_numpy(oracle_features(
-                pixels(r['image_id']), objects[r['image_id']], types, grid, identity, rgb,
-                type_error, np.random.default_rng(
-                    [seed, zlib.crc32(r['image_id'].encode('utf-8'))])))
-                for r in records])
+            source = truth_features if type_tower is None else features_of
+            features = torch.stack([torch.from_numpy(source(r['image_id'])) for r in records])
             out = features @ mix
             return out / out.norm(dim=-1, keepdim=True)
 

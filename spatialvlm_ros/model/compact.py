@@ -139,6 +139,8 @@ def build_vision_config(cfg: CompactVLMConfig) -> Any:
         merges = 2 ** (stages - 1)
         # Stage widths double as patch merging halves the grid; the last stage has one token per
         # patch_size cell, and its window covers the whole grid (global attention there).
+        # SwinConfig's default stochastic depth (drop_path_rate 0.1) stays: it acts in training
+        # only, drawn from torch's RNG, which the trainer's checkpoints save and restore.
         return SwinConfig(
             image_size=cfg.image_size, patch_size=cfg.patch_size // merges,
             embed_dim=cfg.vision_hidden // merges, depths=list(cfg.swin_depths),
