@@ -337,7 +337,7 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
         fold: str = 'none', identity: str = 'type', rgb: bool = True,
         type_error: float = 0.0,
         type_tower: Path | None = None,
-        tower_types: bool = True) -> list[tuple[int, float, float]]:
+        tower_types: bool = True, tower_arm: str = 'cnn') -> list[tuple[int, float, float]]:
     """
     Train one fresh model; return ``(step, mean loss of the last 100, test accuracy)``.
 
@@ -346,7 +346,7 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
     and ``rgb`` (oracle arms): what :func:`oracle_features` puts in each token;
     ``type_error``: the share of object patches whose type code is wrong, the same draw for
     an image each time it is seen (seeded by its id), as a tower's errors would be;
-    ``type_tower``: a ``cnn`` arm saved by ``exp_type_tower.py --save`` whose per-patch type
+    ``type_tower``: a ``tower_arm`` arm saved by ``exp_type_tower.py --save`` whose per-patch type
     probabilities and each patch's mean RGB replace the oracle's codes (:func:`tower_features`);
     ``tower_types`` off zeroes the type probabilities (a control: colour and place only).
     """
@@ -419,7 +419,7 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
         if type_tower is not None:
             from spatialvlm_ros.sim.catalog import CATALOG
 
-            forward, tower_grid = _type_tower_module().load_arm('cnn', type_tower,
+            forward, tower_grid = _type_tower_module().load_arm(tower_arm, type_tower,
                                                                 len(CATALOG) + 1)
             if tower_grid != grid:
                 raise ValueError(f'the type tower has a {tower_grid} grid, the model {grid}')
@@ -521,8 +521,10 @@ def main() -> None:
     parser.add_argument('--oracle-type-error', type=float, default=0.0,
                         help='oracle arms: share of object patches given a wrong type code')
     parser.add_argument('--type-tower', type=Path,
-                        help='oracle arms: codes from this saved cnn type tower '
+                        help='oracle arms: codes from this saved type tower '
                              '(exp_type_tower.py --save) instead of the truth')
+    parser.add_argument('--type-tower-arm', default='cnn',
+                        help="the exp_type_tower arm --type-tower holds (default 'cnn')")
     parser.add_argument('--no-tower-types', action='store_true',
                         help='with --type-tower: zero the type probabilities (a control)')
     parser.add_argument('--image-size', type=int, default=96)
@@ -544,7 +546,7 @@ def main() -> None:
                                    args.min_gap, args.seed, args.pretrain_steps, args.connector,
                                    args.fold, args.oracle_identity, not args.no_oracle_rgb,
                                    args.oracle_type_error, args.type_tower,
-                                   not args.no_tower_types):
+                                   not args.no_tower_types, args.type_tower_arm):
             print(f'| {arm} | {args.image_size} | {step} | {loss:.3f} | {acc:.3f} | '
                   f'{time.perf_counter() - start:.0f} |', flush=True)
 

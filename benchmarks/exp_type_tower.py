@@ -10,6 +10,11 @@ and compares them:
 - ``siglip8``: the same tower with 8 px patches (144 tokens);
 - ``swin``: the compact model with its Swin tower (``CompactVLMConfig(vision_tower='swin')``:
   4 px patches, windowed attention, two patch mergings; 36 tokens) and projector;
+- ``focalnet``: the compact model with its FocalNet tower
+  (``CompactVLMConfig(vision_tower='focalnet')``: a 7x7 stride-4 convolution, depthwise
+  convolutions in focal modulation, stride-2 convolutions between three stages; 36 tokens) and
+  projector, all transformers code;
+- ``focalnet192``: the same on a 192 px input with a fourth stage (36 tokens of 32 px cells);
 - ``cnn``: a small convolutional network (five 3x3 convolutions, four with stride 2, then a
   3x3 and a 1x1 convolution) on the same 96 px input, one output per 16 px cell (36 cells);
 - ``cnn192``: the same with a 192 px input and one more stride-2 convolution (36 cells).
@@ -23,6 +28,10 @@ the type accuracy on object patches of 300 training and of the held-out frames.
 renders in an ``.npz`` file, so a second run with other arms skips the rendering; ``--save``
 writes each trained arm (``load_arm`` builds it again, e.g. for ``exp_real_pairs.py
 --type-tower``).
+
+``--export-model DIR`` (with one compact-model arm and the ``--save`` path it was trained with)
+writes a compact model folder with that arm's tower and projector, for ``spatialvlm
+train-default --init-from DIR``.
 
 Run: ``PYTHONPATH=. python benchmarks/exp_type_tower.py --fov 25 35 --cam-distance 0.55 0.8
 --cache /tmp/close.npz`` (about 6 min of rendering on 2 cores; training per 1,200 steps:
@@ -41,7 +50,7 @@ import numpy as np
 
 TRAIN_SEED = 100_000
 HELDOUT_SEED = 600_000
-ARMS = ('siglip16', 'siglip8', 'swin', 'cnn', 'cnn192')
+ARMS = ('siglip16', 'siglip8', 'swin', 'focalnet', 'focalnet192', 'cnn', 'cnn192')
 
 
 def _patch_labels() -> Any:
@@ -96,6 +105,57 @@ def load_or_render(args: argparse.Namespace) -> tuple[Renders, Renders]:
 Arm = tuple[list[Any], Callable[[np.ndarray], Any], Callable[[bool], None], int]
 
 
+COMPACT_ARMS = ('siglip', 'swin', 'focalnet')
+
+
+def arm_model(arm: str) -> tuple[Any, Any]:
+    """Return the fresh compact ``(model, processor)`` of an arm in ``COMPACT_ARMS`` (seed 0)."""
+    from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig
+    from spatialvlm_ros.model.tokenizer import build_default_tokenizer
+
+    if arm.startswith('siglip'):
+        config = CompactVLMConfig(patch_size=int(arm[len('siglip'):]), seed=0)
+    elif arm == 'focalnet192':  # four stages: 4 px cells, then 8, 16 and 32 px
+        config = CompactVLMConfig(image_size=192, patch_size=32, stage_depths=(2, 2, 2, 2),
+                                  vision_tower='focalnet', seed=0)
+    else:
+        config = CompactVLMConfig(vision_tower=arm, seed=0)
+    return build_compact_model(config, build_default_tokenizer())
+
+
+def export_model(arm: str, saved: Path, out: Path, calibration: Any) -> Path:
+    """
+    Write a compact model folder whose tower and projector are a trained arm's (``--save``).
+
+    The throw-away type head is dropped. The projector is centred and scaled to a mean token
+    norm of 1 on ``calibration`` images (``train.connector``, as ``exp_real_pairs``' connector
+    arm does), so its tokens sit at the decoder's scale. The rest is the fresh model's.
+    """
+    from safetensors.torch import load_file
+    import torch
+
+    from spatialvlm_ros.model.compact import save_compact
+    from spatialvlm_ros.train.connector import centre_projector, scale_projector
+
+    if not arm.startswith(COMPACT_ARMS):
+        raise ValueError(f'only the compact-model arms {COMPACT_ARMS} make a model, not {arm!r}')
+    model, processor = arm_model(arm)
+    inner = model.model
+    params = [*inner.vision_tower.parameters(), *inner.multi_modal_projector.parameters()]
+    weights = load_file(str(saved))
+    if len(weights) != len(params) + 2:  # + the head's weight and bias
+        raise ValueError(f'{saved} does not hold a {arm!r} arm')
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            if tuple(weights[f'{i:04d}'].shape) != tuple(p.shape):
+                raise ValueError(f'{saved} does not hold a {arm!r} arm')
+            p.copy_(weights[f'{i:04d}'])
+    model.eval()
+    centre_projector(model, processor, list(calibration))
+    scale_projector(model, processor, list(calibration), 1.0)
+    return save_compact(model, processor, out)
+
+
 def build_arm(arm: str, n_out: int) -> Arm:
     """
     Return ``(parameters, forward, set_train, grid)`` for one arm.
@@ -106,22 +166,17 @@ def build_arm(arm: str, n_out: int) -> Arm:
     from torch import nn
     from torch.nn import functional as F
 
-    if arm.startswith(('siglip', 'swin')):
-        from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig
-        from spatialvlm_ros.model.tokenizer import build_default_tokenizer
+    if arm.startswith(COMPACT_ARMS):
         from spatialvlm_ros.train.connector import image_tokens
 
-        tower = 'swin' if arm == 'swin' else 'siglip'
-        patch = 16 if arm == 'swin' else int(arm[len('siglip'):])
-        model, processor = build_compact_model(
-            CompactVLMConfig(patch_size=patch, vision_tower=tower, seed=0),
-            build_default_tokenizer())
+        model, processor = arm_model(arm)
         inner = model.model
         head = nn.Linear(inner.multi_modal_projector.linear_2.out_features, n_out)
         params = [*inner.vision_tower.parameters(), *inner.multi_modal_projector.parameters(),
                   *head.parameters()]
+        grid = int(round(model.config.image_seq_length ** 0.5))
         return (params, lambda images: head(image_tokens(model, processor, list(images))),
-                model.train, 96 // patch)
+                model.train, grid)
 
     size = 192 if arm == 'cnn192' else 96
     widths = (32, 64, 96, 128, 160, 192) if size == 192 else (32, 64, 96, 128, 192)
@@ -244,15 +299,26 @@ def main() -> None:
     parser.add_argument('--cache', type=Path, help='.npz file to keep the renders in')
     parser.add_argument('--save', type=Path,
                         help='write each trained arm to STEM_ARM.safetensors beside this path')
+    parser.add_argument('--export-model', type=Path,
+                        help='with one compact arm and --save: write a compact model folder '
+                             'with the saved tower and projector (no training)')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args()
     if min(args.scenes, args.heldout_scenes, args.steps, args.eval_every, args.batch_size) < 1:
         parser.error('counts must be >= 1')
+    if args.export_model and (len(args.arms) != 1 or args.save is None):
+        parser.error('--export-model needs one arm and the --save path it was trained with')
 
     import torch
 
     torch.set_num_threads(2)
     train, heldout = load_or_render(args)
+    if args.export_model:
+        arm = args.arms[0]
+        saved = args.save.with_name(f'{args.save.stem}_{arm}.safetensors')
+        folder = export_model(arm, saved, args.export_model, train['rgb'][:64])
+        print(f'wrote {folder}: the {arm} tower and projector of {saved}')
+        return
     print('| arm | step | loss | type, training patches | type, held-out patches | seconds |')
     print('|---|---|---|---|---|---|')
     for arm in args.arms:

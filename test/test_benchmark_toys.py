@@ -461,6 +461,41 @@ def test_a_saved_type_tower_loads_with_its_outputs(tmp_path):
         tower.load_arm('cnn192', tmp_path / 'cnn.safetensors', 15)
 
 
+def test_an_exported_type_tower_is_a_compact_model_with_a_centred_projector(tmp_path):
+    torch = pytest.importorskip('torch')
+    pytest.importorskip('transformers')
+    from transformers import AutoModelForImageTextToText
+
+    from spatialvlm_ros.train.connector import projector_tokens
+
+    tower = _load('exp_type_tower')
+    torch.manual_seed(0)
+    params, _, _, _ = tower.build_arm('focalnet', 15)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.05 * torch.randn_like(p))  # 'trained' weights: anything but the fresh ones
+    tower.save_arm(params, tmp_path / 'arm.safetensors')
+    images = np.random.default_rng(0).integers(0, 256, (6, 48, 64, 3), dtype=np.uint8)
+    folder = tower.export_model('focalnet', tmp_path / 'arm.safetensors', tmp_path / 'model',
+                                images)
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    exported = dict(model.model.vision_tower.named_parameters())
+    trained = dict(zip([n for n, _ in tower.arm_model('focalnet')[0].model.vision_tower
+                        .named_parameters()], params, strict=False))
+    for name, value in trained.items():
+        assert torch.equal(exported[name], value.detach()), name
+    from transformers import AutoProcessor
+
+    with torch.no_grad():
+        tokens = projector_tokens(model, AutoProcessor.from_pretrained(folder), list(images))
+    assert tokens.mean(0).norm() < 1e-3 * tokens.norm(dim=-1).mean()
+    assert float(tokens.norm(dim=-1).mean()) == pytest.approx(1.0, rel=1e-3)
+    with pytest.raises(ValueError, match='does not hold'):
+        tower.export_model('swin', tmp_path / 'arm.safetensors', tmp_path / 'other', images)
+    with pytest.raises(ValueError, match='compact-model arms'):
+        tower.export_model('cnn', tmp_path / 'arm.safetensors', tmp_path / 'other', images)
+
+
 def test_add_colours_samples_the_engine_scene_again():
     pytest.importorskip('pybullet_data')
     from spatialvlm_ros.sim.catalog import PALETTE
@@ -623,7 +658,8 @@ def test_type_tower_labels_and_arms_share_one_grid():
     assert np.array_equal(objects6 & ~objects12, np.zeros_like(objects6))
     assert objects6.any()
     torch.manual_seed(0)
-    for arm, grid in (('cnn', 6), ('cnn192', 6), ('siglip16', 6), ('siglip8', 12), ('swin', 6)):
+    for arm, grid in (('cnn', 6), ('cnn192', 6), ('siglip16', 6), ('siglip8', 12), ('swin', 6),
+                      ('focalnet', 6), ('focalnet192', 6)):
         params, forward, set_train, arm_grid = tower.build_arm(arm, len(CATALOG) + 1)
         assert arm_grid == grid and params
         with torch.no_grad():

@@ -28,7 +28,7 @@ def tokenizer():
     return build_default_tokenizer()
 
 
-@pytest.fixture(scope='module', params=['siglip', 'swin'])
+@pytest.fixture(scope='module', params=['siglip', 'swin', 'focalnet'])
 def compact(tokenizer, request):
     return build_compact_model(replace(SMALL, vision_tower=request.param), tokenizer)
 
@@ -59,6 +59,25 @@ def test_swin_tower_gives_one_token_per_cell(tokenizer):
         features = model.model.get_image_features(pixel_values=pixels, return_dict=True)
     assert [tuple(f.shape) for f in features.pooler_output] == [(36, 256)] * 2
     assert 3e6 < count_parameters(model)['total'] < 12e6
+
+
+def test_focalnet_tower_is_convolutional_and_gives_one_token_per_cell(tokenizer):
+    model, _ = build_compact_model(CompactVLMConfig(vision_tower='focalnet'), tokenizer)
+    vision = model.config.vision_config
+    assert vision.model_type == 'focalnet' and vision.use_conv_embed and vision.hidden_size == 192
+    stem = model.model.vision_tower.embeddings.patch_embeddings.projection
+    assert stem.kernel_size == (7, 7) and stem.stride == (4, 4)  # overlapping, not a patchify
+    pixels = torch.zeros(2, 3, 96, 96)
+    with torch.no_grad():
+        features = model.model.get_image_features(pixel_values=pixels, return_dict=True)
+    assert [tuple(f.shape) for f in features.pooler_output] == [(36, 256)] * 2
+    large, _ = build_compact_model(CompactVLMConfig(
+        vision_tower='focalnet', image_size=192, patch_size=32, stage_depths=(2, 2, 2, 2)),
+        tokenizer)
+    with torch.no_grad():
+        features = large.model.get_image_features(pixel_values=torch.zeros(1, 3, 192, 192),
+                                                  return_dict=True)
+    assert [tuple(f.shape) for f in features.pooler_output] == [(36, 256)]
 
 
 def test_image_tokens_match_patches(compact, image):
@@ -119,7 +138,8 @@ def test_save_load_round_trip(compact, image, tmp_path):
     ({'attn_init_scale': 0.0}, 'attn_init_scale'),
     ({'vision_tower': 'convnext'}, 'vision_tower'),
     ({'vision_tower': 'swin', 'patch_size': 6, 'image_size': 96}, 'divisible by 4'),
-    ({'vision_tower': 'swin', 'swin_depths': (2, 0)}, 'positive'),
+    ({'vision_tower': 'swin', 'stage_depths': (2, 0)}, 'positive'),
+    ({'vision_tower': 'focalnet', 'patch_size': 32}, 'needs patch_size 16'),
 ])
 def test_config_is_validated(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -127,13 +147,16 @@ def test_config_is_validated(kwargs, match):
 
 
 def test_attn_init_scale_scales_only_queries_and_keys(compact, tokenizer):
-    tower = 'swin' if compact[0].config.vision_config.model_type == 'swin' else 'siglip'
+    kind = compact[0].config.vision_config.model_type
+    tower = kind if kind in ('swin', 'focalnet') else 'siglip'
     config = replace(SMALL, vision_tower=tower)
     scaled, _ = build_compact_model(replace(config, attn_init_scale=5.0), tokenizer)
     base = dict(compact[0].named_parameters())
     names = {name for name, _ in scaled.named_parameters()
              if name.endswith(('q_proj.weight', 'k_proj.weight'))}
-    assert any('vision' in name for name in names) and any('language' in name for name in names)
+    # FocalNet's focal modulation has no queries or keys: only the decoder's are scaled
+    assert any('vision' in name for name in names) == (tower != 'focalnet')
+    assert any('language' in name for name in names)
     for name, param in scaled.named_parameters():
         factor = 5.0 if name in names else 1.0
         torch.testing.assert_close(param, base[name] * factor, msg=name)

@@ -265,3 +265,16 @@ def test_pretrain_vision_checks_the_target_grid_and_is_seeded():
     assert runs[0] == runs[1] and len(runs[0]) == 3
     with pytest.raises(ValueError, match='targets must be'):
         pretrain_vision(model, processor, images, targets[:, :1], config, progress=False)
+
+
+@pytest.mark.parametrize('tower', ['siglip', 'swin', 'focalnet'])
+def test_model_grid_counts_output_tokens_not_first_stage_patches(tower):
+    pytest.importorskip('transformers')
+    from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig
+    from spatialvlm_ros.model.tokenizer import build_default_tokenizer
+    from spatialvlm_ros.train.vision_pretrain import model_grid
+
+    model, _ = build_compact_model(CompactVLMConfig(vision_tower=tower),
+                                   build_default_tokenizer())
+    # Swin and FocalNet start from 4 px patches (96 / 4 = 24) and end on 16 px cells
+    assert model_grid(model) == 6

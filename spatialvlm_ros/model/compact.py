@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-VISION_TOWERS = ('siglip', 'swin')
+VISION_TOWERS = ('siglip', 'swin', 'focalnet')
 
 
 @dataclass
@@ -37,17 +37,21 @@ class CompactVLMConfig:
     :ivar patch_size: side in pixels of the image cell one image token stands for; must divide
         ``image_size``.
     :ivar vision_tower: ``'siglip'`` (a SigLIP ViT: one linear patch embedding per
-        ``patch_size`` cell, then global attention) or ``'swin'`` (a Swin transformer: 4x4
-        pixel patches, windowed attention and patch merging over ``len(swin_depths)`` stages down
-        to one token per ``patch_size`` cell; ``benchmarks/exp_type_tower.py`` measures that it
-        tells the catalogue's object types apart better than the SigLIP tower at 96 px).
+        ``patch_size`` cell, then global attention), ``'swin'`` (a Swin transformer: 4x4
+        pixel patches, windowed attention and patch merging over ``len(stage_depths)`` stages
+        down to one token per ``patch_size`` cell) or ``'focalnet'`` (a FocalNet: a 7x7
+        convolution with stride 4, focal modulation built from depthwise 3x3 and 5x5
+        convolutions, and stride-2 3x3 convolutions between ``len(stage_depths)`` stages, down
+        to one token per ``patch_size`` cell). ``benchmarks/exp_type_tower.py`` measures how
+        well each tells the catalogue's object types apart.
     :ivar vision_layers: SigLIP encoder layers.
-    :ivar vision_hidden: width of the tower's output tokens (Swin: of its last stage; the first
-        stage has ``vision_hidden / 2 ** (stages - 1)``).
+    :ivar vision_hidden: width of the tower's output tokens (Swin, FocalNet: of the last stage;
+        the first stage has ``vision_hidden / 2 ** (stages - 1)``).
     :ivar vision_heads: SigLIP attention heads (must divide ``vision_hidden``); Swin stages use
         2, 4, 8, ... heads.
-    :ivar vision_intermediate: MLP width (Swin: as a ratio to ``vision_hidden``).
-    :ivar swin_depths: Swin blocks per stage; each stage after the first halves the token grid.
+    :ivar vision_intermediate: MLP width (Swin, FocalNet: as a ratio to ``vision_hidden``).
+    :ivar stage_depths: Swin or FocalNet blocks per stage; each stage after the first halves the
+        token grid (the first stage works on 4x4 pixel cells).
     :ivar text_layers: Llama decoder layers.
     :ivar text_hidden: Llama width.
     :ivar text_heads: Llama attention heads (must divide ``text_hidden``).
@@ -59,9 +63,9 @@ class CompactVLMConfig:
     :ivar tie_embeddings: share the input embedding and the LM head.
     :ivar seed: ``torch`` seed for the random initialisation.
     :ivar attn_init_scale: factor on the initial query and key projections of every attention
-        layer (vision and text); 1 keeps transformers' initialisation (Xavier in the SigLIP
-        tower, std 0.02 in the Llama decoder, which makes the decoder's attention of a fresh
-        model almost uniform). An experiment knob
+        layer (vision and text; a FocalNet tower has none); 1 keeps transformers'
+        initialisation (Xavier in the SigLIP tower, std 0.02 in the Llama decoder, which makes
+        the decoder's attention of a fresh model almost uniform). An experiment knob
         (``benchmarks/exp_learnability.py``): 5 learns a toy 'is there a red square' task
         faster, but neither 1 nor 5 learns where the square is within 200 steps.
     """
@@ -83,21 +87,26 @@ class CompactVLMConfig:
     tie_embeddings: bool = True
     seed: int = 0
     attn_init_scale: float = 1.0
-    swin_depths: tuple[int, ...] = (2, 2, 2)
+    stage_depths: tuple[int, ...] = (2, 2, 2)
 
     def __post_init__(self) -> None:
         if self.vision_tower not in VISION_TOWERS:
             raise ValueError(f'vision_tower must be one of {VISION_TOWERS}, got '
                              f'{self.vision_tower!r}')
-        self.swin_depths = tuple(int(d) for d in self.swin_depths)
-        if self.vision_tower == 'swin':
-            merges = 2 ** (len(self.swin_depths) - 1)
-            if not self.swin_depths or min(self.swin_depths) < 1:
-                raise ValueError(f'swin_depths must be positive, got {self.swin_depths}')
+        self.stage_depths = tuple(int(d) for d in self.stage_depths)
+        if self.vision_tower in ('swin', 'focalnet'):
+            stages = len(self.stage_depths)
+            merges = 2 ** (stages - 1)
+            if not self.stage_depths or min(self.stage_depths) < 1:
+                raise ValueError(f'stage_depths must be positive, got {self.stage_depths}')
             if self.patch_size % merges or self.vision_hidden % (2 * merges):
-                raise ValueError(f'a {len(self.swin_depths)}-stage Swin tower needs patch_size '
+                raise ValueError(f'a {stages}-stage {self.vision_tower} tower needs patch_size '
                                  f'and vision_hidden / 2 divisible by {merges}, got '
                                  f'{self.patch_size} and {self.vision_hidden}')
+            if self.vision_tower == 'focalnet' and self.patch_size != 4 * merges:
+                raise ValueError(f'a {stages}-stage focalnet tower (a stride-4 stem, then '
+                                 f'{stages - 1} stride-2 stages) needs patch_size {4 * merges}, '
+                                 f'got {self.patch_size}')
         if not self.attn_init_scale > 0:
             raise ValueError(f'attn_init_scale must be positive, got {self.attn_init_scale}')
         positive = ('image_size', 'patch_size', 'vision_layers', 'vision_hidden', 'vision_heads',
@@ -131,19 +140,36 @@ class CompactVLMConfig:
 
 
 def build_vision_config(cfg: CompactVLMConfig) -> Any:
-    """Return the vision tower's config (``SiglipVisionConfig`` or ``SwinConfig``)."""
+    """Return the tower's config: ``SiglipVisionConfig``, ``SwinConfig`` or ``FocalNetConfig``."""
+    stages = len(cfg.stage_depths)
+    merges = 2 ** (stages - 1)
+    if cfg.vision_tower == 'focalnet':
+        from transformers import FocalNetConfig
+
+        # use_conv_embed: a 7x7 stride-4 convolution as the stem and 3x3 stride-2 convolutions
+        # between stages (patch_size 4 is what FocalNet's grid arithmetic expects of that stem).
+        # Focal modulation with two levels from a 3 px window: depthwise 3x3 then 5x5
+        # convolutions. Its last hidden state is (batch, tokens, width) in raster order, as
+        # LLaVA's projector needs. drop_path_rate 0.1 is FocalNet's default, as for Swin below.
+        # hidden_size: LLaVA's projector reads the tower's output width from it, which
+        # FocalNetConfig does not define; it is saved in config.json like any other field.
+        return FocalNetConfig(
+            hidden_size=cfg.vision_hidden, image_size=cfg.image_size, patch_size=4,
+            use_conv_embed=True, embed_dim=cfg.vision_hidden // merges,
+            depths=list(cfg.stage_depths),
+            hidden_sizes=[cfg.vision_hidden // merges * 2 ** i for i in range(stages)],
+            focal_levels=[2] * stages, focal_windows=[3] * stages,
+            mlp_ratio=cfg.vision_intermediate / cfg.vision_hidden)
     if cfg.vision_tower == 'swin':
         from transformers import SwinConfig
 
-        stages = len(cfg.swin_depths)
-        merges = 2 ** (stages - 1)
         # Stage widths double as patch merging halves the grid; the last stage has one token per
         # patch_size cell, and its window covers the whole grid (global attention there).
         # SwinConfig's default stochastic depth (drop_path_rate 0.1) stays: it acts in training
         # only, drawn from torch's RNG, which the trainer's checkpoints save and restore.
         return SwinConfig(
             image_size=cfg.image_size, patch_size=cfg.patch_size // merges,
-            embed_dim=cfg.vision_hidden // merges, depths=list(cfg.swin_depths),
+            embed_dim=cfg.vision_hidden // merges, depths=list(cfg.stage_depths),
             num_heads=[2 ** (i + 1) for i in range(stages)],
             window_size=cfg.image_size // cfg.patch_size,
             mlp_ratio=cfg.vision_intermediate / cfg.vision_hidden)
@@ -156,7 +182,7 @@ def build_vision_config(cfg: CompactVLMConfig) -> Any:
 
 
 def build_llava_config(cfg: CompactVLMConfig, tokenizer: Any) -> Any:
-    """Return the ``LlavaConfig`` (SigLIP or Swin vision + Llama text) for ``cfg``."""
+    """Return the ``LlavaConfig`` (SigLIP, Swin or FocalNet vision + Llama text) for ``cfg``."""
     from transformers import LlamaConfig, LlavaConfig
 
     vocab = max(cfg.vocab_size, -(-len(tokenizer) // 64) * 64)  # a multiple of 64 that fits

@@ -233,7 +233,17 @@ def patch_targets(frame: Any, grid: int, extended: bool = False) -> np.ndarray:
 
 
 def model_grid(model: Any) -> int:
-    """Return the vision tower's patches per side (``image_size // patch_size``)."""
+    """
+    Return the vision tower's output tokens per side.
+
+    From the model's ``image_seq_length`` when it is a square (a Swin or FocalNet tower's
+    ``patch_size`` is its first stage's 4 px, not the output cell), else ``image_size //
+    patch_size``.
+    """
+    tokens = int(getattr(model.config, 'image_seq_length', 0) or 0)
+    grid = math.isqrt(tokens)
+    if tokens and grid * grid == tokens:
+        return grid
     vision = model.config.vision_config
     return int(vision.image_size) // int(vision.patch_size)
 
