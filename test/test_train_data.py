@@ -12,10 +12,17 @@ from spatialvlm_ros.train.data import (
     IGNORE_INDEX,
     MixedStream,
     perturb_answer,
+    read_objects,
     read_rows,
     Row,
 )
-from spatialvlm_ros.train.testing import png_bytes, qa_row, synthetic_rows, write_qa_shard
+from spatialvlm_ros.train.testing import (
+    png_bytes,
+    qa_row,
+    synthetic_rows,
+    write_metadata_jsonl,
+    write_qa_shard,
+)
 
 QUANT = {'type': 'distance', 'kind': 'quantitative', 'value_m': 0.95, 'stated_value_m': 1.0,
          'stated_text': '1 meter', 'stated_unit': 'm', 'captions': ['red mug', 'box']}
@@ -184,3 +191,27 @@ def test_qa_row_format_matches_engine():
     assert row['messages'][0]['content'][0]['type'] == 'image'
     assert row['messages'][1]['role'] == 'assistant'
     assert row['image'] == {'bytes': b'png', 'path': None}
+
+
+def test_rows_carry_their_objects_from_the_engine_metadata(tmp_path):
+    records = []
+    write_qa_shard(tmp_path / 'shard-00000.parquet', synthetic_rows(3, seed=4, records=records))
+    assert all(not r.objects for r in read_rows([tmp_path]))  # no metadata.jsonl yet
+    records[1]['kept'] = False
+    write_metadata_jsonl(tmp_path, records)
+    rows = read_rows([tmp_path])
+    assert [len(r.objects) for r in rows] == [1, 0, 1]
+    assert rows[0].objects[0]['caption'] in rows[0].metadata[0]['captions']
+    assert rows[0].objects[0]['box'] == records[0]['objects'][0]['box']
+    example = MixedStream(rows, None, 0.0, seed=0).example(0)
+    assert example.objects and len(example.metadata) == len(example.turns)
+
+
+def test_malformed_engine_metadata_is_an_error_naming_the_line(tmp_path):
+    (tmp_path / 'metadata.jsonl').write_text('{"image_id": "a", "objects": []}\n{oops\n')
+    with pytest.raises(ValueError, match=r'metadata.jsonl:2: not JSON'):
+        read_objects(tmp_path)
+    (tmp_path / 'metadata.jsonl').write_text('{"image_id": "a", "objects": [{"box": [1]}]}\n')
+    with pytest.raises(ValueError, match='caption and a 4-number box'):
+        read_objects(tmp_path)
+    assert read_objects(tmp_path / 'nowhere') == {}

@@ -10,10 +10,12 @@ pytest.importorskip('transformers')
 
 from spatialvlm_ros.train.connector import projector_tokens, scale_projector  # noqa: E402
 from spatialvlm_ros.train.grounding import (  # noqa: E402
+    answer_spans,
     attention_mass_loss,
     AttentionTarget,
     box_patch_mask,
     ConnectorPretrainConfig,
+    conversation_targets,
     find_subsequence,
     pretrain_connector,
     segment_patch_labels,
@@ -235,3 +237,55 @@ def test_scale_projector_sets_the_mean_norm_and_keeps_directions():
     for bad in (0.0, -1.0, float('inf')):
         with pytest.raises(ValueError, match='positive and finite'):
             scale_projector(model, processor, images, bad)
+
+
+def test_answer_spans_are_the_trained_runs():
+    assert answer_spans([-100, -100, 5, 6, -100, 7, -100, 8, 9]) == [(2, 4), (5, 6), (7, 9)]
+    assert answer_spans([-100, -100]) == []
+
+
+def _two_object_conversation():
+    from spatialvlm_ros.train.data import ConversationEncoder, Example
+    from spatialvlm_ros.train.testing import png_bytes
+
+    model, processor = build_tiny_vlm()
+    image = png_bytes(np.zeros((16, 32, 3), dtype=np.uint8))  # 32 px wide, 16 high
+    turns = [('Is the red cup left of box?', 'Yes.'), ('How far is box from the red cup?', '1 m.')]
+    encoded = ConversationEncoder(processor, 512).encode(Example(image, turns))
+    objects = [{'caption': 'the red cup', 'box': [0.0, 0.0, 7.0, 3.0]},  # patch (0, 0)
+               {'caption': 'box', 'box': [24.0, 12.0, 31.0, 15.0]}]  # patch (3, 3)
+    metadata = [{'captions': ['the red cup', 'box']}, {'captions': ['box', 'the red cup']}]
+    return model, processor, encoded, objects, metadata
+
+
+def test_conversation_targets_name_and_answer_rows():
+    model, processor, encoded, objects, metadata = _two_object_conversation()
+    ids, labels = encoded['input_ids'][0].tolist(), encoded['labels'][0].tolist()
+    image = [p for p, t in enumerate(ids) if t == model.config.image_token_id]
+    names, answers = conversation_targets(3, ids, labels, model.config.image_token_id,
+                                          metadata, objects, processor.tokenizer, (32, 16), 4)
+    cup, box = (image[0],), (image[15],)
+    spans = answer_spans(labels)
+    assert [(r.example, r.head, r.query, r.keys) for r in answers] == [
+        (3, 0, spans[0][0] - 1, cup), (3, 1, spans[0][0] - 1, box),
+        (3, 0, spans[1][0] - 1, box), (3, 1, spans[1][0] - 1, cup)]
+    decode = processor.tokenizer.decode
+    by_keys = {cup: '', box: ''}
+    for r in names:
+        assert r.head == 0 and r.query < spans[-1][0]
+        by_keys[r.keys] += decode([ids[r.query]])
+    # the leading 'the' of the caption gets no row; each turn names both objects once
+    assert by_keys == {cup: 'redcup' * 2, box: 'box' * 2}
+
+
+def test_conversation_targets_skip_unknown_objects_and_refuse_a_wrong_grid():
+    model, processor, encoded, objects, metadata = _two_object_conversation()
+    ids, labels = encoded['input_ids'][0].tolist(), encoded['labels'][0].tolist()
+    token = model.config.image_token_id
+    names, answers = conversation_targets(0, ids, labels, token, metadata, objects[1:],
+                                          processor.tokenizer, (32, 16), 4)
+    assert {r.keys for r in names + answers} == {(ids.index(token) + 15,)}
+    assert [r.head for r in answers] == [1, 0]  # the box is named second, then first
+    with pytest.raises(ValueError, match='16 image tokens'):
+        conversation_targets(0, ids, labels, token, metadata, objects, processor.tokenizer,
+                             (32, 16), 6)

@@ -4,6 +4,7 @@ import argparse
 import json
 import math
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip('torch')
@@ -11,10 +12,11 @@ pytest.importorskip('transformers')
 pytest.importorskip('accelerate')
 
 from spatialvlm_ros.train.config import TrainConfig  # noqa: E402
-from spatialvlm_ros.train.data import ConversationEncoder, read_rows  # noqa: E402
+from spatialvlm_ros.train.data import ConversationEncoder, IGNORE_INDEX, read_rows  # noqa: E402
 from spatialvlm_ros.train.testing import (  # noqa: E402
     build_tiny_vlm,
     synthetic_rows,
+    write_metadata_jsonl,
     write_qa_shard,
 )
 from spatialvlm_ros.train.trainer import lr_at, part_of, Trainer  # noqa: E402
@@ -227,7 +229,8 @@ def test_length_buckets_give_the_padded_pass_gradient(data_dir, tmp_path):
     trainer._setup()
     examples = [Example(r.image, r.turns) for r in read_rows([data_dir])]
     model.zero_grad()
-    loss, tokens = trainer._bucketed_backward(examples, last=True)
+    loss, grounding, tokens = trainer._micro_backward(examples, last=True)
+    assert grounding == 0.0  # grounding_weight 0: no attention rows
     split = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
     batch = trainer.encoder.batch(examples)
@@ -252,3 +255,93 @@ def test_length_groups_sort_and_cut_the_batch():
     groups = length_groups([30, 10, 20, 10, 40], 2)
     assert [g.tolist() for g in groups] == [[1, 3, 2], [0, 4]]
     assert [g.tolist() for g in length_groups([5, 3], 4)] == [[1], [0]], 'no empty passes'
+
+
+@pytest.fixture(scope='module')
+def grounded_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('grounded_data')
+    records = []
+    write_qa_shard(folder / 'shard-00000.parquet', synthetic_rows(8, seed=0, records=records))
+    write_metadata_jsonl(folder, records)
+    return folder
+
+
+def test_grounding_loss_teaches_the_decoder_where_the_named_square_is(grounded_dir, tmp_path):
+    config = _config(grounded_dir, tmp_path, max_steps=30, lr=1e-2, freeze_vision=False,
+                     grounding_weight=1.0)
+    result = Trainer(config, *build_tiny_vlm()).train()
+    assert len(result.grounding_losses) == 30 and len(result.losses) == 30
+    # a fresh decoder spreads its attention over ~30 positions: -log(4 of them) is > 1.5
+    assert np.mean(result.grounding_losses[:3]) > 1.5
+    assert np.mean(result.grounding_losses[-5:]) < 0.3
+    plain = Trainer(_config(grounded_dir, tmp_path / 'plain', max_steps=2),
+                    *build_tiny_vlm()).train()
+    assert plain.grounding_losses == []
+
+
+@pytest.mark.parametrize('buckets', [1, 3])
+def test_grounding_rows_point_at_the_box_and_split_exactly(grounded_dir, tmp_path, buckets):
+    model, processor = build_tiny_vlm()
+    config = _config(grounded_dir, tmp_path, grounding_weight=0.7, length_buckets=buckets,
+                     freeze_vision=False)
+    trainer = Trainer(config, model, processor)
+    trainer._setup()
+    assert model.config.text_config._attn_implementation == 'eager'
+    examples = trainer.stream.examples(0, 4)
+    encoded = [trainer.encoder.encode(e) for e in examples]
+    rows = trainer._grounding_rows(encoded, examples)
+    tokenizer = trainer.encoder.tokenizer
+    for (names, answers), enc, example in zip(rows, encoded, examples, strict=True):
+        ids = enc['input_ids'][0].tolist()
+        image = [p for p, t in enumerate(ids) if t == model.config.image_token_id]
+        box = example.objects[0]['box']  # the square: columns x0..x1 of 16 px, rows 4..4+side
+        columns = {c for c in range(4) if c * 4 < box[2] and (c + 1) * 4 > box[0]}
+        expected = {image[r * 4 + c] for r in range(4) for c in columns
+                    if r * 4 < box[3] and (r + 1) * 4 > box[1]}
+        assert answers and all(set(r.keys) == expected and r.head == 0 for r in answers)
+        assert len(answers) == len(example.turns)  # one named object per turn
+        labels = enc['labels'][0]
+        assert all(labels[r.query] == IGNORE_INDEX and labels[r.query + 1] != IGNORE_INDEX
+                   for r in answers)
+        caption = example.objects[0]['caption']  # 'red square': its letters, once per turn
+        name = ''.join(tokenizer.decode([ids[r.query]]) for r in names)
+        assert name == caption.replace(' ', '') * len(example.turns)
+        assert all(set(r.keys) == expected and r.head == 0 for r in names)
+    model.zero_grad()
+    loss, grounding, _ = trainer._micro_backward(examples, last=True)
+    split = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    # the reference: one padded pass, the mean answer loss plus the weighted mean mass losses
+    from spatialvlm_ros.train.grounding import attention_mass_loss
+
+    model.zero_grad()
+    batch = trainer.encoder.collate(encoded)
+    out = model(**batch, output_attentions=True)
+    names = [r for n, _ in rows for r in n]
+    answers = [r for _, a in rows for r in a]
+    term = attention_mass_loss(out.attentions[0], names) \
+        + attention_mass_loss(out.attentions[1], answers)
+    (out.loss + 0.7 * term).backward()
+    assert float(loss) == pytest.approx(float(out.loss.detach()), rel=1e-5)
+    assert float(grounding) == pytest.approx(float(term.detach()), rel=1e-5)
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            torch.testing.assert_close(split[name], param.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_grounding_refuses_what_it_cannot_use(grounded_dir, data_dir, tmp_path):
+    with pytest.raises(ValueError, match='grounding_layers'):
+        _config(grounded_dir, tmp_path, grounding_weight=1.0, grounding_layers=(0,))
+    with pytest.raises(ValueError, match='grounding_weight'):
+        _config(grounded_dir, tmp_path, grounding_weight=-1.0)
+    with pytest.raises(ValueError, match='grounding_weight'):
+        _config(grounded_dir, tmp_path, grounding_weight=float('nan'))
+    too_deep = _config(grounded_dir, tmp_path, grounding_weight=1.0, grounding_layers=(0, 2))
+    with pytest.raises(ValueError, match='2 layers'):
+        Trainer(too_deep, *build_tiny_vlm()).train()
+    no_boxes = _config(data_dir, tmp_path, grounding_weight=1.0)  # no metadata.jsonl there
+    with pytest.raises(ValueError, match='metadata.jsonl'):
+        Trainer(no_boxes, *build_tiny_vlm()).train()
+    model, processor = build_tiny_vlm()
+    model.config.image_seq_length = 15  # not a square grid
+    with pytest.raises(ValueError, match='square grid'):
+        Trainer(_config(grounded_dir, tmp_path, grounding_weight=1.0), model, processor).train()

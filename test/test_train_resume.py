@@ -14,6 +14,7 @@ from spatialvlm_ros.train.config import TrainConfig  # noqa: E402
 from spatialvlm_ros.train.testing import (  # noqa: E402
     build_tiny_vlm,
     synthetic_rows,
+    write_metadata_jsonl,
     write_qa_shard,
 )
 from spatialvlm_ros.train.trainer import list_checkpoints, Trainer  # noqa: E402
@@ -24,7 +25,9 @@ STEPS = 6
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp('resume_data')
-    write_qa_shard(folder / 'shard-00000.parquet', synthetic_rows(10, seed=3))
+    records = []
+    write_qa_shard(folder / 'shard-00000.parquet', synthetic_rows(10, seed=3, records=records))
+    write_metadata_jsonl(folder, records)  # the boxes for grounding_weight > 0
     return folder
 
 
@@ -44,12 +47,16 @@ def _final_weights(trainer):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def test_resume_matches_uninterrupted_run(data_dir, tmp_path):
-    full = Trainer(_config(data_dir, tmp_path / 'full'), *build_tiny_vlm(dropout=0.1))
+@pytest.mark.parametrize('grounding', [0.0, 0.5])
+def test_resume_matches_uninterrupted_run(data_dir, tmp_path, grounding):
+    full = Trainer(_config(data_dir, tmp_path / 'full', grounding_weight=grounding),
+                   *build_tiny_vlm(dropout=0.1))
     reference = full.train()
     assert reference.step == STEPS and len(reference.losses) == STEPS
+    assert len(reference.grounding_losses) == (STEPS if grounding else 0)
 
-    first = Trainer(_config(data_dir, tmp_path / 'cut'), *build_tiny_vlm(dropout=0.1))
+    first = Trainer(_config(data_dir, tmp_path / 'cut', grounding_weight=grounding),
+                    *build_tiny_vlm(dropout=0.1))
     interrupted = first.train(stop_at=3)
     assert interrupted.step == 3
     assert interrupted.losses == reference.losses[:3]
@@ -57,11 +64,13 @@ def test_resume_matches_uninterrupted_run(data_dir, tmp_path):
 
     # a fresh process would rebuild the same base model and a fresh RNG state
     torch.manual_seed(12345)
-    second = Trainer(_config(data_dir, tmp_path / 'cut'), *build_tiny_vlm(dropout=0.1))
+    second = Trainer(_config(data_dir, tmp_path / 'cut', grounding_weight=grounding),
+                     *build_tiny_vlm(dropout=0.1))
     resumed = second.train(resume=True)
     assert resumed.resumed_from == 3
     assert resumed.losses[:3] == reference.losses[:3]
     assert resumed.losses[3:] == reference.losses[3:]  # exact, not approximate
+    assert resumed.grounding_losses == reference.grounding_losses
     expected, actual = _final_weights(full), _final_weights(second)
     assert expected.keys() == actual.keys()
     for name in expected:

@@ -8,6 +8,7 @@ overrides)``; a ``train:`` top-level key may wrap the fields. Paths are kept as 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+import math
 from typing import Any
 
 BF16_CHOICES = ('auto', 'yes', 'no')
@@ -74,6 +75,15 @@ class TrainConfig:
         sorted by length, each padded only to its own longest, with the loss summed over all
         answer tokens and divided by their count once, so loss and gradients are those of the
         whole micro-batch (to float rounding) with less padding computed. 1: one padded pass.
+    :ivar grounding_weight: weight of the supervised-attention loss added to the answer loss
+        (``train.grounding.conversation_targets``): in the decoder layer
+        ``grounding_layers[0]``, head 0 at each token of an object's name in a question should
+        attend to that object's patches; in layer ``grounding_layers[1]``, head ``k`` at the
+        position that predicts the answer should attend to the ``k``-th named object's. The
+        captions come from the shards' ``qa_metadata`` and the boxes from the engine's
+        ``metadata.jsonl`` beside them. Needs a model with one image token per patch of a
+        square grid (the compact LLaVA); it runs the decoder with eager attention. 0: off.
+    :ivar grounding_layers: the name layer and the answer layer of the grounding loss.
     :ivar seed: seeds model-side randomness (dropout) and the data order and label noise.
     :ivar bf16: 'auto' (bf16 mixed precision on a CUDA device that supports it), 'yes', 'no'.
     :ivar log_every: steps between TensorBoard / progress-bar logs.
@@ -113,6 +123,8 @@ class TrainConfig:
     max_turns: int = 0
     max_length: int = 1024
     length_buckets: int = 1
+    grounding_weight: float = 0.0
+    grounding_layers: tuple[int, ...] = (0, 1)
     seed: int = 0
     bf16: str = 'auto'
     log_every: int = 10
@@ -125,7 +137,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ('data', 'general_data', 'eval_data', 'vision_modules',
-                     'projector_modules', 'lora_targets', 'betas'):
+                     'projector_modules', 'lora_targets', 'betas', 'grounding_layers'):
             value = getattr(self, name)
             if isinstance(value, str):
                 value = (value,)
@@ -154,6 +166,14 @@ class TrainConfig:
         for name in ('min_lr', 'weight_decay', 'max_grad_norm', 'lora_dropout',
                      'label_noise_std'):
             _non_negative(name, getattr(self, name))
+        _non_negative('grounding_weight', self.grounding_weight)
+        if not math.isfinite(self.grounding_weight):
+            raise ValueError(f'grounding_weight must be finite, got {self.grounding_weight}')
+        if len(self.grounding_layers) != 2 or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                for v in self.grounding_layers):
+            raise ValueError('grounding_layers must be two decoder layer indices >= 0 (names, '
+                             f'answer), got {self.grounding_layers}')
         if self.min_lr > self.lr:
             raise ValueError(f'min_lr ({self.min_lr}) must not exceed lr ({self.lr})')
         if self.lora_r:

@@ -6,7 +6,9 @@ Training data: Parquet QA shards -> examples -> a seeded spatial/general mix -> 
 question / answer turns) and ``qa_metadata`` (a JSON list, one entry per QA turn, with
 ``kind``, ``value_m``, ``stated_text`` / ``stated_unit`` / ``stated_value_m`` for quantitative
 answers and ``captions`` of the objects). ``read_rows`` reads folders of shards (or files)
-with pyarrow.
+with pyarrow. Where the engine's ``metadata.jsonl`` lies beside a shard, each row also gets
+its image's objects from it (``caption`` and ``box``, XYXY pixels of the image), which
+supervised grounding (``TrainConfig.grounding_weight``) needs.
 
 **Examples.** One training example is one image with one or more (question, answer) turns;
 ``TrainConfig.max_turns`` caps the turns (the first turns are kept).
@@ -86,22 +88,32 @@ class Row:
     :ivar image_id: the engine's id.
     :ivar turns: (question, answer) pairs in order.
     :ivar metadata: one dict per turn (empty dicts when the shard has no ``qa_metadata``).
+    :ivar objects: the image's objects from the engine's ``metadata.jsonl`` beside the shard
+        (dicts with ``caption`` and ``box``, XYXY pixels); empty when there is none.
     """
 
     image: bytes
     image_id: str
     turns: list[tuple[str, str]]
     metadata: list[dict[str, Any]] = field(default_factory=list)
+    objects: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
 class Example:
-    """One training example: an image and its (question, answer) turns."""
+    """
+    One training example: an image and its (question, answer) turns.
+
+    ``metadata`` (one dict per turn, as :class:`Row`) and ``objects`` are set for spatial
+    examples whose row has them; supervised grounding reads the captions and boxes there.
+    """
 
     image: bytes
     turns: list[tuple[str, str]]
     source: str = 'spatial'
     image_id: str = ''
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+    objects: list[dict[str, Any]] = field(default_factory=list)
 
 
 def parquet_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -148,12 +160,51 @@ def _image_bytes(value: Any) -> bytes:
     return bytes(value)
 
 
+def read_objects(folder: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """
+    Return each kept image's objects from the engine's ``metadata.jsonl`` in ``folder``.
+
+    :return: ``{image_id: [{'caption': str, 'box': [x0, y0, x1, y1]}, ...]}`` (pixels of the
+        image); empty when the folder has no ``metadata.jsonl``.
+    :raises ValueError: a line that is not JSON, or an object without a caption or a 4-number
+        box (the file and line are named).
+    """
+    path = Path(folder) / 'metadata.jsonl'
+    if not path.is_file():
+        return {}
+    found: dict[str, list[dict[str, Any]]] = {}
+    with path.open(encoding='utf-8') as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f'{path}:{number}: not JSON ({error})') from None
+            if not record.get('kept', True) or 'image_id' not in record:
+                continue
+            objects = []
+            for obj in record.get('objects') or []:
+                box = obj.get('box')
+                if not isinstance(obj.get('caption'), str) or not isinstance(box, list) \
+                        or len(box) != 4:
+                    raise ValueError(f'{path}:{number}: an object needs a caption and a '
+                                     f'4-number box, got {obj!r}')
+                objects.append({'caption': obj['caption'], 'box': [float(v) for v in box]})
+            found[str(record['image_id'])] = objects
+    return found
+
+
 def read_rows(paths: Iterable[str | Path]) -> list[Row]:
     """Read every row of the Parquet shards under ``paths`` (see the module docstring)."""
     import pyarrow.parquet as pq
 
     rows: list[Row] = []
+    objects_in: dict[Path, dict[str, list[dict[str, Any]]]] = {}
     for file in parquet_files(paths):
+        if file.parent not in objects_in:
+            objects_in[file.parent] = read_objects(file.parent)
+        objects = objects_in[file.parent]
         table = pq.read_table(file)
         names = set(table.column_names)
         missing = {'image', 'messages'} - names
@@ -173,8 +224,17 @@ def read_rows(paths: Iterable[str | Path]) -> list[Row]:
                 meta = [dict(m) for m in loaded]
             meta = (meta + [{}] * len(turns))[:len(turns)]
             image_id = str(ids[i]) if ids is not None else f'{file.stem}:{i}'
-            rows.append(Row(_image_bytes(image), image_id, turns, meta))
+            rows.append(Row(_image_bytes(image), image_id, turns, meta,
+                            list(objects.get(image_id, []))))
     return rows
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """Return an encoded image's ``(width, height)`` in pixels (the header only is read)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
 
 
 def decode_image(data: bytes) -> Any:
@@ -419,7 +479,8 @@ class MixedStream:
         if self.label_noise_std > 0:
             turns = [(q, perturb_answer(a, meta, self.label_noise_std, rng))
                      for (q, a), meta in zip(turns, row.metadata, strict=False)]
-        return Example(row.image, turns, 'spatial', row.image_id)
+        return Example(row.image, turns, 'spatial', row.image_id,
+                       list(row.metadata[:len(turns)]), row.objects)
 
     def _cap(self, turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return list(turns[:self.max_turns] if self.max_turns else turns)

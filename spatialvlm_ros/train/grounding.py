@@ -169,14 +169,110 @@ def attention_mass_loss(attention: Any, targets: Sequence[AttentionTarget],
     if not targets:
         raise ValueError('attention_mass_loss needs at least one target')
     batch, heads, length, _ = attention.shape
-    losses = []
     for target in targets:
         if target.example >= batch or target.head >= heads or target.query >= length:
             raise ValueError(f'{target} is outside attention of shape {tuple(attention.shape)}')
-        keys = torch.tensor(target.keys, device=attention.device)
-        mass = attention[target.example, target.head, target.query, keys].sum()
-        losses.append(-torch.log(mass + eps))
-    return torch.stack(losses).mean()
+    # one gather over every (row, key) pair and a per-row sum: a Python loop of small indexing
+    # ops per row would cost more than the decoder's forward pass at a few thousand rows
+    sizes = [len(t.keys) for t in targets]
+    rows = torch.repeat_interleave(torch.arange(len(targets)), torch.tensor(sizes))
+    where = torch.tensor([(t.example, t.head, t.query) for t in targets])[rows]  # (K, 3)
+    keys = torch.tensor([k for t in targets for k in t.keys])  # (K,)
+    flat = ((where[:, 0] * heads + where[:, 1]) * length + where[:, 2]) * length + keys
+    picked = attention.reshape(-1)[flat.to(attention.device)]  # (K,)
+    mass = torch.zeros(len(targets), dtype=picked.dtype, device=attention.device)
+    mass = mass.index_add(0, rows.to(attention.device), picked)
+    return -torch.log(mass + eps).mean()
+
+
+_ARTICLES = frozenset(('the', 'a', 'an'))
+
+
+def answer_spans(labels: Sequence[int], ignore_index: int = -100) -> list[tuple[int, int]]:
+    """
+    Return the ``[start, end)`` positions of each trained (answer) run of ``labels``, in order.
+
+    :param labels: one example's labels, aligned with its ``input_ids`` (``ignore_index`` on
+        every position that is not trained).
+    """
+    spans: list[tuple[int, int]] = []
+    start = None
+    for position, label in enumerate(list(labels) + [ignore_index]):
+        if label != ignore_index and start is None:
+            start = position
+        elif label == ignore_index and start is not None:
+            spans.append((start, position))
+            start = None
+    return spans
+
+
+def conversation_targets(example: int, input_ids: Sequence[int], labels: Sequence[int],
+                         image_token_id: int, turns: Sequence[dict[str, Any]],
+                         objects: Sequence[dict[str, Any]], tokenizer: Any,
+                         image_wh: tuple[int, int], grid: int,
+                         ignore_index: int = -100) -> tuple[list[AttentionTarget],
+                                                            list[AttentionTarget]]:
+    """
+    Return the supervised attention rows of one encoded conversation about one image.
+
+    For the ``t``-th answer run of ``labels`` (the ``t``-th QA turn), with ``turns[t]``'s
+    ``captions`` (the engine's ``qa_metadata``; at most the first two) matched to ``objects``
+    by caption:
+
+    - *name rows*: every token of an object's name in that turn's question (found after the
+      previous answer; a leading 'the' / 'a' / 'an' of the caption is left out, and so are
+      tokens that decode to whitespace) should attend to the object's patches; head 0 of the
+      name layer;
+    - *answer rows*: the position that predicts the answer's first token should attend to the
+      ``k``-th named object's patches with head ``k`` of the answer layer.
+
+    A caption with no matching object, or whose tokens are not found in the question, gives no
+    rows (the turn is left to the language-model loss). Sessions 8 and 13 found that these rows
+    are what lets the compact decoder learn a question about a named object from image tokens
+    that say each patch's type (``benchmarks/RESULTS.md``).
+
+    :param example: the conversation's index in the batch.
+    :param input_ids: its token ids, with one ``image_token_id`` per patch, ``grid * grid`` of
+        them, in row-major order.
+    :param labels: its labels (``ignore_index`` outside the answers), aligned with the ids.
+    :param turns: one metadata dict per QA turn (``captions``).
+    :param objects: the image's objects (``caption`` and ``box``, XYXY pixels of the image).
+    :param tokenizer: the model's tokenizer (``__call__``, ``decode``).
+    :param image_wh: the image's ``(width, height)`` in pixels.
+    :param grid: patches per side.
+    :return: ``(name rows, answer rows)``.
+    :raises ValueError: when the ids do not hold ``grid * grid`` image tokens.
+    """
+    ids = [int(v) for v in input_ids]
+    image = [p for p, token in enumerate(ids) if token == image_token_id]
+    if len(image) != grid * grid:
+        raise ValueError(f'example {example} holds {len(image)} image tokens, not the '
+                         f'{grid * grid} of a {grid}x{grid} patch grid')
+    by_caption = {str(o['caption']): o for o in objects}
+    names, answers = [], []
+    previous_end = image[-1] + 1
+    # answers beyond the metadata (or turns cut off by max_length) get no rows
+    for span, meta in zip(answer_spans(labels, ignore_index), turns, strict=False):
+        start, end = span
+        for head, caption in enumerate(list(meta.get('captions') or [])[:2]):
+            obj = by_caption.get(str(caption))
+            if obj is None:
+                continue
+            mask = box_patch_mask(obj['box'], image_wh, grid)
+            keys = tuple(image[int(k)] for k in np.flatnonzero(mask))
+            answers.append(AttentionTarget(example, head, start - 1, keys))
+            words = str(caption).split()
+            if len(words) > 1 and words[0].lower() in _ARTICLES:
+                words = words[1:]  # 'the orange torus': the rows go to 'orange torus'
+            name = tokenizer(' ' + ' '.join(words), add_special_tokens=False)['input_ids']
+            at = find_subsequence(ids, name, previous_end)
+            if at is None or at + len(name) > start:
+                continue
+            for position in range(at, at + len(name)):
+                if tokenizer.decode([ids[position]]).strip():  # not a bare space
+                    names.append(AttentionTarget(example, 0, position, keys))
+        previous_end = end
+    return names, answers
 
 
 @dataclass

@@ -72,7 +72,8 @@ def build_tiny_vlm(seed: int = 0, hidden: int = 32, layers: int = 2,
                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     config = LlavaConfig(vision_config=vision, text_config=text,
                          image_token_index=tokenizer.convert_tokens_to_ids('<image>'),
-                         vision_feature_select_strategy='full', vision_feature_layer=-1)
+                         image_seq_length=16, vision_feature_select_strategy='full',
+                         vision_feature_layer=-1)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -118,12 +119,17 @@ def write_qa_shard(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     return path
 
 
-def synthetic_rows(count: int, seed: int = 0, turns: int = 2) -> list[dict[str, Any]]:
+def synthetic_rows(count: int, seed: int = 0, turns: int = 2,
+                   records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """
     Return ``count`` rows of simple QA about a coloured square's size and side.
 
     The square's colour and position are random; quantitative answers state its width in cm
     ('30 cm'), qualitative ones whether it is on the left. Metadata follows the engine.
+
+    :param records: when given, one engine ``metadata.jsonl`` record per row is appended to it
+        (``image_id``, ``kept``, ``objects`` with the square's ``caption`` and ``box``); write
+        them with :func:`write_metadata_jsonl`.
     """
     rng = np.random.default_rng(seed)
     rows = []
@@ -149,4 +155,16 @@ def synthetic_rows(count: int, seed: int = 0, turns: int = 2) -> list[dict[str, 
         qa = qa[:turns]
         rows.append(qa_row(png_bytes(image), f'img{seed}_{i}', [(q, a) for q, a, _ in qa],
                            [m for _, _, m in qa]))
+        if records is not None:
+            box = [float(x0), 4.0, float(x0 + side), float(4 + side)]
+            records.append({'image_id': f'img{seed}_{i}', 'kept': True,
+                            'objects': [{'caption': caption, 'box': box, 'id': 'square'}]})
     return rows
+
+
+def write_metadata_jsonl(folder: str | Path, records: Sequence[dict[str, Any]]) -> Path:
+    """Write engine ``metadata.jsonl`` records (one JSON object per line) into ``folder``."""
+    path = Path(folder) / 'metadata.jsonl'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(''.join(json.dumps(r) + '\n' for r in records), encoding='utf-8')
+    return path

@@ -26,6 +26,12 @@ renamed, the last ``keep_last`` kept) hold no pickle:
 step, and the data a function of the sample index, so the losses after resuming equal those of
 an uninterrupted run (exactly on CPU; up to kernel nondeterminism on GPUs).
 
+**Supervised grounding** (``grounding_weight > 0``): the decoder runs with eager attention and
+returns its attention weights; the loss of each pass adds ``grounding_weight`` times the mean
+``-log`` attention mass of the micro-batch's name rows and of its answer rows on the named
+objects' patches (``train.grounding.conversation_targets``). The logged ``train/loss`` and the
+recorded losses stay the answer loss alone; the grounding term is ``train/grounding_loss``.
+
 Logs go to TensorBoard (``out_dir/tb``: ``train/loss``, ``train/lr``, ``train/grad_norm``,
 ``train/samples_per_s``, ``train/tokens_per_s``, ``eval/loss``) and a tqdm bar. At the end the
 model (LoRA merged) and the processor are saved with ``save_pretrained`` to ``out_dir/final``.
@@ -51,6 +57,7 @@ from spatialvlm_ros.train.data import (
     ConversationEncoder,
     Example,
     IGNORE_INDEX,
+    image_size,
     MixedStream,
     read_rows,
 )
@@ -74,6 +81,8 @@ class TrainResult:
     :ivar checkpoints: checkpoint folders left on disk.
     :ivar trainable_parameters: number of trained parameters.
     :ivar resumed_from: the step the run resumed from (0 for a fresh run).
+    :ivar grounding_losses: the grounding term (unweighted) of every step, when
+        ``grounding_weight > 0`` (empty otherwise).
     """
 
     step: int
@@ -84,6 +93,7 @@ class TrainResult:
     checkpoints: list[Path] = field(default_factory=list)
     trainable_parameters: int = 0
     resumed_from: int = 0
+    grounding_losses: list[float] = field(default_factory=list)
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -294,6 +304,36 @@ def _save_processor(processor: Any, folder: Path, source: str) -> None:
                 shutil.copy2(Path(source) / name, folder / name)
 
 
+def grounding_setup(model: Any, trainer_config: TrainConfig) -> tuple[int, int]:
+    """
+    Check that ``model`` can take the grounding loss, switch it to eager attention.
+
+    :return: ``(grid, image_token_id)``: patches per side and the image placeholder id.
+    :raises ValueError: a model without one image token per patch of a square grid
+        (``image_token_id`` / ``image_seq_length``, as the compact LLaVA has), or whose
+        decoder has fewer layers than ``grounding_layers`` names or fewer than 2 heads.
+    """
+    config = model.config
+    token = getattr(config, 'image_token_id', None)
+    if token is None:
+        token = getattr(config, 'image_token_index', None)
+    tokens = getattr(config, 'image_seq_length', None)
+    grid = math.isqrt(int(tokens)) if tokens else 0
+    if token is None or not grid or grid * grid != int(tokens):
+        raise ValueError('grounding_weight needs a model with one image token per patch of a '
+                         'square grid (image_token_id and image_seq_length, as the compact '
+                         f'LLaVA has); {type(model).__name__} has not')
+    text = config.get_text_config()
+    layers = int(getattr(text, 'num_hidden_layers', 0))
+    heads = int(getattr(text, 'num_attention_heads', 0))
+    if max(trainer_config.grounding_layers) >= layers or heads < 2:
+        raise ValueError(f'grounding_layers {trainer_config.grounding_layers} need a decoder '
+                         f'with more layers and at least 2 heads; it has {layers} layers and '
+                         f'{heads} heads')
+    model.set_attn_implementation('eager')  # the loss needs the attention weights
+    return grid, int(token)
+
+
 class Trainer:
     """
     One training run (see the module docstring).
@@ -330,6 +370,7 @@ class Trainer:
         if self._model is None:
             self._model, self._processor = load_pretrained(cfg.model)
         self.processor = self._processor
+        self.grounding = grounding_setup(self._model, cfg) if cfg.grounding_weight > 0 else None
         model = apply_freeze_policy(self._model, cfg)
         self.is_peft = bool(cfg.lora_r)
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -346,6 +387,9 @@ class Trainer:
         self.encoder = ConversationEncoder(self.processor, cfg.max_length)
         general = read_rows(cfg.general_data) if cfg.general_data else None
         spatial = read_rows(cfg.data) if cfg.data else []
+        if self.grounding is not None and not any(r.objects for r in spatial):
+            raise ValueError('grounding_weight > 0 but no training row has objects: the '
+                             "engine's metadata.jsonl must lie beside the spatial shards")
         self.stream = MixedStream(spatial, general, cfg.general_ratio, cfg.seed,
                                   cfg.label_noise_std, cfg.max_turns)
         self.eval_examples: list[Example] = []
@@ -357,7 +401,8 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------
 
     def save_checkpoint(self, step: int, losses: list[float],
-                        eval_losses: list[tuple[int, float]]) -> Path:
+                        eval_losses: list[tuple[int, float]],
+                        grounding_losses: list[float] | None = None) -> Path:
         """Write the checkpoint of ``step`` atomically; prune old ones; return its folder."""
         from safetensors.torch import save_file
 
@@ -378,6 +423,7 @@ class Trainer:
             save_file(trainable_state(model), str(tmp / 'trainable.safetensors'))
             _save_optimizer(self.optimizer.state_dict(), tmp)
             state = {'step': step, 'losses': losses, 'eval_losses': eval_losses,
+                     'grounding_losses': list(grounding_losses or []),
                      'world_size': acc.num_processes, 'config': self.config.to_dict()}
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding='utf-8')
             if final.exists():
@@ -432,38 +478,107 @@ class Trainer:
         return {k: v.to(self.accelerator.device) if hasattr(v, 'to') else v
                 for k, v in batch.items()}
 
-    def _bucketed_backward(self, examples: list[Example], last: bool) -> tuple[Any, int]:
-        """
-        Back-propagate one micro-batch as ``length_buckets`` passes; return its loss and tokens.
+    def _grounding_rows(self, encoded: list[dict[str, Any]],
+                        examples: list[Example]) -> list[tuple[list, list]]:
+        """Return each example's ``(name rows, answer rows)`` (empty without grounding)."""
+        from spatialvlm_ros.train.grounding import conversation_targets
 
-        The examples are sorted by length and cut into groups, each padded to its own longest.
-        Every group's loss is its summed answer-token cross-entropy over the micro-batch's
-        answer-token count, so the groups' losses add up to the micro-batch's mean loss and
-        their gradients to its gradient: what one padded pass gives, with less padding.
+        if self.grounding is None:
+            return [([], []) for _ in examples]
+        grid, token = self.grounding
+        rows = []
+        for i, (enc, example) in enumerate(zip(encoded, examples, strict=True)):
+            if not example.objects or not example.metadata:
+                rows.append(([], []))
+                continue
+            rows.append(conversation_targets(
+                i, enc['input_ids'][0].tolist(), enc['labels'][0].tolist(), token,
+                example.metadata, example.objects, self.encoder.tokenizer,
+                image_size(example.image), grid, IGNORE_INDEX))
+        return rows
+
+    def _grounding_term(self, attentions: Any, rows: list[tuple[list, list]],
+                        totals: tuple[int, int]) -> Any:
+        """
+        Return this pass's share of the micro-batch's grounding loss.
+
+        ``rows`` are the pass's examples' rows (re-indexed to the pass); ``totals`` the
+        micro-batch's name and answer row counts, so the passes' terms add up to the mean over
+        the micro-batch's name rows plus the mean over its answer rows.
+        """
+        from spatialvlm_ros.train.grounding import attention_mass_loss, AttentionTarget
+
+        term: Any = 0.0
+        for kind, layer in enumerate(self.config.grounding_layers):
+            chosen = [AttentionTarget(i, r.head, r.query, r.keys)
+                      for i, pair in enumerate(rows) for r in pair[kind]]
+            if chosen:
+                term = term + attention_mass_loss(attentions[layer], chosen) \
+                    * (len(chosen) / totals[kind])
+        return term
+
+    def _forward_loss(self, batch: dict[str, Any], rows: list[tuple[list, list]],
+                      totals: tuple[int, int], answers: int | None) -> tuple[Any, Any]:
+        """
+        Run one pass; return ``(answer loss, grounding term)`` (the term is 0 without rows).
+
+        ``answers``: the micro-batch's answer-token count, for a pass that is one of several
+        (its loss is then its summed cross-entropy over that count); None for a single pass
+        (the model's own mean loss).
         """
         import torch
 
+        grounded = self.grounding is not None and any(totals)
+        kwargs = {'output_attentions': True} if grounded else {}
+        if answers is None:
+            out = self.model(**batch, **kwargs)
+            loss = out.loss
+        else:
+            labels = batch.pop('labels')
+            out = self.model(**batch, **kwargs)
+            logits = out.logits[:, :-1].float()  # (B, T - 1, V)
+            target = labels[:, 1:].to(logits.device)  # (B, T - 1): token t predicts t + 1
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                ignore_index=IGNORE_INDEX, reduction='sum') / max(answers, 1)
+        term = self._grounding_term(out.attentions, rows, totals) if grounded else 0.0
+        return loss, term
+
+    def _micro_backward(self, examples: list[Example], last: bool) -> tuple[Any, Any, int]:
+        """
+        Back-propagate one micro-batch; return its answer loss, grounding term and tokens.
+
+        With ``length_buckets > 1`` it runs as that many passes: the examples are sorted by
+        length and cut into groups, each padded to its own longest. Every group's loss is its
+        summed answer-token cross-entropy over the micro-batch's answer-token count (and its
+        grounding rows' share, see :meth:`_grounding_term`), so the groups' losses add up to
+        the micro-batch's loss and their gradients to its gradient: what one padded pass
+        gives, with less padding.
+        """
         cfg, acc = self.config, self.accelerator
         encoded = [self.encoder.encode(e) for e in examples]
-        groups = length_groups([int(e['input_ids'].shape[1]) for e in encoded],
-                               cfg.length_buckets)
-        answers = sum(int((e['labels'][0, 1:] != IGNORE_INDEX).sum()) for e in encoded)
+        rows = self._grounding_rows(encoded, examples)
+        totals = (sum(len(n) for n, _ in rows), sum(len(a) for _, a in rows))
+        if cfg.length_buckets > 1:
+            groups = length_groups([int(e['input_ids'].shape[1]) for e in encoded],
+                                   cfg.length_buckets)
+            answers = sum(int((e['labels'][0, 1:] != IGNORE_INDEX).sum()) for e in encoded)
+        else:
+            groups, answers = [list(range(len(encoded)))], None
         total: Any = 0.0
+        grounding: Any = 0.0
         tokens = 0
         for g, group in enumerate(groups):
             batch = self._to_device(self.encoder.collate([encoded[int(i)] for i in group]))
-            labels = batch.pop('labels')
             tokens += int(batch['attention_mask'].sum())
             final = last and g == len(groups) - 1
             with nullcontext() if final else acc.no_sync(self.model):
-                logits = self.model(**batch).logits[:, :-1].float()  # (B, T - 1, V)
-                target = labels[:, 1:].to(logits.device)  # (B, T - 1): token t predicts t + 1
-                loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                    ignore_index=IGNORE_INDEX, reduction='sum') / max(answers, 1)
-                acc.backward(loss / cfg.grad_accum)
+                loss, term = self._forward_loss(batch, [rows[int(i)] for i in group], totals,
+                                                answers)
+                acc.backward((loss + cfg.grounding_weight * term) / cfg.grad_accum)
             total = total + loss.detach().float()
-        return total, tokens
+            grounding = grounding + (term.detach().float() if hasattr(term, 'detach') else term)
+        return total, grounding, tokens
 
     def evaluate_loss(self) -> float:
         """Return the mean loss over the held-out examples (the same on every process)."""
@@ -498,6 +613,7 @@ class Trainer:
         cfg, acc = self.config, self.accelerator
         losses: list[float] = []
         eval_losses: list[tuple[int, float]] = []
+        grounding_losses: list[float] = []
         start = 0
         if resume:
             folder = Path(resume) if not isinstance(resume, bool) else \
@@ -507,6 +623,7 @@ class Trainer:
                 start = int(state['step'])
                 losses = [float(x) for x in state['losses']][:start]
                 eval_losses = [(int(s), float(v)) for s, v in state.get('eval_losses', [])]
+                grounding_losses = [float(x) for x in state.get('grounding_losses', [])][:start]
                 LOG.info('resumed from %s (step %d)', folder, start)
         end = cfg.max_steps if stop_at is None else min(cfg.max_steps, stop_at)
         writer = self._writer()
@@ -517,22 +634,15 @@ class Trainer:
             lr = lr_at(step, cfg)
             for group in self.optimizer.param_groups:
                 group['lr'] = lr
-            micro_losses = []
+            micro_losses, micro_grounding = [], []
             micro_batches = self._micro_batches(step)
             for m, examples in enumerate(micro_batches):
                 samples += len(examples)
-                last = m == len(micro_batches) - 1
-                if cfg.length_buckets > 1:
-                    loss, used = self._bucketed_backward(examples, last)
-                    tokens += used
-                    micro_losses.append(loss)
-                    continue
-                batch = self._to_device(self.encoder.batch(examples))
-                tokens += int(batch['attention_mask'].sum())
-                with nullcontext() if last else acc.no_sync(self.model):
-                    loss = self.model(**batch).loss
-                    acc.backward(loss / cfg.grad_accum)
-                micro_losses.append(loss.detach().float())
+                loss, grounding, used = self._micro_backward(examples,
+                                                             m == len(micro_batches) - 1)
+                tokens += used
+                micro_losses.append(loss)
+                micro_grounding.append(float(grounding))
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float('inf')
             grad_norm = float(acc.clip_grad_norm_([p for _, p in self.params], max_norm))
             self.optimizer.step()
@@ -540,6 +650,8 @@ class Trainer:
             step_loss = acc.reduce(torch.stack(micro_losses).mean(), reduction='mean')
             value = float(step_loss)
             losses.append(value)
+            if self.grounding is not None:
+                grounding_losses.append(float(np.mean(micro_grounding)))
             done = step + 1
             if on_step is not None:
                 on_step(done, value)
@@ -551,6 +663,8 @@ class Trainer:
                     writer.add_scalar('train/loss', value, done)
                     writer.add_scalar('train/lr', lr, done)
                     writer.add_scalar('train/grad_norm', grad_norm, done)
+                    if grounding_losses:
+                        writer.add_scalar('train/grounding_loss', grounding_losses[-1], done)
                     writer.add_scalar('train/samples_per_s',
                                       samples * acc.num_processes / elapsed, done)
                     writer.add_scalar('train/tokens_per_s',
@@ -562,18 +676,18 @@ class Trainer:
                 if writer is not None:
                     writer.add_scalar('eval/loss', eval_loss, done)
             if cfg.save_every and done % cfg.save_every == 0:
-                self.save_checkpoint(done, losses, eval_losses)
+                self.save_checkpoint(done, losses, eval_losses, grounding_losses)
         bar.close()
         if writer is not None:
             writer.close()
         final_step = len(losses)
         result = TrainResult(final_step, losses, eval_losses, self.out_dir,
                              trainable_parameters=sum(p.numel() for _, p in self.params),
-                             resumed_from=start)
+                             resumed_from=start, grounding_losses=grounding_losses)
         if final_step == cfg.max_steps and final_step > start:
             saved = [p.name for p in list_checkpoints(self.out_dir)]
             if f'{CHECKPOINT_PREFIX}{final_step:08d}' not in saved:
-                self.save_checkpoint(final_step, losses, eval_losses)
+                self.save_checkpoint(final_step, losses, eval_losses, grounding_losses)
             if cfg.save_final:
                 result.final_dir = self.save_final()
         result.checkpoints = list_checkpoints(self.out_dir)
