@@ -38,7 +38,7 @@ def test_metric_style_reaches_the_training_folders_not_the_heldout(tmp_path):
 def test_recipe_validates_the_vision_options(tmp_path):
     with pytest.raises(ValueError, match='image_size'):
         DefaultRecipe(out=str(tmp_path), image_size=100)
-    with pytest.raises(ValueError, match='freeze_vision needs a pre-trained tower'):
+    with pytest.raises(ValueError, match='need a pre-trained tower'):
         DefaultRecipe(out=str(tmp_path), freeze_vision=True)
     with pytest.raises(ValueError, match='vision_targets'):
         DefaultRecipe(out=str(tmp_path), vision_targets='depth')
@@ -73,6 +73,44 @@ def test_pretrained_tower_feeds_a_frozen_training_stage(tmp_path):
     assert vision and any(not torch.equal(before[k], tower[k]) for k in vision)
     assert all(torch.equal(tower[k], after[k]) for k in vision)  # frozen in training
     assert any(not torch.equal(tower[k], after[k]) for k in after if k not in vision)
+
+
+def test_grounded_stage_from_a_given_model_keeps_its_tower_and_projector(tmp_path):
+    torch = pytest.importorskip('torch')
+    from spatialvlm_ros.model.loading import load_vlm
+    from spatialvlm_ros.train.default import init_model, model_card, run_training
+
+    with pytest.raises(ValueError, match='grounding_weight'):
+        DefaultRecipe(out=str(tmp_path), grounding_weight=-1.0)
+    with pytest.raises(ValueError, match='need a pre-trained tower'):
+        DefaultRecipe(out=str(tmp_path), freeze_projector=True)
+    given = init_model(tmp_path / 'given', 32)
+    recipe = DefaultRecipe(out=str(tmp_path / 'out'), train_scenes=2, heldout_scenes=1,
+                           gripper_episodes=1, heldout_gripper_episodes=1, focus_steps=0,
+                           width=64, height=48, workers=1, steps=3, batch_size=2,
+                           warmup_steps=1, image_size=32, init_from=str(given),
+                           freeze_vision=True, freeze_projector=True, grounding_weight=1.0)
+    with pytest.raises(ValueError, match='holds no model'):
+        init_model(tmp_path / 'nothing', 32, create=False)
+    with pytest.raises(ValueError, match='32 px siglip model'):
+        init_model(given, 32, 'focalnet', create=False)
+    folders = build_data(recipe)
+    result = run_training(recipe, init_model(given, 32, create=False), folders)
+    # the engine's rows have boxes, the gripper rows none: a step of gripper rows only adds 0
+    assert len(result.grounding_losses) == 3 and any(v > 0 for v in result.grounding_losses)
+
+    def weights(folder):
+        return load_vlm(folder, device='cpu').model.state_dict()
+
+    before, after = weights(given), weights(result.final_dir)
+    kept = [k for k in before if 'vision_tower' in k or 'multi_modal_projector' in k]
+    assert kept and all(torch.equal(before[k], after[k]) for k in kept)
+    assert any(not torch.equal(before[k], after[k]) for k in after if k not in kept)
+    card = model_card(recipe, result, {'heldout': _report(), 'gripper_heldout': _report()},
+                      {'train_stage1': 60.0})
+    assert f'started from the model in `{given}`' in card
+    assert 'vision tower frozen, projector frozen' in card
+    assert 'supervised grounding (`TrainConfig.grounding_weight` 1.0)' in card
 
 
 def _report(tracking=None, mre=0.5):

@@ -70,14 +70,23 @@ class DefaultRecipe:
         'The distance is 0.46 m.'; see ``synth.gripper.GripperDataConfig``). The held-out
         gripper set is always ``'human'`` (only its questions and truth are used).
     :ivar image_size: the compact model's input side in pixels (16 px patches).
-    :ivar vision_tower: the compact model's vision tower, ``'siglip'`` (the shipped model's) or
-        ``'swin'`` (``model.compact.CompactVLMConfig.vision_tower``).
+    :ivar vision_tower: the compact model's vision tower, ``'siglip'`` (the shipped model's),
+        ``'swin'`` or ``'focalnet'`` (``model.compact.CompactVLMConfig.vision_tower``).
+    :ivar init_from: a compact model folder to train instead of a fresh model (for example one
+        whose tower was pre-trained elsewhere); its input size and tower must be
+        ``image_size`` and ``vision_tower``. '' builds a fresh model in ``out/init``.
     :ivar vision_pretrain_episodes: rendered episodes for pre-training the vision tower on
         per-patch simulator targets before the QA stages (``train.vision_pretrain``); 0: none.
     :ivar vision_pretrain_steps: steps of that pre-training.
     :ivar vision_targets: its targets, ``'basic'`` or ``'extended'``.
     :ivar freeze_vision: keep the vision tower frozen in both QA stages (meant for a
-        pre-trained tower; a from-scratch tower must train).
+        pre-trained tower, from ``vision_pretrain_episodes`` or ``init_from``; a from-scratch
+        tower must train).
+    :ivar freeze_projector: keep the projector frozen in both QA stages (as ``freeze_vision``).
+    :ivar grounding_weight: ``TrainConfig.grounding_weight`` of the QA stages that train on the
+        engine's data (the boxes come from its ``metadata.jsonl``): supervised attention from
+        object names and answer positions to the named objects' patches. 0: off (the shipped
+        model).
     :ivar plain_steps: steps of a stage between the first and the second, on the training
         scenes' unambiguous qualitative turns of ``plain_families`` restated in one template
         per type with short answers (``synth.plain``; the compact decoder learns the size
@@ -113,10 +122,13 @@ class DefaultRecipe:
     gripper_answer_style: str = 'human'
     image_size: int = 96
     vision_tower: str = 'siglip'
+    init_from: str = ''
     vision_pretrain_episodes: int = 0
     vision_pretrain_steps: int = 600
     vision_targets: str = 'extended'
     freeze_vision: bool = False
+    freeze_projector: bool = False
+    grounding_weight: float = 0.0
     length_buckets: int = 4
     plain_steps: int = 0
     plain_lr: float = 1e-3
@@ -146,9 +158,14 @@ class DefaultRecipe:
         if self.vision_targets not in ('basic', 'extended'):
             raise ValueError(f"vision_targets must be 'basic' or 'extended', got "
                              f'{self.vision_targets!r}')
-        if self.freeze_vision and self.vision_pretrain_episodes == 0:
-            raise ValueError('freeze_vision needs a pre-trained tower '
-                             '(vision_pretrain_episodes > 0): a random tower would stay random')
+        pretrained = self.vision_pretrain_episodes > 0 or bool(self.init_from)
+        if (self.freeze_vision or self.freeze_projector) and not pretrained:
+            raise ValueError('freeze_vision and freeze_projector need a pre-trained tower '
+                             '(vision_pretrain_episodes > 0 or init_from): a random one would '
+                             'stay random')
+        if not (math.isfinite(self.grounding_weight) and self.grounding_weight >= 0):
+            raise ValueError(f'grounding_weight must be finite and >= 0, got '
+                             f'{self.grounding_weight}')
         from spatialvlm_ros.synth.gripper import ANSWER_STYLES
 
         if self.gripper_answer_style not in ANSWER_STYLES:
@@ -251,20 +268,29 @@ def build_data(recipe: DefaultRecipe, timings: Timings | None = None) -> dict[st
     return folders
 
 
-def init_model(folder: Path, image_size: int = 96, vision_tower: str = 'siglip') -> Path:
-    """Build and save the untrained compact model (tokenizer trained on the engine text)."""
+def init_model(folder: Path, image_size: int = 96, vision_tower: str = 'siglip',
+               create: bool = True) -> Path:
+    """
+    Build and save the untrained compact model (tokenizer trained on the engine text).
+
+    A folder that already holds a model is checked (input size and tower) and used as it is;
+    with ``create`` off, a folder without one is an error.
+    """
     from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig, save_compact
     from spatialvlm_ros.model.tokenizer import build_default_tokenizer
 
     if (folder / 'config.json').is_file():
         config = json.loads((folder / 'config.json').read_text(encoding='utf-8'))
         vision = config.get('vision_config', {})
-        found = (vision.get('image_size'),
-                 'swin' if vision.get('model_type') == 'swin' else 'siglip')
+        kind = vision.get('model_type')
+        found = (vision.get('image_size'), kind if kind in ('swin', 'focalnet') else 'siglip')
         if found != (image_size, vision_tower):
             raise ValueError(f'{folder} holds a {found[0]} px {found[1]} model, the recipe asks '
-                             f'for a {image_size} px {vision_tower} one; use another --out')
+                             f'for a {image_size} px {vision_tower} one; use another --out '
+                             '(or a matching --init-from)')
         return folder
+    if not create:
+        raise ValueError(f'{folder} holds no model (config.json)')
     _log(f'initial compact model -> {folder}')
     model, processor = build_compact_model(
         CompactVLMConfig(image_size=image_size, vision_tower=vision_tower),
@@ -319,8 +345,10 @@ def run_training(recipe: DefaultRecipe, model: Path, folders: dict[str, Path],
         model=str(model), data=(str(folders['train']), str(folders['gripper_train'])),
         general_ratio=recipe.general_ratio, out_dir=str(run), max_steps=recipe.steps,
         batch_size=recipe.batch_size, lr=recipe.lr, min_lr=recipe.lr / 50,
-        warmup_steps=recipe.warmup_steps, freeze_vision=recipe.freeze_vision, seed=recipe.seed,
-        save_every=100, keep_last=2, eval_every=0, length_buckets=recipe.length_buckets)
+        warmup_steps=recipe.warmup_steps, freeze_vision=recipe.freeze_vision,
+        freeze_projector=recipe.freeze_projector, seed=recipe.seed,
+        grounding_weight=recipe.grounding_weight, save_every=100, keep_last=2, eval_every=0,
+        length_buckets=recipe.length_buckets)
     result = _train_stage(config, 'training', 'train_stage1', timings)
     start_model = str(result.final_dir or run / 'final')
     if recipe.plain_steps > 0:
@@ -329,7 +357,8 @@ def run_training(recipe: DefaultRecipe, model: Path, folders: dict[str, Path],
             config, model=start_model, data=(str(folders['plain']),), out_dir=str(plain_run),
             max_steps=recipe.plain_steps, lr=recipe.plain_lr, min_lr=recipe.plain_lr / 50,
             warmup_steps=min(50, recipe.plain_steps // 10), general_ratio=0.0,
-            freeze_vision=True), 'plain-phrasing stage', 'train_plain', timings)
+            freeze_vision=True, grounding_weight=0.0),  # the plain data holds no boxes
+            'plain-phrasing stage', 'train_plain', timings)
         plain.losses = list(result.losses) + list(plain.losses)
         result = plain
         start_model = str(plain.final_dir or plain_run / 'final')
@@ -347,7 +376,8 @@ def run_training(recipe: DefaultRecipe, model: Path, folders: dict[str, Path],
         out_dir=str(Path(recipe.out) / 'run_focus'), max_steps=recipe.focus_steps,
         lr=recipe.focus_lr, min_lr=recipe.focus_lr / 50,
         warmup_steps=min(50, recipe.focus_steps // 10),
-        general_ratio=recipe.general_ratio if recipe.focus_mix_engine else 0.0)
+        general_ratio=recipe.general_ratio if recipe.focus_mix_engine else 0.0,
+        grounding_weight=recipe.grounding_weight if recipe.focus_mix_engine else 0.0)
     second = _train_stage(config, f'second stage on {len(data)} datasets', 'train_stage2',
                           timings)
     second.losses = list(result.losses) + list(second.losses)
@@ -381,7 +411,7 @@ def evaluate(recipe: DefaultRecipe, model_dir: Path, folders: dict[str, Path]) -
     return reports
 
 
-_TOWER_NAMES = {'siglip': 'SigLIP-style', 'swin': 'Swin'}
+_TOWER_NAMES = {'siglip': 'SigLIP-style', 'swin': 'Swin', 'focalnet': 'FocalNet'}
 
 
 def _parameter_text(folder: str | Path | None) -> str:
@@ -397,6 +427,17 @@ def _parameter_text(folder: str | Path | None) -> str:
             for key in weights.keys():
                 total += math.prod(weights.get_slice(key).get_shape())
     return f' about {total / 1e6:.1f} M parameters,'
+
+
+def _grounding_text(recipe: DefaultRecipe, result: Any) -> str:
+    """Return the card's sentence on supervised grounding ('' when it is off)."""
+    if recipe.grounding_weight <= 0:
+        return ''
+    values = list(getattr(result, 'grounding_losses', None) or [])
+    tail = f'; grounding term {values[0]:.3f} -> {values[-1]:.3f}' if values else ''
+    return (f'\n- supervised grounding (`TrainConfig.grounding_weight` {recipe.grounding_weight}):'
+            f" attention from object names and answer positions to the named objects' patches,"
+            f" boxes from the engine's metadata{tail}.")
 
 
 def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
@@ -439,11 +480,16 @@ def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
         f"({_fmt(tracking['spearman_all'])} counting constant answers as 0), median "
         f"{tracking['median_distinct']:g} distinct answers per series")
     tower = 'vision tower: trained with the rest (no pre-training).'
+    if recipe.init_from:
+        tower = (f'started from the model in `{recipe.init_from}`; vision tower '
+                 + ('frozen' if recipe.freeze_vision else 'trained with the rest')
+                 + ', projector ' + ('frozen.' if recipe.freeze_projector else 'trained.'))
     if recipe.vision_pretrain_episodes > 0:
         tower = (f'vision tower: first pre-trained {recipe.vision_pretrain_steps} steps on '
                  f'per-patch simulator targets ({recipe.vision_targets}) of '
                  f'{recipe.vision_pretrain_episodes} rendered episodes, then '
                  + ('kept frozen.' if recipe.freeze_vision else 'trained with the rest.'))
+    grounding = _grounding_text(recipe, result)
     return f"""# spatialvlm_ros compact spatial VLM (shipped default)
 
 A LLaVA-style model ({_TOWER_NAMES[recipe.vision_tower]} vision tower, projector, small Llama
@@ -467,7 +513,7 @@ Recipe (``DefaultRecipe``): `{json.dumps(asdict(recipe), sort_keys=True)}`
 - {tower}
 - training: {recipe.steps} steps on all the data, batch {recipe.batch_size}, AdamW, lr
   {recipe.lr} with {recipe.warmup_steps} warm-up steps and cosine decay, seed {recipe.seed};
-  {second}; first loss {result.losses[0]:.3f}, last loss {result.losses[-1]:.3f}.
+  {second}; first loss {result.losses[0]:.3f}, last loss {result.losses[-1]:.3f}.{grounding}
 - wall time on the machine that made it: {sum(timings.values()) / 60:.1f} min in all
   ({steps}; `timings.json`, kept across resumed runs).
 
@@ -535,8 +581,14 @@ def register(subparsers: Any) -> None:
                         help="gripper training answers: 'human' rounding (default) or fixed-width "
                              "'metric' ('The distance is 0.46 m.')")
     parser.add_argument('--image-size', type=int, help='model input side in px (default 96)')
-    parser.add_argument('--vision-tower', choices=('siglip', 'swin'),
+    parser.add_argument('--vision-tower', choices=('siglip', 'swin', 'focalnet'),
                         help="the compact model's vision tower (default siglip)")
+    parser.add_argument('--init-from',
+                        help='a compact model folder to train instead of a fresh model')
+    parser.add_argument('--freeze-projector', action='store_true', default=None,
+                        help='keep the (pre-trained) projector frozen in the QA stages')
+    parser.add_argument('--grounding-weight', type=float,
+                        help='weight of the supervised-attention loss (default 0: off)')
     parser.add_argument('--vision-pretrain-episodes', type=int,
                         help='episodes for pre-training the vision tower (default 0: none)')
     parser.add_argument('--vision-pretrain-steps', type=int,
@@ -564,7 +616,7 @@ def _run(args: argparse.Namespace) -> int:
              'workers', 'gripper_answer_style', 'image_size', 'vision_tower',
              'vision_pretrain_episodes',
              'vision_pretrain_steps', 'freeze_vision', 'length_buckets', 'plain_steps',
-             'plain_lr')
+             'plain_lr', 'init_from', 'freeze_projector', 'grounding_weight')
     overrides = {k: getattr(args, k) for k in names
                  if getattr(args, k) is not None}
     try:
@@ -574,7 +626,8 @@ def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     timings = Timings(recipe.out)
     folders = build_data(recipe, timings)
-    model = init_model(Path(recipe.out) / 'init', recipe.image_size, recipe.vision_tower)
+    model = init_model(Path(recipe.init_from or Path(recipe.out) / 'init'), recipe.image_size,
+                       recipe.vision_tower, create=not recipe.init_from)
     model = pretrain_tower(recipe, model, timings)
     result = run_training(recipe, model, folders, timings)
     final = Path(result.final_dir)
