@@ -345,3 +345,19 @@ def test_grounding_refuses_what_it_cannot_use(grounded_dir, data_dir, tmp_path):
     model.config.image_seq_length = 15  # not a square grid
     with pytest.raises(ValueError, match='square grid'):
         Trainer(_config(grounded_dir, tmp_path, grounding_weight=1.0), model, processor).train()
+
+
+def test_frozen_parts_run_in_eval_mode_during_training(data_dir, tmp_path):
+    model, processor = build_tiny_vlm(dropout=0.1)
+    config = _config(data_dir, tmp_path, freeze_vision=True, freeze_projector=False,
+                     eval_data=(str(data_dir),), eval_every=1, max_steps=1)
+    trainer = Trainer(config, model, processor)
+    trainer.train()
+    inner = model.model
+    # a frozen tower draws no dropout or stochastic depth: the tokens match inference
+    assert not any(m.training for m in inner.vision_tower.modules())
+    assert inner.multi_modal_projector.training and inner.language_model.training
+    unfrozen = Trainer(_config(data_dir, tmp_path / 'b', freeze_vision=False, max_steps=1),
+                       *build_tiny_vlm())
+    unfrozen.train()
+    assert all(m.training for m in unfrozen.model.model.vision_tower.modules())

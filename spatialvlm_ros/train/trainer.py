@@ -383,7 +383,7 @@ class Trainer:
         optimizer = torch.optim.AdamW([g for g in groups if g['params']], lr=lr_at(0, cfg),
                                       betas=tuple(cfg.betas), foreach=False)
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.model.train()
+        self._train_mode()
         self.encoder = ConversationEncoder(self.processor, cfg.max_length)
         general = read_rows(cfg.general_data) if cfg.general_data else None
         spatial = read_rows(cfg.data) if cfg.data else []
@@ -593,8 +593,24 @@ class Trainer:
             for i in range(0, len(self.eval_examples), size):
                 batch = self._to_device(self.encoder.batch(self.eval_examples[i:i + size]))
                 losses.append(float(model(**batch).loss))
-        model.train(was_training)
+        if was_training:
+            self._train_mode()
         return sum(losses) / max(1, len(losses))
+
+    def _train_mode(self) -> None:
+        """
+        Put the model in training mode, with its frozen parts in eval mode.
+
+        A frozen part keeps its weights but would still draw dropout and stochastic depth in
+        training mode (a Swin or FocalNet tower has ``drop_path_rate`` 0.1): the decoder would
+        then learn from noisier tokens than it gets at inference.
+        """
+        self.model.train()
+        model = self.accelerator.unwrap_model(self.model)
+        for name, module in model.named_modules():
+            if name and _frozen(part_of(name, self.config), self.config) \
+                    and part_of(name, self.config) != 'language':
+                module.eval()
 
     def train(self, resume: bool | str | Path = False, stop_at: int | None = None,
               on_step: Callable[[int, float], None] | None = None) -> TrainResult:
