@@ -9,8 +9,10 @@ import pytest
 
 from spatialvlm_ros.core.answers import parse_distance
 from spatialvlm_ros.synth.gripper import (
+    gripper_box,
     GripperDataConfig,
     load_templates,
+    segment_box,
     shard_path,
     write_gripper_dataset,
 )
@@ -41,6 +43,32 @@ def test_rows_carry_exact_truth_and_parseable_answers(tmp_path):
             assert parsed.value_m == pytest.approx(m['stated_value_m'], rel=1e-6)
             assert 0.5 <= m['stated_value_m'] / m['value_m'] <= 2.0
         assert meta[0]['object_ids'][0] == 'gripper'
+        for m in meta:  # one box per caption, inside the 96 x 72 image (or None: not in view)
+            assert len(m['boxes']) == len(m['captions']) == 2
+            for box in m['boxes']:
+                assert box is None or (0 <= box[0] < box[2] <= 96 and 0 <= box[1] < box[3] <= 72)
+        assert any(m['boxes'][1] is not None for m in meta)
+
+
+def test_boxes_bound_the_segment_and_surround_the_grasp_point():
+    from types import SimpleNamespace
+
+    from spatialvlm_ros.core.datatypes import CameraIntrinsics
+
+    seg = np.full((72, 96), -1)
+    seg[10:20, 30:35] = 2
+    seg[40, 60] = 2  # a second visible piece widens the box
+    assert segment_box(seg, 2) == [30.0, 10.0, 61.0, 41.0]
+    assert segment_box(seg, 1) is None
+    k = CameraIntrinsics(fx=100.0, fy=100.0, cx=48.0, cy=36.0, width=96, height=72)
+    frame = SimpleNamespace(gripper_cam=np.array([0.1, 0.0, 1.0]), intrinsics=k,
+                            rgb=np.zeros((72, 96, 3), np.uint8))
+    # grasp point at u = 58, v = 36; 5 cm at 1 m is 5 px
+    assert gripper_box(frame) == pytest.approx([53.0, 31.0, 63.0, 41.0])
+    frame.gripper_cam = np.array([0.0, 0.0, -0.5])  # behind the camera
+    assert gripper_box(frame) is None
+    frame.gripper_cam = np.array([5.0, 0.0, 1.0])  # far outside the image
+    assert gripper_box(frame) is None
 
 
 def test_deterministic_and_resumable(tmp_path):

@@ -289,3 +289,20 @@ def test_conversation_targets_skip_unknown_objects_and_refuse_a_wrong_grid():
     with pytest.raises(ValueError, match='16 image tokens'):
         conversation_targets(0, ids, labels, token, metadata, objects, processor.tokenizer,
                              (32, 16), 6)
+
+
+def test_a_turn_s_own_boxes_come_before_the_objects():
+    model, processor, encoded, objects, metadata = _two_object_conversation()
+    ids, labels = encoded['input_ids'][0].tolist(), encoded['labels'][0].tolist()
+    token = model.config.image_token_id
+    image = [p for p, t in enumerate(ids) if t == token]
+    # the first turn boxes 'the red cup' itself (bottom-left patch) and leaves 'box' to objects;
+    # the second turn's None falls back to the objects as well
+    metadata = [{'captions': ['the red cup', 'box'], 'boxes': [[0.0, 12.0, 7.0, 15.0], None]},
+                {'captions': ['box', 'the red cup'], 'boxes': [None, None]}]
+    _, answers = conversation_targets(0, ids, labels, token, metadata, objects,
+                                      processor.tokenizer, (32, 16), 4)
+    assert [r.keys for r in answers] == [(image[12],), (image[15],), (image[15],), (image[0],)]
+    _, answers = conversation_targets(0, ids, labels, token, metadata[:1], [],
+                                      processor.tokenizer, (32, 16), 4)
+    assert [r.keys for r in answers] == [(image[12],)]  # no objects: only the boxed caption

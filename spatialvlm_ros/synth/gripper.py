@@ -10,7 +10,11 @@ object-centre distance, rounded the human way (``synth.rounding``) or, with
 ``answer_style='metric'``, stated as fixed-width metres to the centimetre ('The distance is
 0.46 m.'). Rows use the engine's chat
 format (``synth.dataset.parquet_bytes``), so training and evaluation read them unchanged; each
-QA's metadata has type ``gripper_distance``, ``value_m`` (exact) and ``sim_truth``.
+QA's metadata has type ``gripper_distance``, ``value_m`` (exact) and ``sim_truth``, and
+``boxes``: for each of its ``captions`` (the gripper, the object) a box in XYXY pixels of the
+image, or None where it is not in view. The object's box bounds its visible pixels; the
+gripper's is a square of ``GRIPPER_HALF_SIZE_M`` around the projected grasp point.
+Supervised grounding (``TrainConfig.grounding_weight``) reads them.
 
 Shard ``k`` holds episodes ``[k * episodes_per_shard, (k + 1) * episodes_per_shard)``; files
 are written atomically, and a shard whose file exists is skipped, so a killed run resumes.
@@ -41,6 +45,47 @@ QA_TYPE = 'gripper_distance'
 ANSWER_STYLES = ('human', 'metric')
 # the 'metric' answer; it starts with the reward node's default answer prefix
 METRIC_ANSWER = 'The distance is [X].'
+# half the side of the square, centred on the grasp point, that stands for the gripper in the
+# boxes of the metadata: the Panda's open fingers span about 8-10 cm around it
+GRIPPER_HALF_SIZE_M = 0.05
+
+
+def _clipped(box: list[float], width: int, height: int) -> list[float] | None:
+    x0, y0 = max(box[0], 0.0), max(box[1], 0.0)
+    x1, y1 = min(box[2], float(width)), min(box[3], float(height))
+    return [x0, y0, x1, y1] if x1 > x0 and y1 > y0 else None
+
+
+def segment_box(segmentation: np.ndarray, index: int) -> list[float] | None:
+    """
+    Return the XYXY pixel box of segment ``index``'s visible pixels, or None when it has none.
+
+    :param segmentation: ``int`` ``(H, W)`` segment index per pixel.
+    """
+    rows, columns = np.nonzero(np.asarray(segmentation) == index)
+    if columns.size == 0:
+        return None
+    return [float(columns.min()), float(rows.min()), float(columns.max() + 1),
+            float(rows.max() + 1)]
+
+
+def gripper_box(frame: Any) -> list[float] | None:
+    """
+    Return the gripper's XYXY pixel box: ``GRIPPER_HALF_SIZE_M`` around the grasp point.
+
+    :param frame: a ``core.datatypes.Frame`` (``gripper_cam`` metres in the camera optical
+        frame, ``intrinsics``, ``rgb`` for the image size).
+    :return: the box clipped to the image, or None when the grasp point is behind the camera
+        or the box falls outside the image.
+    """
+    grip = np.asarray(frame.gripper_cam, dtype=np.float64).reshape(3)
+    if not np.all(np.isfinite(grip)) or grip[2] <= 1e-6:
+        return None
+    k = frame.intrinsics
+    u, v = k.fx * grip[0] / grip[2] + k.cx, k.fy * grip[1] / grip[2] + k.cy
+    half_u, half_v = k.fx * GRIPPER_HALF_SIZE_M / grip[2], k.fy * GRIPPER_HALF_SIZE_M / grip[2]
+    height, width = np.asarray(frame.rgb).shape[:2]
+    return _clipped([u - half_u, v - half_v, u + half_u, v + half_v], width, height)
 
 
 @dataclass
@@ -141,6 +186,8 @@ def episode_rows(config: GripperDataConfig, index: int,
     episode = generate_episode(episode_config, frames=[int(k) for k in frames])
     rows = []
     for k, frame in zip(frames, episode.frames, strict=True):
+        hand = gripper_box(frame)
+        index_of = {o.object_id: i for i, o in enumerate(frame.objects)}
         others = [o.object_id for o in frame.objects if o.object_id != episode.target_id]
         rng.shuffle(others)
         ids = ([episode.target_id] + others)[:config.qa_per_frame]
@@ -166,6 +213,7 @@ def episode_rows(config: GripperDataConfig, index: int,
             metadata.append({
                 'type': QA_TYPE, 'kind': 'quantitative', 'needs_canonical': False,
                 'object_ids': ['gripper', object_id], 'captions': [subject, target],
+                'boxes': [hand, segment_box(frame.segmentation, index_of[object_id])],
                 'value_m': value, 'stated_value_m': stated, 'stated_text': text, 'unit': unit,
                 'surface_distance_m': float(frame.distance_surface[object_id]),
                 'sim_truth': {'value_m': value, 'ambiguous': False},

@@ -216,8 +216,9 @@ def conversation_targets(example: int, input_ids: Sequence[int], labels: Sequenc
     Return the supervised attention rows of one encoded conversation about one image.
 
     For the ``t``-th answer run of ``labels`` (the ``t``-th QA turn), with ``turns[t]``'s
-    ``captions`` (the engine's ``qa_metadata``; at most the first two) matched to ``objects``
-    by caption:
+    ``captions`` (the engine's ``qa_metadata``; at most the first two), each boxed by the
+    turn's own ``boxes`` entry when it has one (the gripper data's metadata) or else by the
+    object of ``objects`` with that caption:
 
     - *name rows*: every token of an object's name in that turn's question (found after the
       previous answer; a leading 'the' / 'a' / 'an' of the caption is left out, and so are
@@ -226,8 +227,8 @@ def conversation_targets(example: int, input_ids: Sequence[int], labels: Sequenc
     - *answer rows*: the position that predicts the answer's first token should attend to the
       ``k``-th named object's patches with head ``k`` of the answer layer.
 
-    A caption with no matching object, or whose tokens are not found in the question, gives no
-    rows (the turn is left to the language-model loss). Sessions 8 and 13 found that these rows
+    A caption with no box, or whose tokens are not found in the question, gives no rows (the
+    turn is left to the language-model loss). Sessions 8 and 13 found that these rows
     are what lets the compact decoder learn a question about a named object from image tokens
     that say each patch's type (``benchmarks/RESULTS.md``).
 
@@ -235,7 +236,8 @@ def conversation_targets(example: int, input_ids: Sequence[int], labels: Sequenc
     :param input_ids: its token ids, with one ``image_token_id`` per patch, ``grid * grid`` of
         them, in row-major order.
     :param labels: its labels (``ignore_index`` outside the answers), aligned with the ids.
-    :param turns: one metadata dict per QA turn (``captions``).
+    :param turns: one metadata dict per QA turn (``captions``, optionally ``boxes``: one XYXY
+        pixel box or None per caption).
     :param objects: the image's objects (``caption`` and ``box``, XYXY pixels of the image).
     :param tokenizer: the model's tokenizer (``__call__``, ``decode``).
     :param image_wh: the image's ``(width, height)`` in pixels.
@@ -254,11 +256,13 @@ def conversation_targets(example: int, input_ids: Sequence[int], labels: Sequenc
     # answers beyond the metadata (or turns cut off by max_length) get no rows
     for span, meta in zip(answer_spans(labels, ignore_index), turns, strict=False):
         start, end = span
+        boxes = list(meta.get('boxes') or [])
         for head, caption in enumerate(list(meta.get('captions') or [])[:2]):
-            obj = by_caption.get(str(caption))
-            if obj is None:
+            box = boxes[head] if head < len(boxes) and boxes[head] is not None \
+                else by_caption.get(str(caption), {}).get('box')
+            if box is None:
                 continue
-            mask = box_patch_mask(obj['box'], image_wh, grid)
+            mask = box_patch_mask(box, image_wh, grid)
             keys = tuple(image[int(k)] for k in np.flatnonzero(mask))
             answers.append(AttentionTarget(example, head, start - 1, keys))
             words = str(caption).split()

@@ -304,6 +304,12 @@ def _save_processor(processor: Any, folder: Path, source: str) -> None:
                 shutil.copy2(Path(source) / name, folder / name)
 
 
+def _has_boxes(row: Any) -> bool:
+    """Return whether a row can give grounding rows (objects, or boxes in its metadata)."""
+    return bool(row.objects) or any(any(b is not None for b in m.get('boxes') or [])
+                                    for m in row.metadata)
+
+
 def grounding_setup(model: Any, trainer_config: TrainConfig) -> tuple[int, int]:
     """
     Check that ``model`` can take the grounding loss, switch it to eager attention.
@@ -387,9 +393,10 @@ class Trainer:
         self.encoder = ConversationEncoder(self.processor, cfg.max_length)
         general = read_rows(cfg.general_data) if cfg.general_data else None
         spatial = read_rows(cfg.data) if cfg.data else []
-        if self.grounding is not None and not any(r.objects for r in spatial):
-            raise ValueError('grounding_weight > 0 but no training row has objects: the '
-                             "engine's metadata.jsonl must lie beside the spatial shards")
+        if self.grounding is not None and not any(_has_boxes(r) for r in spatial):
+            raise ValueError('grounding_weight > 0 but no training row has boxes: the '
+                             "engine's metadata.jsonl must lie beside the spatial shards (or "
+                             "the turns' metadata hold boxes, as the gripper data's do)")
         self.stream = MixedStream(spatial, general, cfg.general_ratio, cfg.seed,
                                   cfg.label_noise_std, cfg.max_turns)
         self.eval_examples: list[Example] = []
@@ -488,7 +495,7 @@ class Trainer:
         grid, token = self.grounding
         rows = []
         for i, (enc, example) in enumerate(zip(encoded, examples, strict=True)):
-            if not example.objects or not example.metadata:
+            if not example.metadata:
                 rows.append(([], []))
                 continue
             rows.append(conversation_targets(
