@@ -180,3 +180,49 @@ def test_plain_families_default_is_the_size_families():
     from spatialvlm_ros.synth.plain import SIZE_FAMILIES
 
     assert DefaultRecipe().plain_families == SIZE_FAMILIES
+
+
+def test_recipe_validates_the_scene_camera(tmp_path):
+    with pytest.raises(ValueError, match='fov_deg'):
+        DefaultRecipe(out=str(tmp_path), scene_fov_deg=(60.0, 42.0))
+    with pytest.raises(ValueError, match='scene_cam_distance'):
+        DefaultRecipe(out=str(tmp_path), scene_cam_distance=(0.0, 1.0))
+    with pytest.raises(ValueError, match='scene_fov_deg'):
+        DefaultRecipe(out=str(tmp_path), scene_fov_deg=(30.0,))
+    from spatialvlm_ros.sim.scene import SceneConfig
+
+    # the recipe's spelt-out defaults are the simulator's
+    recipe = DefaultRecipe(out=str(tmp_path))
+    assert recipe.scene_fov_deg == SceneConfig().fov_deg
+    assert recipe.scene_cam_distance == SceneConfig().cam_distance
+
+
+def test_a_closer_scene_camera_reaches_the_engine_data_only(tmp_path):
+    def data(out, **camera):
+        recipe = DefaultRecipe(out=str(out), train_scenes=3, heldout_scenes=1,
+                               gripper_episodes=1, heldout_gripper_episodes=1, focus_steps=0,
+                               width=96, height=72, workers=1, **camera)
+        return build_data(recipe)
+
+    wide = data(tmp_path / 'wide')
+    close = data(tmp_path / 'close', scene_fov_deg=[25, 35], scene_cam_distance=[0.55, 0.8])
+
+    def kwargs(folder):
+        return json.loads((folder / 'manifest.json').read_text())['run']['source_kwargs']
+
+    assert 'scene_config' not in kwargs(wide['train'])  # default folders stay as they were
+    for name in ('train', 'heldout'):
+        camera = {'fov_deg': [25.0, 35.0], 'cam_distance': [0.55, 0.8]}
+        assert kwargs(close[name])['scene_config'] == camera
+    assert (json.loads((close['gripper_train'] / 'gripper_run.json').read_text())
+            == json.loads((wide['gripper_train'] / 'gripper_run.json').read_text()) | {
+                'out': str(close['gripper_train'])})
+
+    def box_area(folder):
+        rows = [json.loads(line) for line in (folder / 'metadata.jsonl').read_text().splitlines()]
+        boxes = [o['box'] for r in rows for o in r['objects']]
+        assert boxes
+        return sum((b[2] - b[0]) * (b[3] - b[1]) for b in boxes) / len(boxes)
+
+    # the same seeds draw the same objects; the closer, narrower camera shows them larger
+    assert box_area(close['train']) > 1.5 * box_area(wide['train'])

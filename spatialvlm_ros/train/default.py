@@ -37,6 +37,10 @@ import sys
 import time
 from typing import Any
 
+# sim.scene.SceneConfig's camera ranges, spelt out so that the CLI does not import the simulator
+SCENE_FOV_DEG = (42.0, 60.0)
+SCENE_CAM_DISTANCE = (0.75, 1.25)
+
 
 @dataclass
 class DefaultRecipe:
@@ -95,6 +99,12 @@ class DefaultRecipe:
     :ivar plain_lr: peak learning rate of that stage.
     :ivar plain_families: the predicate / choice families it restates (``PlainConfig``).
     :ivar focus_mix_plain: keep the plain turns in the second stage's mix.
+    :ivar scene_fov_deg: vertical field of view range (degrees) of the engine scenes' cameras,
+        training and held-out (``sim.scene.SceneConfig.fov_deg``); the gripper episodes keep
+        the simulator's default camera.
+    :ivar scene_cam_distance: camera distance range (metres) of the engine scenes
+        (``SceneConfig.cam_distance``). The defaults are the simulator's; a closer camera
+        (for example 25-35 degrees at 0.55-0.8 m) frames the objects about twice as large.
     :ivar length_buckets: ``TrainConfig.length_buckets`` of both QA stages: the same loss and
         gradients as one padded pass per batch, with about a third less computed on padding
         (the shipped model was trained with the single padded pass, 1).
@@ -130,6 +140,8 @@ class DefaultRecipe:
     freeze_projector: bool = False
     grounding_weight: float = 0.0
     length_buckets: int = 4
+    scene_fov_deg: tuple[float, float] = SCENE_FOV_DEG
+    scene_cam_distance: tuple[float, float] = SCENE_CAM_DISTANCE
     plain_steps: int = 0
     plain_lr: float = 1e-3
     # synth.plain.SIZE_FAMILIES, spelt out so that the CLI does not import the engine's QA code
@@ -140,6 +152,19 @@ class DefaultRecipe:
         from spatialvlm_ros.synth.plain import PlainConfig
 
         self.plain_families = tuple(self.plain_families)
+        for name in ('scene_fov_deg', 'scene_cam_distance'):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) != 2 or not all(math.isfinite(v) for v in value):
+                raise ValueError(f'{name} must be a finite (low, high) pair, got '
+                                 f'{getattr(self, name)!r}')
+            setattr(self, name, value)
+        from spatialvlm_ros.sim.scene import SceneConfig
+
+        # raises ValueError on ranges the scene sampler refuses
+        SceneConfig(fov_deg=self.scene_fov_deg, cam_distance=self.scene_cam_distance)
+        if not self.scene_cam_distance[0] > 0:
+            raise ValueError(f'scene_cam_distance must be positive, got '
+                             f'{self.scene_cam_distance}')
         PlainConfig(families=self.plain_families)  # raises ValueError on unknown families
         if self.plain_steps < 0 or not self.plain_lr > 0:
             raise ValueError(f'plain_steps must be >= 0 and plain_lr positive, got '
@@ -227,7 +252,12 @@ def build_data(recipe: DefaultRecipe, timings: Timings | None = None) -> dict[st
                'gripper_train': data / 'gripper_train',
                'gripper_focus': data / 'gripper_focus',
                'gripper_heldout': data / 'gripper_heldout', 'plain': data / 'plain'}
-    size = {'width': recipe.width, 'height': recipe.height}
+    size: dict[str, Any] = {'width': recipe.width, 'height': recipe.height}
+    camera = {'fov_deg': list(recipe.scene_fov_deg),
+              'cam_distance': list(recipe.scene_cam_distance)}
+    if camera != {'fov_deg': list(SCENE_FOV_DEG), 'cam_distance': list(SCENE_CAM_DISTANCE)}:
+        # only a changed camera is written, so the default recipe's data folders stay valid
+        size['scene_config'] = camera
     for name, scenes, seed in (('train', recipe.train_scenes, TRAIN_SEED),
                                ('heldout', recipe.heldout_scenes, HELDOUT_SEED)):
         _log(f'data engine: {scenes} scenes -> {folders[name]}')
@@ -440,6 +470,18 @@ def _grounding_text(recipe: DefaultRecipe, result: Any) -> str:
             f" boxes from the engine's metadata{tail}.")
 
 
+def _camera_text(recipe: DefaultRecipe) -> str:
+    fov, dist = recipe.scene_fov_deg, recipe.scene_cam_distance
+    text = (f'engine scene camera: vertical field of view {fov[0]:g}-{fov[1]:g} degrees, '
+            f'{dist[0]:g}-{dist[1]:g} m from the objects')
+    if (fov, dist) == (SCENE_FOV_DEG, SCENE_CAM_DISTANCE):
+        return text + " (the simulator's default; the gripper episodes use it too)."
+    return (text + " (not the simulator's default of "
+            f'{SCENE_FOV_DEG[0]:g}-{SCENE_FOV_DEG[1]:g} degrees at '
+            f'{SCENE_CAM_DISTANCE[0]:g}-{SCENE_CAM_DISTANCE[1]:g} m, which the gripper episodes '
+            'keep).')
+
+
 def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
                timings: dict[str, float]) -> str:
     """Return the model card (markdown); ``timings``: seconds per step of the recipe."""
@@ -510,6 +552,7 @@ Recipe (``DefaultRecipe``): `{json.dumps(asdict(recipe), sort_keys=True)}`
   {recipe.gripper_episodes} robot episodes of gripper-distance QA (seed {TRAIN_SEED});
   held-out: {recipe.heldout_scenes} scenes and {recipe.heldout_gripper_episodes} episodes with
   seed {HELDOUT_SEED} (scenes, camera poses and episodes never used in training).
+- {_camera_text(recipe)}
 - {tower}
 - training: {recipe.steps} steps on all the data, batch {recipe.batch_size}, AdamW, lr
   {recipe.lr} with {recipe.warmup_steps} warm-up steps and cosine decay, seed {recipe.seed};
@@ -598,6 +641,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument('--length-buckets', type=int,
                         help='length-sorted forward passes per batch (default 4; 1: one padded '
                              'pass, as the shipped model was trained)')
+    parser.add_argument('--scene-fov', type=float, nargs=2, metavar=('LO', 'HI'),
+                        dest='scene_fov_deg',
+                        help='vertical field of view range of the engine scenes in degrees '
+                             "(default: the simulator's, 42 60)")
+    parser.add_argument('--scene-cam-distance', type=float, nargs=2, metavar=('LO', 'HI'),
+                        dest='scene_cam_distance',
+                        help='camera distance range of the engine scenes in metres (default: '
+                             "the simulator's, 0.75 1.25)")
     parser.add_argument('--plain-steps', type=int,
                         help='steps of the plain-phrasing stage between the two stages '
                              '(default 0: none)')
@@ -616,7 +667,8 @@ def _run(args: argparse.Namespace) -> int:
              'workers', 'gripper_answer_style', 'image_size', 'vision_tower',
              'vision_pretrain_episodes',
              'vision_pretrain_steps', 'freeze_vision', 'length_buckets', 'plain_steps',
-             'plain_lr', 'init_from', 'freeze_projector', 'grounding_weight')
+             'plain_lr', 'init_from', 'freeze_projector', 'grounding_weight',
+             'scene_fov_deg', 'scene_cam_distance')
     overrides = {k: getattr(args, k) for k in names
                  if getattr(args, k) is not None}
     try:
