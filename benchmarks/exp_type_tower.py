@@ -27,7 +27,10 @@ the type accuracy on object patches of 300 training and of the held-out frames.
 ``--fov`` and ``--cam-distance`` set the camera ranges (``SceneConfig``); ``--cache`` keeps the
 renders in an ``.npz`` file, so a second run with other arms skips the rendering; ``--save``
 writes each trained arm (``load_arm`` builds it again, e.g. for ``exp_real_pairs.py
---type-tower``).
+--type-tower``). ``--aux-weight`` adds, on the compact arms, a second head that regresses each
+patch's place and mean colour (:func:`aux_targets`), so that a tower pre-trained here and then
+frozen still tells the decoder where each cell is (a FocalNet has no position embedding) and
+its colour; ``--export-model`` writes such a tower into a compact model folder.
 
 ``--export-model DIR`` (with one compact-model arm and the ``--save`` path it was trained with)
 writes a compact model folder with that arm's tower and projector, for ``spatialvlm
@@ -127,9 +130,10 @@ def export_model(arm: str, saved: Path, out: Path, calibration: Any) -> Path:
     """
     Write a compact model folder whose tower and projector are a trained arm's (``--save``).
 
-    The throw-away type head is dropped. The projector is centred and scaled to a mean token
-    norm of 1 on ``calibration`` images (``train.connector``, as ``exp_real_pairs``' connector
-    arm does), so its tokens sit at the decoder's scale. The rest is the fresh model's.
+    The throw-away type head (and ``--aux-weight``'s head) is dropped. The projector is centred
+    and scaled to a mean token norm of 1 on ``calibration`` images (``train.connector``, as
+    ``exp_real_pairs``' connector arm does), so its tokens sit at the decoder's scale. The rest
+    is the fresh model's.
     """
     from safetensors.torch import load_file
     import torch
@@ -143,7 +147,7 @@ def export_model(arm: str, saved: Path, out: Path, calibration: Any) -> Path:
     inner = model.model
     params = [*inner.vision_tower.parameters(), *inner.multi_modal_projector.parameters()]
     weights = load_file(str(saved))
-    if len(weights) != len(params) + 2:  # + the head's weight and bias
+    if len(weights) not in (len(params) + 2, len(params) + 4):  # + the heads' weights, biases
         raise ValueError(f'{saved} does not hold a {arm!r} arm')
     with torch.no_grad():
         for i, p in enumerate(params):
@@ -156,11 +160,13 @@ def export_model(arm: str, saved: Path, out: Path, calibration: Any) -> Path:
     return save_compact(model, processor, out)
 
 
-def build_arm(arm: str, n_out: int) -> Arm:
+def build_arm(arm: str, n_out: int, n_aux: int = 0) -> Arm:
     """
     Return ``(parameters, forward, set_train, grid)`` for one arm.
 
-    ``forward`` maps ``uint8`` ``(B, H, W, 3)`` images to ``(B, grid * grid, n_out)`` logits.
+    ``forward`` maps ``uint8`` ``(B, H, W, 3)`` images to ``(B, grid * grid, n_out)`` logits,
+    or with ``n_aux`` (compact arms only) to ``(B, grid * grid, n_out + n_aux)``: the logits,
+    then a second linear head's outputs on the same tokens.
     """
     import torch
     from torch import nn
@@ -171,12 +177,22 @@ def build_arm(arm: str, n_out: int) -> Arm:
 
         model, processor = arm_model(arm)
         inner = model.model
-        head = nn.Linear(inner.multi_modal_projector.linear_2.out_features, n_out)
+        width = inner.multi_modal_projector.linear_2.out_features
+        head = nn.Linear(width, n_out)
+        aux = nn.Linear(width, n_aux) if n_aux else None
         params = [*inner.vision_tower.parameters(), *inner.multi_modal_projector.parameters(),
-                  *head.parameters()]
+                  *head.parameters(), *(aux.parameters() if aux is not None else ())]
         grid = int(round(model.config.image_seq_length ** 0.5))
-        return (params, lambda images: head(image_tokens(model, processor, list(images))),
-                model.train, grid)
+
+        def compact_forward(images: np.ndarray) -> Any:
+            tokens = image_tokens(model, processor, list(images))
+            if aux is None:
+                return head(tokens)
+            return torch.cat([head(tokens), aux(tokens)], dim=-1)
+
+        return params, compact_forward, model.train, grid
+    if n_aux:
+        raise ValueError(f'--aux-weight needs a compact-model arm, not {arm!r}')
 
     size = 192 if arm == 'cnn192' else 96
     widths = (32, 64, 96, 128, 160, 192) if size == 192 else (32, 64, 96, 128, 192)
@@ -195,6 +211,28 @@ def build_arm(arm: str, n_out: int) -> Arm:
     return list(net.parameters()), forward, net.train, 6
 
 
+AUX_NAMES = ('x', 'y', 'red', 'green', 'blue')
+
+
+def aux_targets(images: np.ndarray, grid: int) -> np.ndarray:
+    """
+    Return each patch's place and mean colour, the ``--aux-weight`` targets.
+
+    :param images: RGB ``uint8`` ``(B, H, W, 3)``.
+    :return: ``float32`` ``(B, grid * grid, 5)``: the patch centre's column and row scaled to
+        ``[-1, 1]``, then its mean red, green and blue scaled to ``[-1, 1]``
+        (``train.grounding.patch_mean_colour``). A convolutional tower has no position
+        embedding, so it must learn where its cells are.
+    """
+    from spatialvlm_ros.train.grounding import patch_mean_colour
+
+    colour = patch_mean_colour(images, grid)
+    centres = (np.arange(grid, dtype=np.float32) + 0.5) / grid * 2.0 - 1.0
+    place = np.stack(np.meshgrid(centres, centres, indexing='xy'), -1).reshape(-1, 2)  # (x, y)
+    return np.concatenate([np.broadcast_to(place, (len(images), grid * grid, 2)), colour],
+                          axis=-1).astype(np.float32)
+
+
 def run_arm(arm: str, train: dict[str, np.ndarray], heldout: dict[str, np.ndarray],
             args: argparse.Namespace) -> list[dict[str, Any]]:
     """Train one arm; return a row per evaluation."""
@@ -205,7 +243,9 @@ def run_arm(arm: str, train: dict[str, np.ndarray], heldout: dict[str, np.ndarra
 
     n_kind = len(CATALOG)
     torch.manual_seed(args.seed)
-    params, forward, set_train, grid = build_arm(arm, n_kind + 1)
+    aux_weight = getattr(args, 'aux_weight', 0.0)
+    n_aux = len(AUX_NAMES) if aux_weight > 0 else 0
+    params, forward, set_train, grid = build_arm(arm, n_kind + 1, n_aux)
     labels, held_labels = train[f'kind{grid}'], heldout[f'kind{grid}']
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps,
@@ -216,7 +256,8 @@ def run_arm(arm: str, train: dict[str, np.ndarray], heldout: dict[str, np.ndarra
     def accuracy(images: np.ndarray, truth: np.ndarray) -> float:
         set_train(False)
         with torch.no_grad():
-            predicted = np.concatenate([forward(images[s:s + 50]).argmax(-1).numpy()
+            predicted = np.concatenate([forward(images[s:s + 50])[..., :n_kind + 1]
+                                        .argmax(-1).numpy()
                                         for s in range(0, min(300, len(images)), 50)])
         set_train(True)
         truth = truth[:len(predicted)]
@@ -233,15 +274,30 @@ def run_arm(arm: str, train: dict[str, np.ndarray], heldout: dict[str, np.ndarra
         images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
         mirrored = kind.reshape(-1, grid, grid)[:, :, ::-1].reshape(kind.shape)
         kind = np.where(flip[:, None], mirrored, kind)
-        logits = forward(images)  # (B, grid * grid, n_kind + 1)
+        out = forward(images)  # (B, grid * grid, n_kind + 1 + n_aux)
+        logits = out[..., :n_kind + 1]
         loss = F.cross_entropy(logits.reshape(-1, n_kind + 1), torch.as_tensor(kind).reshape(-1),
                                weight=weight)
+        if n_aux:
+            target = torch.as_tensor(aux_targets(images, grid))
+            loss = loss + aux_weight * F.mse_loss(out[..., n_kind + 1:], target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
         losses.append(float(loss.detach()))
         if step % args.eval_every == 0 or step == args.steps:
+            if n_aux:
+                set_train(False)
+                with torch.no_grad():
+                    held = heldout['rgb'][:100]
+                    error = (forward(held)[..., n_kind + 1:].numpy()
+                             - aux_targets(held, grid))
+                set_train(True)
+                # mean absolute error: place in patches, colour in 0-255 levels
+                print(f'  held-out place error {np.abs(error[..., :2]).mean() * grid / 2:.2f} '
+                      f'patches, colour error {np.abs(error[..., 2:]).mean() * 127.5:.1f} '
+                      'levels', flush=True)
             rows.append({'arm': arm, 'step': step,
                          'loss': float(np.mean(losses[-args.eval_every:])),
                          'train': accuracy(train['rgb'], labels),
@@ -302,6 +358,9 @@ def main() -> None:
     parser.add_argument('--export-model', type=Path,
                         help='with one compact arm and --save: write a compact model folder '
                              'with the saved tower and projector (no training)')
+    parser.add_argument('--aux-weight', type=float, default=0.0,
+                        help='compact arms: weight of a second head that regresses each '
+                             "patch's place and mean colour (0: off)")
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args()
     if min(args.scenes, args.heldout_scenes, args.steps, args.eval_every, args.batch_size) < 1:

@@ -665,3 +665,38 @@ def test_type_tower_labels_and_arms_share_one_grid():
         with torch.no_grad():
             out = forward(data['rgb'])
         assert tuple(out.shape) == (2, grid * grid, len(CATALOG) + 1)
+
+
+def test_aux_targets_give_each_patch_its_place_and_mean_colour():
+    tower = _load('exp_type_tower')
+    images = np.zeros((2, 40, 60, 3), dtype=np.uint8)
+    images[1, :20, 30:] = (255, 0, 255)  # the top-right quarter of the second image
+    targets = tower.aux_targets(images, 2)
+    assert targets.shape == (2, 4, 5) and targets.dtype == np.float32
+    np.testing.assert_allclose(targets[0, :, :2], [[-0.5, -0.5], [0.5, -0.5], [-0.5, 0.5],
+                                                   [0.5, 0.5]])  # (x, y), row-major
+    np.testing.assert_allclose(targets[0, :, 2:], -1.0)
+    np.testing.assert_allclose(targets[1, 1, 2:], [1.0, -1.0, 1.0])
+    np.testing.assert_allclose(targets[1, [0, 2, 3], 2:], -1.0)
+    # uneven cells (7 columns over 3 patches: 3, 2, 2 px) average their own pixels only
+    odd = np.zeros((1, 3, 7, 3), dtype=np.uint8)
+    odd[0, :, 3:5] = 255
+    np.testing.assert_allclose(tower.aux_targets(odd, 3)[0, :3, 2], [-1.0, 1.0, -1.0])
+
+
+def test_the_aux_head_rides_on_a_compact_arm_and_is_dropped_on_export(tmp_path):
+    torch = pytest.importorskip('torch')
+    pytest.importorskip('transformers')
+    tower = _load('exp_type_tower')
+    torch.manual_seed(0)
+    params, forward, _, grid = tower.build_arm('focalnet', 15, 5)
+    images = np.random.default_rng(0).integers(0, 256, (3, 48, 64, 3), dtype=np.uint8)
+    with torch.no_grad():
+        assert tuple(forward(images).shape) == (3, grid * grid, 20)
+    assert len(params) == len(tower.build_arm('focalnet', 15)[0]) + 2
+    tower.save_arm(params, tmp_path / 'arm.safetensors')
+    folder = tower.export_model('focalnet', tmp_path / 'arm.safetensors', tmp_path / 'model',
+                                images)
+    assert (folder / 'config.json').is_file()
+    with pytest.raises(ValueError, match='compact-model arm'):
+        tower.build_arm('cnn', 15, 5)

@@ -226,3 +226,37 @@ def test_a_closer_scene_camera_reaches_the_engine_data_only(tmp_path):
 
     # the same seeds draw the same objects; the closer, narrower camera shows them larger
     assert box_area(close['train']) > 1.5 * box_area(wide['train'])
+
+
+def test_type_pretrained_tower_feeds_the_recipe_with_its_camera(tmp_path):
+    torch = pytest.importorskip('torch')
+    from spatialvlm_ros.model.loading import load_vlm
+    from spatialvlm_ros.train.default import init_model, model_card, pretrain_tower, run_training
+
+    with pytest.raises(ValueError, match='choose one tower pre-training'):
+        DefaultRecipe(out=str(tmp_path), type_pretrain_scenes=1, vision_pretrain_episodes=1)
+    with pytest.raises(ValueError, match='type_pretrain_steps'):
+        DefaultRecipe(out=str(tmp_path), type_pretrain_scenes=1, type_pretrain_steps=0)
+    recipe = DefaultRecipe(out=str(tmp_path), train_scenes=1, heldout_scenes=1,
+                           gripper_episodes=1, heldout_gripper_episodes=1, focus_steps=0,
+                           width=64, height=48, workers=1, steps=2, batch_size=2,
+                           warmup_steps=1, image_size=32, vision_tower='focalnet',
+                           type_pretrain_scenes=2, type_pretrain_steps=2, freeze_vision=True,
+                           scene_fov_deg=(25, 35), scene_cam_distance=(0.55, 0.8))
+    folders = build_data(recipe)
+    init = init_model(tmp_path / 'init', 32, 'focalnet')
+    typed = pretrain_tower(recipe, init)
+    assert typed == tmp_path / 'init_types'
+    report = json.loads((typed / 'type_pretrain.json').read_text())
+    assert report['config']['fov_deg'] == [25.0, 35.0]
+    assert report['config']['cam_distance'] == [0.55, 0.8]
+    assert report['frames'] == 4 and report['config']['steps'] == 2
+    result = run_training(recipe, typed, folders)
+    before, after = (load_vlm(f, device='cpu').model.state_dict()
+                     for f in (typed, result.final_dir))
+    vision = [k for k in before if 'vision_tower' in k]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)
+    card = model_card(recipe, result, {'heldout': _report(), 'gripper_heldout': _report()},
+                      {'type_pretrain': 30.0, 'train_stage1': 60.0})
+    assert 'object type, place and mean colour' in card and 'typed right' in card
+    assert '25-35 degrees' in card and "not the simulator's default" in card

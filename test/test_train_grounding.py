@@ -17,6 +17,8 @@ from spatialvlm_ros.train.grounding import (  # noqa: E402
     ConnectorPretrainConfig,
     conversation_targets,
     find_subsequence,
+    mirror_patch_labels,
+    patch_mean_colour,
     pretrain_connector,
     segment_patch_labels,
 )
@@ -306,3 +308,54 @@ def test_a_turn_s_own_boxes_come_before_the_objects():
     _, answers = conversation_targets(0, ids, labels, token, metadata[:1], [],
                                       processor.tokenizer, (32, 16), 4)
     assert [r.keys for r in answers] == [(image[12],)]  # no objects: only the boxed caption
+
+
+def _patchy_images(n, grid=4, seed=0):
+    """Images whose 4x4 patches are flat colours (so each patch's mean colour is learnable)."""
+    rng = np.random.default_rng(seed)
+    return [np.kron(rng.integers(0, 256, (grid, grid, 3)), np.ones((4, 4, 1))).astype(np.uint8)
+            for _ in range(n)]
+
+
+def test_patch_mean_colour_averages_each_patch():
+    images = np.stack(_patchy_images(2))
+    colour = patch_mean_colour(images, 4)
+    assert colour.shape == (2, 16, 3) and colour.dtype == np.float32
+    np.testing.assert_allclose(colour[1, 6], images[1, 4, 8] / 127.5 - 1.0, rtol=1e-6)
+    odd = np.zeros((1, 3, 7, 3), np.uint8)
+    odd[0, :, 3:5] = 255  # columns 0-2, 3-4 and 5-6 are the three patches of a 7 px row
+    np.testing.assert_allclose(patch_mean_colour(odd, 3)[0, :3, 0], [-1.0, 1.0, -1.0])
+    with pytest.raises(ValueError, match='RGB uint8'):
+        patch_mean_colour(images.astype(np.float32), 4)
+    with pytest.raises(ValueError, match='grid'):
+        patch_mean_colour(images, 17)
+
+
+def test_pretrain_connector_learns_colours_with_flips_and_one_cycle():
+    images = _patchy_images(16)
+    runs = {}
+    for flip in (False, True):
+        model, processor = build_tiny_vlm()
+        cfg = ConnectorPretrainConfig(steps=80, batch_size=8, lr=3e-3, colour_weight=1.0,
+                                      flip=flip, one_cycle=True)
+        runs[flip] = pretrain_connector(model, processor, images, _labels(16), 3, cfg)
+    for history in runs.values():
+        colour = [h['colour'] for h in history]
+        assert np.mean(colour[-10:]) < 0.5 * np.mean(colour[:5])
+    assert runs[False] != runs[True]  # the flips change the batches
+    with pytest.raises(ValueError, match='colour_weight'):
+        ConnectorPretrainConfig(colour_weight=-1.0)
+
+
+def test_mirrored_labels_are_the_labels_of_the_mirrored_image():
+    segmentation = -np.ones((12, 24), np.int64)
+    segmentation[2:7, 1:5] = 0
+    segmentation[5:12, 14:23] = 1
+    labels = segment_patch_labels(segmentation, [3, 4], 6, 5)
+    mirrored = segment_patch_labels(np.ascontiguousarray(segmentation[:, ::-1]), [3, 4], 6, 5)
+    assert not np.array_equal(labels, mirrored)
+    assert np.array_equal(mirror_patch_labels(labels, 6), mirrored)
+    assert np.array_equal(mirror_patch_labels(np.stack([labels, mirrored]), 6),
+                          np.stack([mirrored, labels]))
+    with pytest.raises(ValueError, match='36 patches'):
+        mirror_patch_labels(labels[:30], 6)

@@ -8,7 +8,9 @@ Steps, each resumable (re-running the command skips what is done):
    ``out/data/{gripper_train,gripper_focus,gripper_heldout}``;
 3. the compact model, untrained, with its tokenizer trained on the engine's text, ``out/init``;
    optionally (``vision_pretrain_episodes``) its vision tower pre-trained on per-patch
-   simulator targets (``train.vision_pretrain``), ``out/init_vision``;
+   simulator targets (``train.vision_pretrain``), ``out/init_vision``, or
+   (``type_pretrain_scenes``) its tower and projector pre-trained on each patch's object type,
+   place and colour in other rendered scenes (``train.type_pretrain``), ``out/init_types``;
 4. training (the vision encoder trains too unless ``freeze_vision`` keeps a pre-trained one),
    ``out/run`` (checkpoints, TensorBoard, ``final/``); optionally (``plain_steps``) a stage on
    the engine's qualitative turns restated in one template per type (``synth.plain``),
@@ -83,6 +85,10 @@ class DefaultRecipe:
         per-patch simulator targets before the QA stages (``train.vision_pretrain``); 0: none.
     :ivar vision_pretrain_steps: steps of that pre-training.
     :ivar vision_targets: its targets, ``'basic'`` or ``'extended'``.
+    :ivar type_pretrain_scenes: scenes rendered (two frames each, with the engine scenes'
+        camera, other seeds) for pre-training the tower and projector on each patch's object
+        type, place and colour before the QA stages (``train.type_pretrain``); 0: none.
+    :ivar type_pretrain_steps: steps of that pre-training.
     :ivar freeze_vision: keep the vision tower frozen in both QA stages (meant for a
         pre-trained tower, from ``vision_pretrain_episodes`` or ``init_from``; a from-scratch
         tower must train).
@@ -136,6 +142,8 @@ class DefaultRecipe:
     vision_pretrain_episodes: int = 0
     vision_pretrain_steps: int = 600
     vision_targets: str = 'extended'
+    type_pretrain_scenes: int = 0
+    type_pretrain_steps: int = 2400
     freeze_vision: bool = False
     freeze_projector: bool = False
     grounding_weight: float = 0.0
@@ -183,10 +191,17 @@ class DefaultRecipe:
         if self.vision_targets not in ('basic', 'extended'):
             raise ValueError(f"vision_targets must be 'basic' or 'extended', got "
                              f'{self.vision_targets!r}')
-        pretrained = self.vision_pretrain_episodes > 0 or bool(self.init_from)
+        if self.type_pretrain_scenes < 0 or self.type_pretrain_steps < 1:
+            raise ValueError('type_pretrain_scenes must be >= 0 and type_pretrain_steps >= 1')
+        if self.type_pretrain_scenes > 0 and self.vision_pretrain_episodes > 0:
+            raise ValueError('choose one tower pre-training: vision_pretrain_episodes or '
+                             'type_pretrain_scenes')
+        pretrained = (self.vision_pretrain_episodes > 0 or self.type_pretrain_scenes > 0
+                      or bool(self.init_from))
         if (self.freeze_vision or self.freeze_projector) and not pretrained:
             raise ValueError('freeze_vision and freeze_projector need a pre-trained tower '
-                             '(vision_pretrain_episodes > 0 or init_from): a random one would '
+                             '(vision_pretrain_episodes, type_pretrain_scenes or init_from): a '
+                             'random one would '
                              'stay random')
         if not (math.isfinite(self.grounding_weight) and self.grounding_weight >= 0):
             raise ValueError(f'grounding_weight must be finite and >= 0, got '
@@ -334,6 +349,20 @@ def init_model(folder: Path, image_size: int = 96, vision_tower: str = 'siglip',
 
 def pretrain_tower(recipe: DefaultRecipe, model: Path, timings: Timings | None = None) -> Path:
     """Pre-train the vision tower when the recipe asks for it; return the model to train."""
+    if recipe.type_pretrain_scenes > 0:
+        from spatialvlm_ros.train.type_pretrain import run_type_pretrain, TypePretrainConfig
+
+        out = Path(recipe.out) / 'init_types'
+        _log(f'type pre-training: {recipe.type_pretrain_scenes} scenes, '
+             f'{recipe.type_pretrain_steps} steps -> {out}')
+        start = time.perf_counter()
+        typed = run_type_pretrain(model, out, TypePretrainConfig(
+            scenes=recipe.type_pretrain_scenes, steps=recipe.type_pretrain_steps,
+            width=recipe.width, height=recipe.height, fov_deg=recipe.scene_fov_deg,
+            cam_distance=recipe.scene_cam_distance, workers=recipe.workers))
+        if timings is not None:
+            timings.record('type_pretrain', time.perf_counter() - start, not typed.skipped)
+        return typed.folder
     if recipe.vision_pretrain_episodes <= 0:
         return model
     from spatialvlm_ros.train.vision_pretrain import run_vision_pretrain, VisionPretrainConfig
@@ -470,6 +499,11 @@ def _grounding_text(recipe: DefaultRecipe, result: Any) -> str:
             f" boxes from the engine's metadata{tail}.")
 
 
+def _type_report(recipe: DefaultRecipe) -> dict[str, Any] | None:
+    path = Path(recipe.out) / 'init_types' / 'type_pretrain.json'
+    return json.loads(path.read_text(encoding='utf-8')) if path.is_file() else None
+
+
 def _camera_text(recipe: DefaultRecipe) -> str:
     fov, dist = recipe.scene_fov_deg, recipe.scene_cam_distance
     text = (f'engine scene camera: vertical field of view {fov[0]:g}-{fov[1]:g} degrees, '
@@ -526,6 +560,17 @@ def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
         tower = (f'started from the model in `{recipe.init_from}`; vision tower '
                  + ('frozen' if recipe.freeze_vision else 'trained with the rest')
                  + ', projector ' + ('frozen.' if recipe.freeze_projector else 'trained.'))
+    if recipe.type_pretrain_scenes > 0:
+        report = _type_report(recipe)
+        accuracy = '' if report is None else (
+            f" ({100 * report['heldout_object_patch_accuracy']:.1f}% of held-out object patches "
+            'typed right)')
+        tower = (f'vision tower and projector: first pre-trained {recipe.type_pretrain_steps} '
+                 f'steps on the object type, place and mean colour of every patch of '
+                 f'{2 * recipe.type_pretrain_scenes} frames of other rendered scenes with the '
+                 f'same camera{accuracy}, then the tower '
+                 + ('kept frozen' if recipe.freeze_vision else 'trained with the rest')
+                 + ', the projector ' + ('frozen.' if recipe.freeze_projector else 'trained.'))
     if recipe.vision_pretrain_episodes > 0:
         tower = (f'vision tower: first pre-trained {recipe.vision_pretrain_steps} steps on '
                  f'per-patch simulator targets ({recipe.vision_targets}) of '
@@ -636,6 +681,11 @@ def register(subparsers: Any) -> None:
                         help='episodes for pre-training the vision tower (default 0: none)')
     parser.add_argument('--vision-pretrain-steps', type=int,
                         help='vision pre-training steps (default 600)')
+    parser.add_argument('--type-pretrain-scenes', type=int,
+                        help='rendered scenes for pre-training the tower and projector on '
+                             "each patch's object type, place and colour (default 0: none)")
+    parser.add_argument('--type-pretrain-steps', type=int,
+                        help='type pre-training steps (default 2400)')
     parser.add_argument('--freeze-vision', action='store_true', default=None,
                         help='keep the (pre-trained) vision tower frozen in the QA stages')
     parser.add_argument('--length-buckets', type=int,
@@ -668,7 +718,8 @@ def _run(args: argparse.Namespace) -> int:
              'vision_pretrain_episodes',
              'vision_pretrain_steps', 'freeze_vision', 'length_buckets', 'plain_steps',
              'plain_lr', 'init_from', 'freeze_projector', 'grounding_weight',
-             'scene_fov_deg', 'scene_cam_distance')
+             'scene_fov_deg', 'scene_cam_distance', 'type_pretrain_scenes',
+             'type_pretrain_steps')
     overrides = {k: getattr(args, k) for k in names
                  if getattr(args, k) is not None}
     try:

@@ -289,6 +289,13 @@ class ConnectorPretrainConfig:
     :ivar lr: Adam learning rate.
     :ivar position_weight: weight of the per-patch (column, row) regression.
     :ivar seed: seed of the image sampling and of the throw-away head.
+    :ivar colour_weight: weight of a per-patch regression of the patch's mean RGB
+        (:func:`patch_mean_colour`), so that a tower trained on object classes keeps the
+        colours the captions name (0: off).
+    :ivar flip: mirror half of each batch left-right (images and labels; the position targets
+        stay those of the patch's place).
+    :ivar one_cycle: AdamW with ``torch``'s one-cycle schedule (5% warm-up, peak ``lr``,
+        weight decay 0.01) instead of Adam at a constant ``lr``.
     """
 
     steps: int = 300
@@ -296,20 +303,59 @@ class ConnectorPretrainConfig:
     lr: float = 1e-3
     position_weight: float = 1.0
     seed: int = 0
+    colour_weight: float = 0.0
+    flip: bool = False
+    one_cycle: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError('steps and batch_size must be >= 1')
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f'lr must be positive, got {self.lr}')
-        if not (self.position_weight >= 0 and math.isfinite(self.position_weight)):
-            raise ValueError(f'position_weight must be >= 0, got {self.position_weight}')
+        for name in ('position_weight', 'colour_weight'):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f'{name} must be >= 0, got {value}')
+
+
+def mirror_patch_labels(labels: np.ndarray, grid: int) -> np.ndarray:
+    """Return row-major ``(..., grid * grid)`` patch labels of the left-right mirrored images."""
+    labels = np.asarray(labels)
+    if labels.shape[-1] != grid * grid:
+        raise ValueError(f'labels must end in {grid * grid} patches, got {labels.shape}')
+    return labels.reshape(*labels.shape[:-1], grid, grid)[..., ::-1].reshape(labels.shape)
+
+
+def patch_mean_colour(images: np.ndarray, grid: int) -> np.ndarray:
+    """
+    Return each patch's mean colour, scaled to ``[-1, 1]``.
+
+    Patches are cut as :func:`box_patch_mask` cuts them (pixel column ``x`` falls in patch
+    column ``x * grid // W``).
+
+    :param images: RGB ``uint8`` ``(B, H, W, 3)``.
+    :param grid: patches per side (at most ``min(H, W)``).
+    :return: ``float32`` ``(B, grid * grid, 3)``, row-major.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f'images must be RGB uint8 (B, H, W, 3), got {images.dtype} '
+                         f'{images.shape}')
+    _, height, width, _ = images.shape
+    if not 1 <= grid <= min(height, width):
+        raise ValueError(f'grid must be in [1, min(H, W)], got {grid} for {width}x{height}')
+    rows = np.eye(grid, dtype=np.float32)[np.arange(height) * grid // height]  # (H, grid)
+    cols = np.eye(grid, dtype=np.float32)[np.arange(width) * grid // width]  # (W, grid)
+    sums = np.einsum('hg,bhwc,wk->bgkc', rows, images.astype(np.float32), cols, optimize=True)
+    counts = rows.sum(0)[:, None] * cols.sum(0)[None, :]  # (grid, grid) pixels per patch
+    return (sums / counts[None, :, :, None] / 127.5 - 1.0).reshape(len(images), -1, 3)
 
 
 def pretrain_connector(model: Any, processor: Any, images: Sequence[np.ndarray],
                        labels: np.ndarray, classes: int,
                        config: ConnectorPretrainConfig | None = None,
-                       class_weights: Sequence[float] | None = None) -> list[dict[str, float]]:
+                       class_weights: Sequence[float] | None = None,
+                       return_head: bool = False) -> Any:
     """
     Train the vision tower and projector so each output token names its patch's place and class.
 
@@ -327,7 +373,10 @@ def pretrain_connector(model: Any, processor: Any, images: Sequence[np.ndarray],
     :param config: steps, batch size, learning rate.
     :param class_weights: optional cross-entropy weight per class (e.g. a low weight for the
         background, which covers most patches of a tabletop image).
-    :return: per step ``{'position': mse, 'class': cross_entropy, 'accuracy': patch accuracy}``.
+    :return: per step ``{'position': mse, 'class': cross_entropy, 'accuracy': patch accuracy}``
+        (and ``'colour'``: mse, with ``config.colour_weight``); with ``return_head``,
+        ``(history, head)``: the trained ``torch.nn.Linear`` head, whose outputs on a
+        projector token are ``(column, row, class logits..., [colours])``.
     """
     import torch
 
@@ -363,7 +412,8 @@ def pretrain_connector(model: Any, processor: Any, images: Sequence[np.ndarray],
     position = torch.tensor(np.stack([columns, rows], 1) / max(grid - 1, 1) * 2 - 1,
                             dtype=torch.float32)
     generator = torch.Generator().manual_seed(config.seed)
-    head = torch.nn.Linear(hidden, 2 + classes)
+    colours = 3 if config.colour_weight > 0 else 0
+    head = torch.nn.Linear(hidden, 2 + classes + colours)
     with torch.no_grad():  # a seeded head, independent of the global torch seed
         head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * hidden ** -0.5)
         head.bias.zero_()
@@ -374,35 +424,60 @@ def pretrain_connector(model: Any, processor: Any, images: Sequence[np.ndarray],
     saved = [p.requires_grad for p in trained]
     for p in trained:
         p.requires_grad_(True)
-    optimizer = torch.optim.Adam(trained + list(head.parameters()), lr=config.lr)
+    schedule = None
+    if config.one_cycle:
+        optimizer = torch.optim.AdamW(trained + list(head.parameters()), lr=config.lr,
+                                      weight_decay=0.01)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr,
+                                                       total_steps=config.steps, pct_start=0.05)
+    else:
+        optimizer = torch.optim.Adam(trained + list(head.parameters()), lr=config.lr)
     rng = np.random.default_rng(config.seed)
+
     was_training = model.training
     model.train()
     history = []
     try:
         for _ in range(config.steps):
             pick = rng.integers(len(images), size=config.batch_size)
-            features = image_tokens(model, processor, [images[i] for i in pick])
+            batch, batch_labels = [images[i] for i in pick], labels[pick]
+            if config.flip:
+                flips = rng.random(config.batch_size) < 0.5
+                batch = [np.ascontiguousarray(b[:, ::-1]) if f else b
+                         for b, f in zip(batch, flips, strict=True)]
+                batch_labels = np.where(flips[:, None], mirror_patch_labels(batch_labels, grid),
+                                        batch_labels)
+            features = image_tokens(model, processor, batch)
             if features.shape[1] != grid * grid:
                 raise ValueError(f'the model gives {features.shape[1]} tokens per image, the '
                                  f'labels {grid * grid}')
-            out = head(features)  # (batch, patches, 2 + classes)
-            target = torch.as_tensor(labels[pick], dtype=torch.long, device=parameter.device)
+            out = head(features)  # (batch, patches, 2 + classes [+ 3 colours])
+            target = torch.as_tensor(batch_labels, dtype=torch.long, device=parameter.device)
             place = torch.nn.functional.mse_loss(out[..., :2], position.expand_as(out[..., :2]))
-            logits = out[..., 2:].reshape(-1, classes)
+            logits = out[..., 2:2 + classes].reshape(-1, classes)
             kind = torch.nn.functional.cross_entropy(
                 logits, target.reshape(-1), weight=None if weight is None else weight.to(logits))
             loss = config.position_weight * place + kind
+            record = {}
+            if colours:
+                colour_target = torch.as_tensor(np.concatenate(
+                    [patch_mean_colour(b[None], grid) for b in batch]))  # images may differ
+                colour = torch.nn.functional.mse_loss(
+                    out[..., 2 + classes:], colour_target.to(out))
+                loss = loss + config.colour_weight * colour
+                record['colour'] = colour.item()
             if not torch.isfinite(loss):
                 raise FloatingPointError('connector pre-training diverged (loss is not finite)')
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
             accuracy = float((logits.argmax(1) == target.reshape(-1)).float().mean())
             history.append({'position': place.item(), 'class': kind.item(),
-                            'accuracy': accuracy})
+                            'accuracy': accuracy, **record})
     finally:
         for p, flag in zip(trained, saved, strict=True):
             p.requires_grad_(flag)
         model.train(was_training)
-    return history
+    return (history, head) if return_head else history
