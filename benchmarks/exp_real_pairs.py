@@ -337,7 +337,8 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
         fold: str = 'none', identity: str = 'type', rgb: bool = True,
         type_error: float = 0.0,
         type_tower: Path | None = None,
-        tower_types: bool = True, tower_arm: str = 'cnn') -> list[tuple[int, float, float]]:
+        tower_types: bool = True, tower_arm: str = 'cnn',
+        model_dir: Path | None = None) -> list[tuple[int, float, float]]:
     """
     Train one fresh model; return ``(step, mean loss of the last 100, test accuracy)``.
 
@@ -349,6 +350,9 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
     ``type_tower``: a ``tower_arm`` arm saved by ``exp_type_tower.py --save`` whose per-patch type
     probabilities and each patch's mean RGB replace the oracle's codes (:func:`tower_features`);
     ``tower_types`` off zeroes the type probabilities (a control: colour and place only).
+    ``model_dir`` (connector arm): a compact model folder whose tower and projector are used as
+    they are (e.g. ``exp_type_tower.py --export-model``: centred and scaled already), with a
+    fresh decoder of ``seed``; its vision tower may be any of the compact model's.
     """
     import torch
 
@@ -388,7 +392,18 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
     encoder = ConversationEncoder(processor, 512)
     train_ids = [i for i in images if not is_test(i)]
     calibration = [pixels(i) for i in train_ids[:64]]
-    if arm == 'connector' and connector is not None:
+    if arm == 'connector' and model_dir is not None:
+        from spatialvlm_ros.model.loading import load_vlm
+
+        given = load_vlm(model_dir, device='cpu', dtype='float32').model
+        if given.config.image_seq_length != grid * grid:
+            raise ValueError(f'{model_dir} gives {given.config.image_seq_length} image tokens, '
+                             f'the arm needs {grid * grid}')
+        model.model.vision_tower = given.model.vision_tower
+        model.model.multi_modal_projector.load_state_dict(
+            given.model.multi_modal_projector.state_dict())
+        model.config.vision_config = given.config.vision_config
+    elif arm == 'connector' and connector is not None:
         load_connector(model, connector, fold, seed)
         centre_projector(model, processor, calibration)
         scale_projector(model, processor, calibration, 1.0)
@@ -476,12 +491,17 @@ def run(arm: str, data: Path, image_size: int, steps: int, min_gap: float,
                     first = int((batch['labels'][j] != -100).nonzero()[0]) - 1
                     said_yes = bool(logits[j, first, yes] > logits[j, first, no])
                     right += said_yes == (record['answer'] == 'Yes.')
-        model.train()
+        train_mode()
         return right / len(test)
+
+    def train_mode() -> None:
+        model.train()
+        if frozen:  # a frozen tower draws no stochastic depth (Swin, FocalNet), as in the trainer
+            model.model.vision_tower.eval()
 
     rng = np.random.default_rng(seed + 1)
     rows, losses = [], []
-    model.train()
+    train_mode()
     for step in range(1, steps + 1):
         records = sample_pair_records(objects, images, rng, 16, False, min_gap)
         batch = encode(records)
@@ -512,6 +532,9 @@ def main() -> None:
     parser.add_argument('--connector', type=Path,
                         help='connector arm: load tower and projector from this file '
                              '(exp_patch_labels.py --save) instead of pre-training them')
+    parser.add_argument('--model', type=Path,
+                        help='connector arm: take the tower and projector of this compact model '
+                             'folder as they are (exp_type_tower.py --export-model)')
     parser.add_argument('--fold', choices=FOLDS, default='none',
                         help="with --connector: keep only the saved head's outputs")
     parser.add_argument('--oracle-identity', choices=IDENTITIES, default='type',
@@ -546,7 +569,8 @@ def main() -> None:
                                    args.min_gap, args.seed, args.pretrain_steps, args.connector,
                                    args.fold, args.oracle_identity, not args.no_oracle_rgb,
                                    args.oracle_type_error, args.type_tower,
-                                   not args.no_tower_types, args.type_tower_arm):
+                                   not args.no_tower_types, args.type_tower_arm,
+                                   args.model):
             print(f'| {arm} | {args.image_size} | {step} | {loss:.3f} | {acc:.3f} | '
                   f'{time.perf_counter() - start:.0f} |', flush=True)
 

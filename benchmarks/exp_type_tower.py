@@ -322,12 +322,22 @@ def save_arm(params: list[Any], path: Path) -> None:
 
 
 def load_arm(arm: str, path: Path, n_out: int) -> tuple[Callable[[np.ndarray], Any], int]:
-    """Return ``(forward, grid)`` of an arm built by :func:`build_arm` with saved parameters."""
+    """
+    Return ``(forward, grid)`` of an arm built by :func:`build_arm` with saved parameters.
+
+    ``forward`` gives the type logits, also for an arm saved with ``--aux-weight``'s head.
+    """
     from safetensors.torch import load_file
     import torch
 
-    params, forward, set_train, grid = build_arm(arm, n_out)
     saved = load_file(str(path))
+    params, forward, set_train, grid = build_arm(arm, n_out)
+    if arm.startswith(COMPACT_ARMS) and len(saved) == len(params) + 2:  # --aux-weight's head
+        params, aux_forward, set_train, grid = build_arm(arm, n_out, len(AUX_NAMES))
+
+        def forward(images: np.ndarray) -> Any:
+            return aux_forward(images)[..., :n_out]  # the type logits only
+
     shapes = [tuple(p.shape) for p in params]
     if [tuple(saved[k].shape) for k in sorted(saved)] != shapes:
         raise ValueError(f'{path} does not hold the parameters of a {arm!r} arm')
