@@ -64,11 +64,24 @@ def test_run_type_pretrain_changes_only_tower_and_projector_and_resumes(tmp_path
     assert report['frames'] == 4 and report['heldout_frames'] == 2 and report['grid'] == 2
     assert 0.0 <= report['heldout_object_patch_accuracy'] <= 1.0
     assert report['colour_last'] is not None and report['config']['steps'] == 3
+    fold = report['projector']['fold']
+    assert fold['rows'] == 2 + 15 + 3 and fold['class_logit_norm'] > 0
 
     before = load_vlm(init, device='cpu').model.state_dict()
     after = load_vlm(tmp_path / 'typed', device='cpu').model.state_dict()
     changed = {k.split('.')[1] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {'vision_tower', 'multi_modal_projector'}
+
+    # folded: every token is a mix of the head's 20 outputs, so 40 tokens span at most 20 dims
+    from spatialvlm_ros.train.connector import projector_tokens
+
+    typed = load_vlm(tmp_path / 'typed', device='cpu')
+    images = list(np.random.default_rng(0).integers(0, 256, (10, 48, 64, 3), dtype=np.uint8))
+    tokens = projector_tokens(typed.model, typed.processor, images)
+    assert tokens.shape[0] == 40 and tokens.shape[1] > 20
+    assert int(torch.linalg.matrix_rank(tokens.double(), rtol=1e-6)) <= 20
+    fresh = projector_tokens(model, processor, images)
+    assert int(torch.linalg.matrix_rank(fresh.double(), rtol=1e-6)) > 20
 
     again = run_type_pretrain(init, tmp_path / 'typed', config, progress=False)
     assert again.skipped and again.report == report
@@ -79,3 +92,20 @@ def test_run_type_pretrain_changes_only_tower_and_projector_and_resumes(tmp_path
     (tmp_path / 'half').mkdir()
     with pytest.raises(FileExistsError, match='not a finished'):
         run_type_pretrain(init, tmp_path / 'half', config, progress=False)
+
+
+def test_unfolded_pretraining_centres_the_projector(tmp_path):
+    pytest.importorskip('torch')
+    pytest.importorskip('pybullet')
+    from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig, save_compact
+    from spatialvlm_ros.model.tokenizer import build_default_tokenizer
+    from spatialvlm_ros.train.type_pretrain import run_type_pretrain
+
+    model, processor = build_compact_model(CompactVLMConfig(image_size=32),
+                                           build_default_tokenizer())
+    init = save_compact(model, processor, tmp_path / 'init')
+    config = TypePretrainConfig(scenes=1, heldout_scenes=1, steps=2, batch_size=2, width=64,
+                                height=48, workers=1, fold=False, colour_weight=0.0)
+    report = run_type_pretrain(init, tmp_path / 'typed', config, progress=False).report
+    assert set(report['projector']) == {'centring', 'scale'}
+    assert report['colour_last'] is None
