@@ -240,6 +240,7 @@ def run_arm(arm: str, train: dict[str, np.ndarray], heldout: dict[str, np.ndarra
     from torch.nn import functional as F
 
     from spatialvlm_ros.sim.catalog import CATALOG
+    from spatialvlm_ros.train.grounding import mirror_patch_labels
 
     n_kind = len(CATALOG)
     torch.manual_seed(args.seed)
@@ -272,8 +273,7 @@ def run_arm(arm: str, train: dict[str, np.ndarray], heldout: dict[str, np.ndarra
         images, kind = train['rgb'][pick], labels[pick]
         flip = rng.random(args.batch_size) < 0.5
         images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
-        mirrored = kind.reshape(-1, grid, grid)[:, :, ::-1].reshape(kind.shape)
-        kind = np.where(flip[:, None], mirrored, kind)
+        kind = np.where(flip[:, None], mirror_patch_labels(kind, grid), kind)
         out = forward(images)  # (B, grid * grid, n_kind + 1 + n_aux)
         logits = out[..., :n_kind + 1]
         loss = F.cross_entropy(logits.reshape(-1, n_kind + 1), torch.as_tensor(kind).reshape(-1),

@@ -152,6 +152,7 @@ def test_captions_are_true():
     ({'n_objects': (5, 3)}, 'n_objects'),
     ({'n_objects': (3, 9)}, 'n_objects'),
     ({'fov_deg': (50.0, 40.0)}, 'fov_deg'),
+    ({'cam_distance': (0.0, 0.5)}, 'cam_distance must be positive'),
     ({'near': 0.0}, 'near'),
     ({'categories': ('mug', 'spaceship')}, 'unknown categories'),
     ({'robot_visual': 'fancy'}, 'robot_visual'),

@@ -84,6 +84,8 @@ class SceneConfig:
                 raise ValueError(f'{name} must be a (min, max) range, got {(a, b)}')
         if not (10.0 <= self.fov_deg[0] and self.fov_deg[1] <= 120.0):
             raise ValueError(f'fov_deg must lie within [10, 120], got {self.fov_deg}')
+        if not self.cam_distance[0] > 0:
+            raise ValueError(f'cam_distance must be positive, got {self.cam_distance}')
         if not 0.0 < self.near < self.far:
             raise ValueError(f'need 0 < near < far, got near={self.near} far={self.far}')
         if not 0.0 <= self.principal_jitter <= 0.2:

@@ -168,11 +168,10 @@ class DefaultRecipe:
             setattr(self, name, value)
         from spatialvlm_ros.sim.scene import SceneConfig
 
-        # raises ValueError on ranges the scene sampler refuses
-        SceneConfig(fov_deg=self.scene_fov_deg, cam_distance=self.scene_cam_distance)
-        if not self.scene_cam_distance[0] > 0:
-            raise ValueError(f'scene_cam_distance must be positive, got '
-                             f'{self.scene_cam_distance}')
+        try:  # the scene sampler's own checks of the ranges
+            SceneConfig(fov_deg=self.scene_fov_deg, cam_distance=self.scene_cam_distance)
+        except ValueError as exc:
+            raise ValueError(f'scene_fov_deg / scene_cam_distance: {exc}') from None
         PlainConfig(families=self.plain_families)  # raises ValueError on unknown families
         if self.plain_steps < 0 or not self.plain_lr > 0:
             raise ValueError(f'plain_steps must be >= 0 and plain_lr positive, got '

@@ -433,7 +433,6 @@ def pretrain_connector(model: Any, processor: Any, images: Sequence[np.ndarray],
     else:
         optimizer = torch.optim.Adam(trained + list(head.parameters()), lr=config.lr)
     rng = np.random.default_rng(config.seed)
-
     was_training = model.training
     model.train()
     history = []

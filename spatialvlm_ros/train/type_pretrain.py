@@ -123,8 +123,6 @@ class TypePretrainConfig:
         """Return the ``sim.scene.SceneConfig`` the scenes are drawn from."""
         from spatialvlm_ros.sim.scene import SceneConfig
 
-        if len(self.cam_distance) != 2 or not self.cam_distance[0] > 0:
-            raise ValueError(f'cam_distance must be a positive range, got {self.cam_distance}')
         return SceneConfig(width=self.width, height=self.height, fov_deg=self.fov_deg,
                            cam_distance=self.cam_distance)
 
@@ -271,22 +269,11 @@ def run_type_pretrain(model_dir: str | Path, out_dir: str | Path, config: TypePr
     from spatialvlm_ros.sim.catalog import CATALOG
     from spatialvlm_ros.train.connector import centre_projector, scale_projector
     from spatialvlm_ros.train.grounding import ConnectorPretrainConfig, pretrain_connector
-    from spatialvlm_ros.train.vision_pretrain import model_grid
+    from spatialvlm_ros.train.vision_pretrain import finished_report, model_grid
 
     out = Path(out_dir)
-    report_path = out / REPORT_NAME
-    if out.exists():
-        if not report_path.is_file():
-            raise FileExistsError(f'{out} exists but holds no {REPORT_NAME}: not a finished '
-                                  'type pre-training; remove it or choose another folder')
-        report = json.loads(report_path.read_text(encoding='utf-8'))
-        wanted, saved = _config_record(config), report.get('config') or {}
-        if saved != wanted:
-            diff = ', '.join(f'{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now'
-                             for k in sorted(set(wanted) | set(saved))
-                             if saved.get(k) != wanted.get(k))
-            raise ValueError(f'{out} was pre-trained with another config ({diff}); remove it '
-                             'or choose another folder')
+    report = finished_report(out, REPORT_NAME, _config_record(config), 'type pre-training')
+    if report is not None:
         _log(f'{out} is finished; skipping')
         return TypePretrainResult(out, True, [], report)
 

@@ -356,6 +356,32 @@ def _config_record(config: VisionPretrainConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(config)))
 
 
+def finished_report(out: Path, report_name: str, wanted: dict[str, Any],
+                    what: str) -> dict[str, Any] | None:
+    """
+    Return the report of a finished pre-training folder made with ``wanted``, or None.
+
+    None when ``out`` does not exist. ``FileExistsError`` when it exists without
+    ``report_name`` (an unfinished or foreign folder, never overwritten); ``ValueError``,
+    naming every differing field, when its report holds another config.
+    """
+    report_path = out / report_name
+    if not out.exists():
+        return None
+    if not report_path.is_file():
+        raise FileExistsError(f'{out} exists but holds no {report_name}: not a finished '
+                              f'{what}; remove it or choose another folder')
+    report = json.loads(report_path.read_text(encoding='utf-8'))
+    saved = report.get('config') or {}
+    if saved != wanted:
+        diff = ', '.join(f'{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now'
+                         for k in sorted(set(wanted) | set(saved))
+                         if saved.get(k) != wanted.get(k))
+        raise ValueError(f'{out} was pre-trained with another config ({diff}); remove it '
+                         'or choose another folder')
+    return report
+
+
 def run_vision_pretrain(model_dir: str | Path, out_dir: str | Path,
                         config: VisionPretrainConfig, device: str = 'cpu',
                         progress: bool = True) -> VisionPretrainResult:
@@ -383,20 +409,8 @@ def run_vision_pretrain(model_dir: str | Path, out_dir: str | Path,
     from spatialvlm_ros.model.loading import load_vlm
 
     out = Path(out_dir)
-    report_path = out / REPORT_NAME
-    if out.exists():
-        if not report_path.is_file():
-            raise FileExistsError(f'{out} exists but holds no {REPORT_NAME}: not a finished '
-                                  'vision pre-training; remove it or choose another folder')
-        report = json.loads(report_path.read_text(encoding='utf-8'))
-        wanted = _config_record(config)
-        saved = report.get('config') or {}
-        if saved != wanted:
-            diff = ', '.join(f'{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now'
-                             for k in sorted(set(wanted) | set(saved))
-                             if saved.get(k) != wanted.get(k))
-            raise ValueError(f'{out} was pre-trained with another config ({diff}); remove it '
-                             'or choose another folder')
+    report = finished_report(out, REPORT_NAME, _config_record(config), 'vision pre-training')
+    if report is not None:
         _log(f'{out} is finished; skipping')
         return VisionPretrainResult(out, True, [], report)
 
