@@ -34,14 +34,24 @@ def default_dir():
 
 @pytest.fixture(scope='module')
 def heldout(tmp_path_factory):
-    """Write a small held-out set: 12 engine scenes and 4 robot episodes (6 frames each)."""
+    """
+    Write a small held-out set: 12 engine scenes and 4 robot episodes (6 frames each).
+
+    The engine scenes use the default recipe's camera (the one the shipped model was trained
+    and benchmarked with); the robot episodes the simulator's, as in the recipe.
+    """
     from spatialvlm_ros.synth.dataset import DatasetConfig, run_dataset
     from spatialvlm_ros.synth.gripper import GripperDataConfig, write_gripper_dataset
     from spatialvlm_ros.synth.pipeline import EngineConfig
+    from spatialvlm_ros.train.default import DefaultRecipe
 
+    recipe = DefaultRecipe()  # the shipped default's recipe: its engine scenes' camera
+    camera = {'fov_deg': list(recipe.scene_fov_deg),
+              'cam_distance': list(recipe.scene_cam_distance)}
     root = tmp_path_factory.mktemp('heldout')
     run_dataset(DatasetConfig(out=str(root / 'engine'), num_scenes=12, shard_size=12,
-                              source='sim', source_kwargs={'width': 320, 'height': 240},
+                              source='sim', source_kwargs={'width': 320, 'height': 240,
+                                                           'scene_config': camera},
                               engine=EngineConfig(seed=HELDOUT_SEED)), workers=1)
     write_gripper_dataset(GripperDataConfig(out=str(root / 'gripper'), episodes=4,
                                             seed=HELDOUT_SEED, frames_per_episode=20,

@@ -6,7 +6,18 @@ import re
 import pyarrow.parquet as pq
 import pytest
 
-from spatialvlm_ros.train.default import build_data, DefaultRecipe
+from spatialvlm_ros.train.default import (
+    build_data,
+    DefaultRecipe,
+    SCENE_CAM_DISTANCE,
+    SCENE_FOV_DEG,
+)
+
+# the recipe before session 16 (a SigLIP tower trained with the rest, no grounding, the
+# simulator's camera): the tiny tests below that are not about the tower pre-training use it
+PLAIN = {'vision_tower': 'siglip', 'type_pretrain_scenes': 0, 'freeze_vision': False,
+         'freeze_projector': False, 'grounding_weight': 0.0, 'scene_fov_deg': SCENE_FOV_DEG,
+         'scene_cam_distance': SCENE_CAM_DISTANCE}
 
 
 def test_recipe_rejects_an_unknown_answer_style(tmp_path):
@@ -19,7 +30,8 @@ def test_recipe_rejects_an_unknown_answer_style(tmp_path):
 def test_metric_style_reaches_the_training_folders_not_the_heldout(tmp_path):
     recipe = DefaultRecipe(out=str(tmp_path), train_scenes=1, heldout_scenes=1,
                            gripper_episodes=2, heldout_gripper_episodes=2, focus_steps=0,
-                           width=96, height=72, workers=1, gripper_answer_style='metric')
+                           width=96, height=72, workers=1, gripper_answer_style='metric',
+                           **PLAIN)
     folders = build_data(recipe)
 
     def answers(folder):
@@ -39,7 +51,7 @@ def test_recipe_validates_the_vision_options(tmp_path):
     with pytest.raises(ValueError, match='image_size'):
         DefaultRecipe(out=str(tmp_path), image_size=100)
     with pytest.raises(ValueError, match='need a pre-trained tower'):
-        DefaultRecipe(out=str(tmp_path), freeze_vision=True)
+        DefaultRecipe(out=str(tmp_path), type_pretrain_scenes=0, freeze_projector=False)
     with pytest.raises(ValueError, match='vision_targets'):
         DefaultRecipe(out=str(tmp_path), vision_targets='depth')
 
@@ -53,7 +65,7 @@ def test_pretrained_tower_feeds_a_frozen_training_stage(tmp_path):
                            gripper_episodes=1, heldout_gripper_episodes=1, focus_steps=0,
                            width=64, height=48, workers=1, steps=2, batch_size=2,
                            warmup_steps=1, image_size=32, vision_pretrain_episodes=1,
-                           vision_pretrain_steps=3, freeze_vision=True)
+                           vision_pretrain_steps=3, **(PLAIN | {'freeze_vision': True}))
     folders = build_data(recipe)
     init = init_model(tmp_path / 'init', recipe.image_size)
     with pytest.raises(ValueError, match='32 px siglip model'):
@@ -83,13 +95,14 @@ def test_grounded_stage_from_a_given_model_keeps_its_tower_and_projector(tmp_pat
     with pytest.raises(ValueError, match='grounding_weight'):
         DefaultRecipe(out=str(tmp_path), grounding_weight=-1.0)
     with pytest.raises(ValueError, match='need a pre-trained tower'):
-        DefaultRecipe(out=str(tmp_path), freeze_projector=True)
+        DefaultRecipe(out=str(tmp_path), type_pretrain_scenes=0, freeze_vision=False)
     given = init_model(tmp_path / 'given', 32)
     recipe = DefaultRecipe(out=str(tmp_path / 'out'), train_scenes=2, heldout_scenes=1,
                            gripper_episodes=1, heldout_gripper_episodes=1, focus_steps=0,
                            width=64, height=48, workers=1, steps=3, batch_size=2,
                            warmup_steps=1, image_size=32, init_from=str(given),
-                           freeze_vision=True, freeze_projector=True, grounding_weight=1.0)
+                           **(PLAIN | {'freeze_vision': True, 'freeze_projector': True,
+                                       'grounding_weight': 1.0}))
     with pytest.raises(ValueError, match='holds no model'):
         init_model(tmp_path / 'nothing', 32, create=False)
     with pytest.raises(ValueError, match='32 px siglip model'):
@@ -149,7 +162,7 @@ def test_plain_stage_sits_between_the_two_stages(tmp_path):
                            batch_size=2, warmup_steps=1, image_size=32, plain_steps=2,
                            plain_families=('tall', 'short', 'big', 'small', 'wide', 'thin',
                                            'left', 'right', 'front', 'behind', 'above',
-                                           'below'))
+                                           'below'), **PLAIN)
     folders = build_data(recipe)
     plain = read_rows([folders['plain']])
     assert plain and all(m['phrasing'] == 'plain' for r in plain for m in r.metadata)
@@ -191,17 +204,18 @@ def test_recipe_validates_the_scene_camera(tmp_path):
         DefaultRecipe(out=str(tmp_path), scene_fov_deg=(30.0,))
     from spatialvlm_ros.sim.scene import SceneConfig
 
-    # the recipe's spelt-out defaults are the simulator's
+    # the spelt-out simulator camera is the simulator's; the recipe's default is closer
+    assert SCENE_FOV_DEG == SceneConfig().fov_deg
+    assert SCENE_CAM_DISTANCE == SceneConfig().cam_distance
     recipe = DefaultRecipe(out=str(tmp_path))
-    assert recipe.scene_fov_deg == SceneConfig().fov_deg
-    assert recipe.scene_cam_distance == SceneConfig().cam_distance
+    assert recipe.scene_fov_deg == (25.0, 35.0) and recipe.scene_cam_distance == (0.55, 0.8)
 
 
 def test_a_closer_scene_camera_reaches_the_engine_data_only(tmp_path):
     def data(out, **camera):
         recipe = DefaultRecipe(out=str(out), train_scenes=3, heldout_scenes=1,
                                gripper_episodes=1, heldout_gripper_episodes=1, focus_steps=0,
-                               width=96, height=72, workers=1, **camera)
+                               width=96, height=72, workers=1, **(PLAIN | camera))
         return build_data(recipe)
 
     wide = data(tmp_path / 'wide')
@@ -242,7 +256,8 @@ def test_type_pretrained_tower_feeds_the_recipe_with_its_camera(tmp_path):
                            width=64, height=48, workers=1, steps=2, batch_size=2,
                            warmup_steps=1, image_size=32, vision_tower='focalnet',
                            type_pretrain_scenes=2, type_pretrain_steps=2, freeze_vision=True,
-                           scene_fov_deg=(25, 35), scene_cam_distance=(0.55, 0.8))
+                           scene_fov_deg=(25, 35), scene_cam_distance=(0.55, 0.8),
+                           type_pretrain_fold=False)
     folders = build_data(recipe)
     init = init_model(tmp_path / 'init', 32, 'focalnet')
     typed = pretrain_tower(recipe, init)
@@ -251,6 +266,7 @@ def test_type_pretrained_tower_feeds_the_recipe_with_its_camera(tmp_path):
     assert report['config']['fov_deg'] == [25.0, 35.0]
     assert report['config']['cam_distance'] == [0.55, 0.8]
     assert report['frames'] == 4 and report['config']['steps'] == 2
+    assert report['config']['fold'] is False  # the recipe's choice reaches the pre-training
     result = run_training(recipe, typed, folders)
     before, after = (load_vlm(f, device='cpu').model.state_dict()
                      for f in (typed, result.final_dir))
@@ -259,4 +275,33 @@ def test_type_pretrained_tower_feeds_the_recipe_with_its_camera(tmp_path):
     card = model_card(recipe, result, {'heldout': _report(), 'gripper_heldout': _report()},
                       {'type_pretrain': 30.0, 'train_stage1': 60.0})
     assert 'object type, place and mean colour' in card and 'typed right' in card
+    assert 'trained projector then centred and scaled' in card and 'folded' not in card
     assert '25-35 degrees' in card and "not the simulator's default" in card
+
+
+def test_cli_flags_reach_the_recipe(tmp_path):
+    from spatialvlm_ros.cli import build_parser
+    from spatialvlm_ros.train.default import recipe_from_args
+
+    parser = build_parser()
+    recipe = recipe_from_args(parser.parse_args(['train-default', '--out', str(tmp_path)]))
+    assert recipe == DefaultRecipe(out=str(tmp_path))  # nothing given: the defaults
+    args = parser.parse_args([
+        'train-default', '--out', str(tmp_path), '--vision-tower', 'focalnet',
+        '--type-pretrain-scenes', '3', '--type-pretrain-steps', '4', '--no-type-pretrain-fold',
+        '--scene-fov', '25', '35', '--scene-cam-distance', '0.55', '0.8', '--steps', '7',
+        '--grounding-weight', '0.5', '--grounding-answer-positions', 'all'])
+    recipe = recipe_from_args(args)
+    assert (recipe.vision_tower, recipe.type_pretrain_scenes, recipe.type_pretrain_steps,
+            recipe.type_pretrain_fold, recipe.steps, recipe.grounding_weight) == (
+        'focalnet', 3, 4, False, 7, 0.5)
+    assert recipe.scene_fov_deg == (25.0, 35.0) and recipe.scene_cam_distance == (0.55, 0.8)
+    assert recipe.grounding_answer_positions == 'all'
+    with pytest.raises(ValueError, match='grounding_answer_positions'):
+        DefaultRecipe(out=str(tmp_path), grounding_answer_positions='last')
+    folded = recipe_from_args(parser.parse_args(
+        ['train-default', '--out', str(tmp_path), '--type-pretrain-fold']))
+    assert folded.type_pretrain_fold is True
+    unfrozen = recipe_from_args(parser.parse_args(
+        ['train-default', '--out', str(tmp_path), '--no-freeze-vision', '--no-freeze-projector']))
+    assert (unfrozen.freeze_vision, unfrozen.freeze_projector) == (False, False)

@@ -280,6 +280,34 @@ def test_conversation_targets_name_and_answer_rows():
     assert by_keys == {cup: 'redcup' * 2, box: 'box' * 2}
 
 
+def test_answer_rows_at_every_answer_position():
+    model, processor, encoded, objects, metadata = _two_object_conversation()
+    ids, labels = encoded['input_ids'][0].tolist(), encoded['labels'][0].tolist()
+    token = model.config.image_token_id
+    image = [p for p, t in enumerate(ids) if t == token]
+    first = conversation_targets(0, ids, labels, token, metadata, objects, processor.tokenizer,
+                                 (32, 16), 4)
+    names, answers = conversation_targets(0, ids, labels, token, metadata, objects,
+                                          processor.tokenizer, (32, 16), 4,
+                                          answer_positions='all')
+    assert names == first[0]  # the name rows do not change
+    cup, box = (image[0],), (image[15],)
+    (s0, e0), (s1, e1) = answer_spans(labels)
+    assert e0 - s0 >= 2 and e1 - s1 >= 2  # 'Yes.' and '1 m.' take several tokens
+    # every position that predicts an answer token, from the one before the answer to the one
+    # before its last token, one row per named object
+    expected = [(0, q, cup) for q in range(s0 - 1, e0 - 1)] \
+        + [(1, q, box) for q in range(s0 - 1, e0 - 1)] \
+        + [(0, q, box) for q in range(s1 - 1, e1 - 1)] \
+        + [(1, q, cup) for q in range(s1 - 1, e1 - 1)]
+    assert [(r.head, r.query, r.keys) for r in answers] == expected
+    for r in answers:  # each query predicts a trained label
+        assert labels[r.query + 1] != -100
+    with pytest.raises(ValueError, match='answer_positions'):
+        conversation_targets(0, ids, labels, token, metadata, objects, processor.tokenizer,
+                             (32, 16), 4, answer_positions='last')
+
+
 def test_conversation_targets_skip_unknown_objects_and_refuse_a_wrong_grid():
     model, processor, encoded, objects, metadata = _two_object_conversation()
     ids, labels = encoded['input_ids'][0].tolist(), encoded['labels'][0].tolist()

@@ -328,6 +328,26 @@ def test_grounding_rows_point_at_the_box_and_split_exactly(grounded_dir, tmp_pat
             torch.testing.assert_close(split[name], param.grad, atol=1e-6, rtol=1e-4)
 
 
+def test_grounding_rows_at_every_answer_position_reach_the_trainer(grounded_dir, tmp_path):
+    from spatialvlm_ros.train.grounding import answer_spans
+
+    model, processor = build_tiny_vlm()
+    config = _config(grounded_dir, tmp_path, grounding_weight=0.7,
+                     grounding_answer_positions='all')
+    trainer = Trainer(config, model, processor)
+    trainer._setup()
+    examples = trainer.stream.examples(0, 2)
+    encoded = [trainer.encoder.encode(e) for e in examples]
+    rows = trainer._grounding_rows(encoded, examples)
+    for (_, answers), enc in zip(rows, encoded, strict=True):
+        labels = enc['labels'][0].tolist()
+        # one named object per turn: one row per position that predicts an answer token
+        assert len(answers) == sum(end - start for start, end in answer_spans(labels)) > 0
+        assert all(labels[r.query + 1] != IGNORE_INDEX for r in answers)
+    loss, grounding, _ = trainer._micro_backward(examples, last=True)
+    assert math.isfinite(float(loss)) and float(grounding) > 0
+
+
 def test_grounding_refuses_what_it_cannot_use(grounded_dir, data_dir, tmp_path):
     with pytest.raises(ValueError, match='grounding_layers'):
         _config(grounded_dir, tmp_path, grounding_weight=1.0, grounding_layers=(0,))
@@ -335,6 +355,8 @@ def test_grounding_refuses_what_it_cannot_use(grounded_dir, data_dir, tmp_path):
         _config(grounded_dir, tmp_path, grounding_weight=-1.0)
     with pytest.raises(ValueError, match='grounding_weight'):
         _config(grounded_dir, tmp_path, grounding_weight=float('nan'))
+    with pytest.raises(ValueError, match='grounding_answer_positions'):
+        _config(grounded_dir, tmp_path, grounding_weight=1.0, grounding_answer_positions='last')
     too_deep = _config(grounded_dir, tmp_path, grounding_weight=1.0, grounding_layers=(0, 2))
     with pytest.raises(ValueError, match='2 layers'):
         Trainer(too_deep, *build_tiny_vlm()).train()

@@ -75,6 +75,14 @@ def test_resume_matches_uninterrupted_run(data_dir, tmp_path, grounding):
     assert expected.keys() == actual.keys()
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
+    # running a finished run again trains nothing and still names its final model
+    config = _config(data_dir, tmp_path / 'cut', grounding_weight=grounding, save_final=True)
+    assert Trainer(config, *build_tiny_vlm(dropout=0.1)).train(resume=True).final_dir is None
+    (tmp_path / 'cut' / 'final').mkdir()
+    (tmp_path / 'cut' / 'final' / 'config.json').write_text('{}')  # as save_final leaves it
+    again = Trainer(config, *build_tiny_vlm(dropout=0.1)).train(resume=True)
+    assert again.step == STEPS and again.losses == reference.losses
+    assert again.final_dir == tmp_path / 'cut' / 'final'
 
 
 def test_checkpoints_hold_no_pickle_and_rotate(data_dir, tmp_path):

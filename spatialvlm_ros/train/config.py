@@ -84,6 +84,9 @@ class TrainConfig:
         ``metadata.jsonl`` beside them. Needs a model with one image token per patch of a
         square grid (the compact LLaVA); it runs the decoder with eager attention. 0: off.
     :ivar grounding_layers: the name layer and the answer layer of the grounding loss.
+    :ivar grounding_answer_positions: ``'first'``: the answer rows sit at the position that
+        predicts each answer's first token; ``'all'``: at every position that predicts one of
+        its tokens (``conversation_targets``' ``answer_positions``).
     :ivar seed: seeds model-side randomness (dropout) and the data order and label noise.
     :ivar bf16: 'auto' (bf16 mixed precision on a CUDA device that supports it), 'yes', 'no'.
     :ivar log_every: steps between TensorBoard / progress-bar logs.
@@ -125,6 +128,7 @@ class TrainConfig:
     length_buckets: int = 1
     grounding_weight: float = 0.0
     grounding_layers: tuple[int, ...] = (0, 1)
+    grounding_answer_positions: str = 'first'
     seed: int = 0
     bf16: str = 'auto'
     log_every: int = 10
@@ -174,6 +178,9 @@ class TrainConfig:
                 for v in self.grounding_layers):
             raise ValueError('grounding_layers must be two decoder layer indices >= 0 (names, '
                              f'answer), got {self.grounding_layers}')
+        if self.grounding_answer_positions not in ('first', 'all'):
+            raise ValueError("grounding_answer_positions must be 'first' or 'all', got "
+                             f'{self.grounding_answer_positions!r}')
         if self.min_lr > self.lr:
             raise ValueError(f'min_lr ({self.min_lr}) must not exceed lr ({self.lr})')
         if self.lora_r:

@@ -8,10 +8,11 @@ Steps, each resumable (re-running the command skips what is done):
    ``out/data/{gripper_train,gripper_focus,gripper_heldout}``;
 3. the compact model, untrained, with its tokenizer trained on the engine's text, ``out/init``;
    optionally (``vision_pretrain_episodes``) its vision tower pre-trained on per-patch
-   simulator targets (``train.vision_pretrain``), ``out/init_vision``, or
-   (``type_pretrain_scenes``) its tower and projector pre-trained on each patch's object type,
+   simulator targets (``train.vision_pretrain``), ``out/init_vision``, or (by default,
+   ``type_pretrain_scenes``) its tower and projector pre-trained on each patch's object type,
    place and colour in other rendered scenes (``train.type_pretrain``), ``out/init_types``;
-4. training (the vision encoder trains too unless ``freeze_vision`` keeps a pre-trained one),
+4. training (by default with the pre-trained tower and projector frozen, ``freeze_vision``,
+   ``freeze_projector``, and supervised grounding, ``grounding_weight``),
    ``out/run`` (checkpoints, TensorBoard, ``final/``); optionally (``plain_steps``) a stage on
    the engine's qualitative turns restated in one template per type (``synth.plain``),
    ``out/data/plain`` and ``out/run_plain``; then a second stage that adds more
@@ -42,6 +43,9 @@ from typing import Any
 # sim.scene.SceneConfig's camera ranges, spelt out so that the CLI does not import the simulator
 SCENE_FOV_DEG = (42.0, 60.0)
 SCENE_CAM_DISTANCE = (0.75, 1.25)
+# the shipped recipe's closer engine camera (objects about twice as large at the model's input)
+CLOSE_FOV_DEG = (25.0, 35.0)
+CLOSE_CAM_DISTANCE = (0.55, 0.8)
 
 
 @dataclass
@@ -76,8 +80,9 @@ class DefaultRecipe:
         'The distance is 0.46 m.'; see ``synth.gripper.GripperDataConfig``). The held-out
         gripper set is always ``'human'`` (only its questions and truth are used).
     :ivar image_size: the compact model's input side in pixels (16 px patches).
-    :ivar vision_tower: the compact model's vision tower, ``'siglip'`` (the shipped model's),
-        ``'swin'`` or ``'focalnet'`` (``model.compact.CompactVLMConfig.vision_tower``).
+    :ivar vision_tower: the compact model's vision tower, ``'siglip'`` (the shipped model's until
+        session 16), ``'swin'`` or ``'focalnet'`` (the shipped model's;
+        ``model.compact.CompactVLMConfig.vision_tower``).
     :ivar init_from: a compact model folder to train instead of a fresh model (for example one
         whose tower was pre-trained elsewhere); its input size and tower must be
         ``image_size`` and ``vision_tower``. '' builds a fresh model in ``out/init``.
@@ -89,6 +94,8 @@ class DefaultRecipe:
         camera, other seeds) for pre-training the tower and projector on each patch's object
         type, place and colour before the QA stages (``train.type_pretrain``); 0: none.
     :ivar type_pretrain_steps: steps of that pre-training.
+    :ivar type_pretrain_fold: ``TypePretrainConfig.fold``: fold the pre-training head into the
+        projector (True) or keep the trained projector, centred and scaled (False).
     :ivar freeze_vision: keep the vision tower frozen in both QA stages (meant for a
         pre-trained tower, from ``vision_pretrain_episodes`` or ``init_from``; a from-scratch
         tower must train).
@@ -97,6 +104,9 @@ class DefaultRecipe:
         engine's data (the boxes come from its ``metadata.jsonl``): supervised attention from
         object names and answer positions to the named objects' patches. 0: off (the shipped
         model).
+    :ivar grounding_answer_positions: ``TrainConfig.grounding_answer_positions``: the answer
+        rows of the grounding loss at each answer's first position (``'first'``) or at every
+        position that predicts an answer token (``'all'``).
     :ivar plain_steps: steps of a stage between the first and the second, on the training
         scenes' unambiguous qualitative turns of ``plain_families`` restated in one template
         per type with short answers (``synth.plain``; the compact decoder learns the size
@@ -109,8 +119,10 @@ class DefaultRecipe:
         training and held-out (``sim.scene.SceneConfig.fov_deg``); the gripper episodes keep
         the simulator's default camera.
     :ivar scene_cam_distance: camera distance range (metres) of the engine scenes
-        (``SceneConfig.cam_distance``). The defaults are the simulator's; a closer camera
-        (for example 25-35 degrees at 0.55-0.8 m) frames the objects about twice as large.
+        (``SceneConfig.cam_distance``). The defaults (25-35 degrees at 0.55-0.8 m, session 15)
+        are closer than the simulator's (42-60 degrees at 0.75-1.25 m) and frame the objects
+        about twice as large; the type-trained tower tells them apart there (76% of object
+        patches against 32-35% at the simulator's camera).
     :ivar length_buckets: ``TrainConfig.length_buckets`` of both QA stages: the same loss and
         gradients as one padded pass per batch, with about a third less computed on padding
         (the shipped model was trained with the single padded pass, 1).
@@ -124,7 +136,7 @@ class DefaultRecipe:
     width: int = 320
     height: int = 240
     workers: int = 2
-    steps: int = 1200
+    steps: int = 1000
     batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 100
@@ -137,19 +149,21 @@ class DefaultRecipe:
     focus_mix_engine: bool = True
     gripper_answer_style: str = 'human'
     image_size: int = 96
-    vision_tower: str = 'siglip'
+    vision_tower: str = 'focalnet'
     init_from: str = ''
     vision_pretrain_episodes: int = 0
     vision_pretrain_steps: int = 600
     vision_targets: str = 'extended'
-    type_pretrain_scenes: int = 0
-    type_pretrain_steps: int = 2400
-    freeze_vision: bool = False
-    freeze_projector: bool = False
-    grounding_weight: float = 0.0
+    type_pretrain_scenes: int = 2500
+    type_pretrain_steps: int = 1400
+    type_pretrain_fold: bool = False
+    freeze_vision: bool = True
+    freeze_projector: bool = True
+    grounding_weight: float = 1.0
+    grounding_answer_positions: str = 'first'
     length_buckets: int = 4
-    scene_fov_deg: tuple[float, float] = SCENE_FOV_DEG
-    scene_cam_distance: tuple[float, float] = SCENE_CAM_DISTANCE
+    scene_fov_deg: tuple[float, float] = CLOSE_FOV_DEG
+    scene_cam_distance: tuple[float, float] = CLOSE_CAM_DISTANCE
     plain_steps: int = 0
     plain_lr: float = 1e-3
     # synth.plain.SIZE_FAMILIES, spelt out so that the CLI does not import the engine's QA code
@@ -205,6 +219,9 @@ class DefaultRecipe:
         if not (math.isfinite(self.grounding_weight) and self.grounding_weight >= 0):
             raise ValueError(f'grounding_weight must be finite and >= 0, got '
                              f'{self.grounding_weight}')
+        if self.grounding_answer_positions not in ('first', 'all'):
+            raise ValueError("grounding_answer_positions must be 'first' or 'all', got "
+                             f'{self.grounding_answer_positions!r}')
         from spatialvlm_ros.synth.gripper import ANSWER_STYLES
 
         if self.gripper_answer_style not in ANSWER_STYLES:
@@ -358,7 +375,8 @@ def pretrain_tower(recipe: DefaultRecipe, model: Path, timings: Timings | None =
         typed = run_type_pretrain(model, out, TypePretrainConfig(
             scenes=recipe.type_pretrain_scenes, steps=recipe.type_pretrain_steps,
             width=recipe.width, height=recipe.height, fov_deg=recipe.scene_fov_deg,
-            cam_distance=recipe.scene_cam_distance, workers=recipe.workers))
+            cam_distance=recipe.scene_cam_distance, workers=recipe.workers,
+            fold=recipe.type_pretrain_fold))
         if timings is not None:
             timings.record('type_pretrain', time.perf_counter() - start, not typed.skipped)
         return typed.folder
@@ -405,8 +423,9 @@ def run_training(recipe: DefaultRecipe, model: Path, folders: dict[str, Path],
         batch_size=recipe.batch_size, lr=recipe.lr, min_lr=recipe.lr / 50,
         warmup_steps=recipe.warmup_steps, freeze_vision=recipe.freeze_vision,
         freeze_projector=recipe.freeze_projector, seed=recipe.seed,
-        grounding_weight=recipe.grounding_weight, save_every=100, keep_last=2, eval_every=0,
-        length_buckets=recipe.length_buckets)
+        grounding_weight=recipe.grounding_weight,
+        grounding_answer_positions=recipe.grounding_answer_positions, save_every=100,
+        keep_last=2, eval_every=0, length_buckets=recipe.length_buckets)
     result = _train_stage(config, 'training', 'train_stage1', timings)
     start_model = str(result.final_dir or run / 'final')
     if recipe.plain_steps > 0:
@@ -567,7 +586,10 @@ def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
         tower = (f'vision tower and projector: first pre-trained {recipe.type_pretrain_steps} '
                  f'steps on the object type, place and mean colour of every patch of '
                  f'{2 * recipe.type_pretrain_scenes} frames of other rendered scenes with the '
-                 f'same camera{accuracy}, then the tower '
+                 f'same camera{accuracy}; '
+                 + ("the projector's last layer then folded onto the pre-training head's "
+                    'outputs' if recipe.type_pretrain_fold else
+                    'the trained projector then centred and scaled') + '; then the tower '
                  + ('kept frozen' if recipe.freeze_vision else 'trained with the rest')
                  + ', the projector ' + ('frozen.' if recipe.freeze_projector else 'trained.'))
     if recipe.vision_pretrain_episodes > 0:
@@ -652,7 +674,7 @@ def register(subparsers: Any) -> None:
         'train-default', help='produce the shipped compact model: data, training, evaluation',
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='runs/default', help='working folder')
-    parser.add_argument('--steps', type=int, help='optimizer steps (default 1200)')
+    parser.add_argument('--steps', type=int, help='optimizer steps (default 1000)')
     parser.add_argument('--focus-steps', type=int,
                         help='second (gripper-focused) stage steps (default 600; 0: none)')
     parser.add_argument('--focus-gripper-episodes', type=int,
@@ -669,35 +691,46 @@ def register(subparsers: Any) -> None:
                              "'metric' ('The distance is 0.46 m.')")
     parser.add_argument('--image-size', type=int, help='model input side in px (default 96)')
     parser.add_argument('--vision-tower', choices=('siglip', 'swin', 'focalnet'),
-                        help="the compact model's vision tower (default siglip)")
+                        help="the compact model's vision tower (default focalnet)")
     parser.add_argument('--init-from',
                         help='a compact model folder to train instead of a fresh model')
-    parser.add_argument('--freeze-projector', action='store_true', default=None,
-                        help='keep the (pre-trained) projector frozen in the QA stages')
+    parser.add_argument('--freeze-projector', action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help='keep the (pre-trained) projector frozen in the QA stages '
+                             '(default: frozen)')
     parser.add_argument('--grounding-weight', type=float,
-                        help='weight of the supervised-attention loss (default 0: off)')
+                        help='weight of the supervised-attention loss (default 1.0; 0: off)')
+    parser.add_argument('--grounding-answer-positions', choices=('first', 'all'),
+                        help="where the grounding loss's answer rows sit: each answer's first "
+                             "position (default 'first') or every answer position ('all')")
     parser.add_argument('--vision-pretrain-episodes', type=int,
                         help='episodes for pre-training the vision tower (default 0: none)')
     parser.add_argument('--vision-pretrain-steps', type=int,
                         help='vision pre-training steps (default 600)')
     parser.add_argument('--type-pretrain-scenes', type=int,
                         help='rendered scenes for pre-training the tower and projector on '
-                             "each patch's object type, place and colour (default 0: none)")
+                             "each patch's object type, place and colour (default 2500; 0: none)")
     parser.add_argument('--type-pretrain-steps', type=int,
-                        help='type pre-training steps (default 2400)')
-    parser.add_argument('--freeze-vision', action='store_true', default=None,
-                        help='keep the (pre-trained) vision tower frozen in the QA stages')
+                        help='type pre-training steps (default 1400)')
+    parser.add_argument('--type-pretrain-fold', action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help='fold the type head into the projector (default: no, keep the '
+                             'trained projector, centred and scaled)')
+    parser.add_argument('--freeze-vision', action=argparse.BooleanOptionalAction,
+                        default=None,
+                        help='keep the (pre-trained) vision tower frozen in the QA stages '
+                             '(default: frozen)')
     parser.add_argument('--length-buckets', type=int,
                         help='length-sorted forward passes per batch (default 4; 1: one padded '
                              'pass, as the shipped model was trained)')
     parser.add_argument('--scene-fov', type=float, nargs=2, metavar=('LO', 'HI'),
                         dest='scene_fov_deg',
                         help='vertical field of view range of the engine scenes in degrees '
-                             "(default: the simulator's, 42 60)")
+                             "(default 25 35; the simulator's: 42 60)")
     parser.add_argument('--scene-cam-distance', type=float, nargs=2, metavar=('LO', 'HI'),
                         dest='scene_cam_distance',
                         help='camera distance range of the engine scenes in metres (default: '
-                             "the simulator's, 0.75 1.25)")
+                             "0.55 0.8; the simulator's: 0.75 1.25)")
     parser.add_argument('--plain-steps', type=int,
                         help='steps of the plain-phrasing stage between the two stages '
                              '(default 0: none)')
@@ -708,9 +741,8 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from spatialvlm_ros.cli import CommandError, print_result
-
+def recipe_from_args(args: argparse.Namespace) -> DefaultRecipe:
+    """Return the recipe that ``train-default``'s parsed ``args`` ask for (unset: defaults)."""
     names = ('steps', 'focus_steps', 'focus_gripper_episodes', 'train_scenes',
              'gripper_episodes', 'heldout_scenes', 'heldout_gripper_episodes', 'eval_limit',
              'workers', 'gripper_answer_style', 'image_size', 'vision_tower',
@@ -718,11 +750,17 @@ def _run(args: argparse.Namespace) -> int:
              'vision_pretrain_steps', 'freeze_vision', 'length_buckets', 'plain_steps',
              'plain_lr', 'init_from', 'freeze_projector', 'grounding_weight',
              'scene_fov_deg', 'scene_cam_distance', 'type_pretrain_scenes',
-             'type_pretrain_steps')
+             'type_pretrain_steps', 'type_pretrain_fold', 'grounding_answer_positions')
     overrides = {k: getattr(args, k) for k in names
                  if getattr(args, k) is not None}
+    return DefaultRecipe(out=args.out, **overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from spatialvlm_ros.cli import CommandError, print_result
+
     try:
-        recipe = DefaultRecipe(out=args.out, **overrides)
+        recipe = recipe_from_args(args)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     start = time.perf_counter()

@@ -206,12 +206,16 @@ def answer_spans(labels: Sequence[int], ignore_index: int = -100) -> list[tuple[
     return spans
 
 
+ANSWER_POSITIONS = ('first', 'all')
+
+
 def conversation_targets(example: int, input_ids: Sequence[int], labels: Sequence[int],
                          image_token_id: int, turns: Sequence[dict[str, Any]],
                          objects: Sequence[dict[str, Any]], tokenizer: Any,
                          image_wh: tuple[int, int], grid: int,
-                         ignore_index: int = -100) -> tuple[list[AttentionTarget],
-                                                            list[AttentionTarget]]:
+                         ignore_index: int = -100,
+                         answer_positions: str = 'first') -> tuple[list[AttentionTarget],
+                                                                   list[AttentionTarget]]:
     """
     Return the supervised attention rows of one encoded conversation about one image.
 
@@ -225,7 +229,10 @@ def conversation_targets(example: int, input_ids: Sequence[int], labels: Sequenc
       tokens that decode to whitespace) should attend to the object's patches; head 0 of the
       name layer;
     - *answer rows*: the position that predicts the answer's first token should attend to the
-      ``k``-th named object's patches with head ``k`` of the answer layer.
+      ``k``-th named object's patches with head ``k`` of the answer layer; with
+      ``answer_positions='all'``, every position that predicts one of the answer's tokens
+      (the word that decides a templated answer, or its number, often comes several tokens
+      in: 'The red mug is about 40 cm from ...').
 
     A caption with no box, or whose tokens are not found in the question, gives no rows (the
     turn is left to the language-model loss). Sessions 8 and 13 found that these rows
@@ -242,9 +249,14 @@ def conversation_targets(example: int, input_ids: Sequence[int], labels: Sequenc
     :param tokenizer: the model's tokenizer (``__call__``, ``decode``).
     :param image_wh: the image's ``(width, height)`` in pixels.
     :param grid: patches per side.
+    :param answer_positions: ``'first'`` or ``'all'`` (see the answer rows).
     :return: ``(name rows, answer rows)``.
-    :raises ValueError: when the ids do not hold ``grid * grid`` image tokens.
+    :raises ValueError: when the ids do not hold ``grid * grid`` image tokens, or on an unknown
+        ``answer_positions``.
     """
+    if answer_positions not in ANSWER_POSITIONS:
+        raise ValueError(f'answer_positions must be one of {ANSWER_POSITIONS}, got '
+                         f'{answer_positions!r}')
     ids = [int(v) for v in input_ids]
     image = [p for p, token in enumerate(ids) if token == image_token_id]
     if len(image) != grid * grid:
@@ -264,7 +276,9 @@ def conversation_targets(example: int, input_ids: Sequence[int], labels: Sequenc
                 continue
             mask = box_patch_mask(box, image_wh, grid)
             keys = tuple(image[int(k)] for k in np.flatnonzero(mask))
-            answers.append(AttentionTarget(example, head, start - 1, keys))
+            stop = start if answer_positions == 'first' else end - 1  # query p predicts p + 1
+            answers.extend(AttentionTarget(example, head, query, keys)
+                           for query in range(start - 1, stop))
             words = str(caption).split()
             if len(words) > 1 and words[0].lower() in _ARTICLES:
                 words = words[1:]  # 'the orange torus': the rows go to 'orange torus'

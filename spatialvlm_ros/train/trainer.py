@@ -501,7 +501,8 @@ class Trainer:
             rows.append(conversation_targets(
                 i, enc['input_ids'][0].tolist(), enc['labels'][0].tolist(), token,
                 example.metadata, example.objects, self.encoder.tokenizer,
-                image_size(example.image), grid, IGNORE_INDEX))
+                image_size(example.image), grid, IGNORE_INDEX,
+                self.config.grounding_answer_positions))
         return rows
 
     def _grounding_term(self, attentions: Any, rows: list[tuple[list, list]],
@@ -713,6 +714,9 @@ class Trainer:
                 self.save_checkpoint(final_step, losses, eval_losses, grounding_losses)
             if cfg.save_final:
                 result.final_dir = self.save_final()
+        elif final_step == cfg.max_steps and cfg.save_final \
+                and (Path(self.out_dir) / 'final' / 'config.json').is_file():
+            result.final_dir = Path(self.out_dir) / 'final'  # a finished run, run again
         result.checkpoints = list_checkpoints(self.out_dir)
         return result
 
