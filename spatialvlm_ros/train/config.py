@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass
 import math
 from typing import Any
 
+# where the grounding loss's answer rows sit (``train.grounding.conversation_targets``)
+ANSWER_POSITIONS = ('first', 'all')
+
 BF16_CHOICES = ('auto', 'yes', 'no')
 DEFAULT_LORA_TARGETS: tuple[str, ...] = ('q_proj', 'k_proj', 'v_proj', 'o_proj')
 # name components of the vision encoder and of the vision-to-language projector across the
@@ -178,9 +181,9 @@ class TrainConfig:
                 for v in self.grounding_layers):
             raise ValueError('grounding_layers must be two decoder layer indices >= 0 (names, '
                              f'answer), got {self.grounding_layers}')
-        if self.grounding_answer_positions not in ('first', 'all'):
-            raise ValueError("grounding_answer_positions must be 'first' or 'all', got "
-                             f'{self.grounding_answer_positions!r}')
+        if self.grounding_answer_positions not in ANSWER_POSITIONS:
+            raise ValueError(f'grounding_answer_positions must be one of {ANSWER_POSITIONS}, '
+                             f'got {self.grounding_answer_positions!r}')
         if self.min_lr > self.lr:
             raise ValueError(f'min_lr ({self.min_lr}) must not exceed lr ({self.lr})')
         if self.lora_r:

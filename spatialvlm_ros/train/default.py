@@ -40,6 +40,8 @@ import sys
 import time
 from typing import Any
 
+from spatialvlm_ros.train.config import ANSWER_POSITIONS
+
 # sim.scene.SceneConfig's camera ranges, spelt out so that the CLI does not import the simulator
 SCENE_FOV_DEG = (42.0, 60.0)
 SCENE_CAM_DISTANCE = (0.75, 1.25)
@@ -103,7 +105,7 @@ class DefaultRecipe:
     :ivar grounding_weight: ``TrainConfig.grounding_weight`` of the QA stages that train on the
         engine's data (the boxes come from its ``metadata.jsonl``): supervised attention from
         object names and answer positions to the named objects' patches. 0: off (the shipped
-        model).
+        model's recipe until session 16).
     :ivar grounding_answer_positions: ``TrainConfig.grounding_answer_positions``: the answer
         rows of the grounding loss at each answer's first position (``'first'``) or at every
         position that predicts an answer token (``'all'``).
@@ -125,7 +127,7 @@ class DefaultRecipe:
         patches against 32-35% at the simulator's camera).
     :ivar length_buckets: ``TrainConfig.length_buckets`` of both QA stages: the same loss and
         gradients as one padded pass per batch, with about a third less computed on padding
-        (the shipped model was trained with the single padded pass, 1).
+        (the shipped model was trained with 4).
     """
 
     out: str = 'runs/default'
@@ -219,9 +221,9 @@ class DefaultRecipe:
         if not (math.isfinite(self.grounding_weight) and self.grounding_weight >= 0):
             raise ValueError(f'grounding_weight must be finite and >= 0, got '
                              f'{self.grounding_weight}')
-        if self.grounding_answer_positions not in ('first', 'all'):
-            raise ValueError("grounding_answer_positions must be 'first' or 'all', got "
-                             f'{self.grounding_answer_positions!r}')
+        if self.grounding_answer_positions not in ANSWER_POSITIONS:
+            raise ValueError(f'grounding_answer_positions must be one of {ANSWER_POSITIONS}, '
+                             f'got {self.grounding_answer_positions!r}')
         from spatialvlm_ros.synth.gripper import ANSWER_STYLES
 
         if self.gripper_answer_style not in ANSWER_STYLES:
@@ -700,7 +702,7 @@ def register(subparsers: Any) -> None:
                              '(default: frozen)')
     parser.add_argument('--grounding-weight', type=float,
                         help='weight of the supervised-attention loss (default 1.0; 0: off)')
-    parser.add_argument('--grounding-answer-positions', choices=('first', 'all'),
+    parser.add_argument('--grounding-answer-positions', choices=ANSWER_POSITIONS,
                         help="where the grounding loss's answer rows sit: each answer's first "
                              "position (default 'first') or every answer position ('all')")
     parser.add_argument('--vision-pretrain-episodes', type=int,
@@ -722,7 +724,7 @@ def register(subparsers: Any) -> None:
                              '(default: frozen)')
     parser.add_argument('--length-buckets', type=int,
                         help='length-sorted forward passes per batch (default 4; 1: one padded '
-                             'pass, as the shipped model was trained)')
+                             'pass)')
     parser.add_argument('--scene-fov', type=float, nargs=2, metavar=('LO', 'HI'),
                         dest='scene_fov_deg',
                         help='vertical field of view range of the engine scenes in degrees '

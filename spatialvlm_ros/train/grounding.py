@@ -31,6 +31,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from spatialvlm_ros.train.config import ANSWER_POSITIONS
+
 
 def box_patch_mask(box: Sequence[float], image_wh: tuple[int, int], grid: int) -> np.ndarray:
     """
@@ -204,9 +206,6 @@ def answer_spans(labels: Sequence[int], ignore_index: int = -100) -> list[tuple[
             spans.append((start, position))
             start = None
     return spans
-
-
-ANSWER_POSITIONS = ('first', 'all')
 
 
 def conversation_targets(example: int, input_ids: Sequence[int], labels: Sequence[int],
