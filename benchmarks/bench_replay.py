@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
                         help='the VLM folder for --estimator vlm (default: the shipped model)')
     parser.add_argument('--answer-prefix', default=None,
                         help="VLM answer prefix ('' for none; default: the node's)")
+    parser.add_argument('--samples', type=int, default=1,
+                        help='VLM answers sampled and averaged per frame (default 1: greedy)')
+    parser.add_argument('--temperature', type=float, default=0.7,
+                        help='VLM sampling temperature when --samples > 1')
     parser.add_argument('--smoother', default='median_ema')
     parser.add_argument('--seed', type=int, default=0, help='noisy oracle seed')
     parser.add_argument('--json', action='store_true')
@@ -129,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
     for kind in args.estimator:
         config = ReplayConfig(estimator=kind, model_folder=args.model_folder,
-                              answer_prefix=args.answer_prefix, smoother=args.smoother,
+                              answer_prefix=args.answer_prefix, samples=args.samples,
+                              temperature=args.temperature, smoother=args.smoother,
                               seed=args.seed)
         out = (args.out or args.cache) / f'replay_{kind}'
         start = time.perf_counter()

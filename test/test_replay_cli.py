@@ -172,3 +172,40 @@ def test_relabelled_messages_follow_the_node_conventions(bags, tmp_path):
 
 def _same(a, b):
     return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-5)
+
+
+class _FixedEstimator:
+    """Answers 0.5 m to everything; records nothing."""
+
+    def estimate(self, image, subject, target):
+        from spatialvlm_ros.model.estimator import DistanceEstimate
+
+        return DistanceEstimate(0.5, 'The distance is 0.5 m.', ['The distance is 0.5 m.'])
+
+    def close(self):
+        pass
+
+
+def test_vlm_samples_and_temperature_reach_the_estimator(bags, tmp_path, monkeypatch, capsys):
+    from spatialvlm_ros.model import estimator as module
+
+    built = []
+    monkeypatch.setattr(module, 'build_estimator',
+                        lambda kind, **kwargs: built.append(kwargs) or _FixedEstimator())
+    assert replay(bags[0], '--samples', '4', '--temperature', '1.0', '--out', tmp_path / 'a',
+                  '--no-plot', '--json') == 0
+    assert built[-1]['samples'] == 4 and built[-1]['temperature'] == 1.0
+    config = json.loads(capsys.readouterr().out)['config']
+    assert (config['samples'], config['temperature']) == (4, 1.0)
+    assert replay(bags[0], '--out', tmp_path / 'b', '--no-plot', '--json') == 0
+    assert 'samples' not in built[-1] and 'temperature' not in built[-1]  # greedy by default
+
+
+@pytest.mark.parametrize('flags, match', [(('--samples', '0'), 'samples'),
+                                          (('--samples', '17'), 'samples'),
+                                          (('--temperature', '0'), 'temperature'),
+                                          (('--temperature', 'nan'), 'temperature')])
+def test_bad_sampling_options_are_clear_errors(bags, tmp_path, flags, match):
+    with pytest.raises(CommandError, match=match):
+        replay(bags[0], *flags, '--out', tmp_path / 'out')
+    assert not (tmp_path / 'out').exists()

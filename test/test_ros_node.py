@@ -419,3 +419,22 @@ def test_the_shipped_model_runs_in_child_processes_that_deactivate_ends(ros, wor
 def test_estimate_protocol_is_met_by_the_fake():
     estimate = FakeEstimator().estimate(np.zeros((4, 4, 3), np.uint8), 's', 't')
     assert isinstance(estimate, DistanceEstimate) and estimate.valid
+
+
+def test_sampling_settings_reach_the_estimator(rig):
+    r = rig(params={'samples_per_frame': 4, 'sampling_temperature': 1.2}).start()
+    assert (r.built[0].samples_per_frame, r.built[0].temperature) == (4, 1.2)
+    outcome = r.node.set_parameters([Parameter('sampling_temperature', value=0.5)])[0]
+    assert not outcome.successful and 'read-only' in outcome.reason
+    # the default factory hands both to the shipped model's estimator (in-process here)
+    from spatialvlm_ros.ros.estimators import default_estimator_factory, EstimatorSpec
+
+    estimator = default_estimator_factory(EstimatorSpec(device='cpu', samples_per_frame=3,
+                                                        temperature=1.3, process=False))
+    try:
+        config = estimator._vlm.config
+        assert (config.num_samples, config.temperature, config.decoding) == (3, 1.3, 'sample')
+        image = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+        assert len(estimator.estimate(image, 'the gripper', 'the red mug').samples) == 3
+    finally:
+        estimator.close()

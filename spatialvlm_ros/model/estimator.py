@@ -134,6 +134,10 @@ def default_model_folder() -> Path:
 
 
 DEFAULT_ANSWER_PREFIX = 'The distance is'
+DEFAULT_TEMPERATURE = 0.7
+"""Sampling temperature of the VLM estimator when it averages several answers per frame."""
+MAX_SAMPLES = 16
+"""Most answers per frame the node and the replay accept (one batch per frame)."""
 
 
 class VLMDistanceEstimator:
@@ -159,7 +163,7 @@ class VLMDistanceEstimator:
 
     def __init__(self, model_folder: str | Path | None = '', device: str = 'auto',
                  samples: int = 1,
-                 temperature: float = 0.7,
+                 temperature: float = DEFAULT_TEMPERATURE,
                  question_template: str = 'What is the distance between [A] and [B]?',
                  max_new_tokens: int = 24, threads: int | None = None, seed: int = 0,
                  trust_remote_code: bool = False,

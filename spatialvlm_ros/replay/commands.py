@@ -19,6 +19,7 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     """Add the ``replay`` subcommand."""
+    from spatialvlm_ros.model.estimator import DEFAULT_TEMPERATURE
     from spatialvlm_ros.replay.estimators import ESTIMATOR_KINDS
     from spatialvlm_ros.replay.pipeline import DEFAULT_SUBJECT, SMOOTHER_KINDS
     from spatialvlm_ros.replay.source import DEFAULT_IMAGE_TOPIC
@@ -39,6 +40,12 @@ def register(subparsers: Any) -> None:
                         '(default: the shipped model)')
     parser.add_argument('--answer-prefix', help="text the VLM's answers are made to start with "
                         "('' for none; default: the node's, 'The distance is')")
+    parser.add_argument('--samples', type=int, default=1,
+                        help="VLM answers sampled per frame and averaged, as the node's "
+                             'samples_per_frame (default 1: greedy)')
+    parser.add_argument('--temperature', type=float, default=DEFAULT_TEMPERATURE,
+                        help='VLM sampling temperature when --samples > 1 (default '
+                             f'{DEFAULT_TEMPERATURE})')
     parser.add_argument('--smoother', choices=sorted(SMOOTHER_KINDS), default='median_ema',
                         help='temporal smoother (default median_ema)')
     parser.add_argument('--reward-mode', default='negative_distance',
@@ -74,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = ReplayConfig(
             estimator=args.estimator, model_folder=args.model_folder,
-            answer_prefix=args.answer_prefix, subject=args.subject,
+            answer_prefix=args.answer_prefix, samples=args.samples,
+            temperature=args.temperature, subject=args.subject,
             target=args.target, smoother=args.smoother, reward_mode=args.reward_mode,
             reward_scale=args.reward_scale, success_threshold_m=args.success_threshold,
             truth=args.truth, true_success_m=args.true_success, image_topic=args.image_topic,

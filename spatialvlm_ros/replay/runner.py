@@ -22,6 +22,7 @@ import numpy as np
 
 from spatialvlm_ros.bags.errors import BagError
 from spatialvlm_ros.core.reward import RewardConfig
+from spatialvlm_ros.model.estimator import DEFAULT_TEMPERATURE, MAX_SAMPLES
 from spatialvlm_ros.replay import metrics as replay_metrics
 from spatialvlm_ros.replay.estimators import (
     build_estimator,
@@ -49,6 +50,10 @@ class ReplayConfig:
     :ivar model_folder: the VLM's folder (None: the shipped default model).
     :ivar answer_prefix: text the VLM's answers are made to start with ('' for none; None: the
         estimator's default, as in the node).
+    :ivar samples: VLM answers sampled per frame and averaged (the node's
+        ``samples_per_frame``); 1 decodes greedily.
+    :ivar temperature: VLM sampling temperature when ``samples > 1`` (the node's
+        ``sampling_temperature``).
     :ivar subject: the moving part's phrase.
     :ivar target: the target phrase; None: from each bag's metadata (its target caption).
     :ivar smoother: one of ``SMOOTHER_KINDS``.
@@ -66,6 +71,8 @@ class ReplayConfig:
     estimator: str = 'vlm'
     model_folder: str | None = None
     answer_prefix: str | None = None
+    samples: int = 1
+    temperature: float = DEFAULT_TEMPERATURE
     subject: str = DEFAULT_SUBJECT
     target: str | None = None
     smoother: str = 'median_ema'
@@ -91,11 +98,20 @@ class ReplayConfig:
             raise ValueError(f'true_success_m must be >= 0, got {self.true_success_m}')
         if not self.subject:
             raise ValueError('subject must be non-empty')
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise ValueError(f'samples must be in [1, {MAX_SAMPLES}], got {self.samples}')
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f'temperature must be > 0, got {self.temperature}')
         self.reward_config()  # validates mode, scale and threshold
 
     def vlm_options(self) -> dict[str, Any]:
         """Return the VLM estimator's options that differ from its defaults."""
-        return {} if self.answer_prefix is None else {'answer_prefix': self.answer_prefix}
+        options: dict[str, Any] = {}
+        if self.answer_prefix is not None:
+            options['answer_prefix'] = self.answer_prefix
+        if self.samples != 1:
+            options.update(samples=self.samples, temperature=self.temperature)
+        return options
 
     def reward_config(self) -> RewardConfig:
         """Return the shaping settings."""

@@ -7,7 +7,8 @@ and benchmarks inject fakes and the real VLM is built only on activation.
 :func:`default_estimator_factory` knows two kinds:
 
 - ``'vlm'``: ``spatialvlm_ros.model.estimator.build_estimator('vlm', model_folder=...,
-  device=..., samples=..., question_template=..., answer_prefix=..., threads=...)`` (keywords
+  device=..., samples=..., temperature=..., question_template=..., answer_prefix=...,
+  threads=...)`` (keywords
   it does not accept are left out); ``model_folder=''`` means the shipped default model. With
   ``EstimatorSpec.process`` (the node's ``estimator_process``, on by default) it is built and
   run in a child process (:class:`spatialvlm_ros.model.process_estimator.ProcessEstimator`),
@@ -41,6 +42,7 @@ from typing import Any, Callable
 import numpy as np
 
 from spatialvlm_ros.model.estimator import (
+    DEFAULT_TEMPERATURE,
     DistanceEstimate,
     DistanceEstimator,
     keyword_names,
@@ -59,6 +61,7 @@ class EstimatorSpec:
     :ivar model_folder: local model folder; '' = the shipped default.
     :ivar device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
     :ivar samples_per_frame: answers sampled per frame (at build time).
+    :ivar temperature: sampling temperature when more than one answer is sampled.
     :ivar question_template: question with ``{subject}`` and ``{target}`` (at build time).
     :ivar answer_prefix: text the VLM's answers are made to start with ('' for none).
     :ivar cpu_threads: torch CPU threads (0: torch's default).
@@ -69,6 +72,7 @@ class EstimatorSpec:
     model_folder: str = ''
     device: str = 'auto'
     samples_per_frame: int = 1
+    temperature: float = DEFAULT_TEMPERATURE
     question_template: str = 'How far is {subject} from {target}?'
     answer_prefix: str = 'The distance is'
     cpu_threads: int = 1
@@ -116,7 +120,7 @@ def default_estimator_factory(spec: EstimatorSpec) -> DistanceEstimator:
         raise RuntimeError('spatialvlm_ros.model.estimator.build_estimator is not available in '
                            'this version; use estimator:=oracle or inject a factory')
     available = {'model_folder': spec.model_folder or None, 'device': spec.device,
-                 'samples': spec.samples_per_frame,
+                 'samples': spec.samples_per_frame, 'temperature': spec.temperature,
                  'question_template': spec.question_template,
                  'answer_prefix': spec.answer_prefix, 'threads': spec.cpu_threads or None}
     kwargs = accepted_kwargs(build, available)

@@ -96,7 +96,12 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from spatialvlm_ros.bags.imageconv import array_to_image, ImageConversionError
 from spatialvlm_ros.core.reward import BONUS_MODES, REWARD_MODES, RewardConfig
 from spatialvlm_ros.core.smoothing import KalmanConfig, MedianEMAConfig, SmootherConfig
-from spatialvlm_ros.model.estimator import DistanceEstimate, DistanceEstimator
+from spatialvlm_ros.model.estimator import (
+    DEFAULT_TEMPERATURE,
+    DistanceEstimate,
+    DistanceEstimator,
+    MAX_SAMPLES,
+)
 from spatialvlm_ros.replay.pipeline import RewardPipeline
 from spatialvlm_ros.replay.topics import (
     NODE_NAME,
@@ -223,7 +228,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('target', 'the coke can', 'Target phrase of the distance question.'),
     ParamSpec('question_template', 'How far is {subject} from {target}?',
               'Question asked per frame; must contain {subject} and {target}.'),
-    ParamSpec('samples_per_frame', 1, 'Answers sampled per frame.', low=1, high=16),
+    ParamSpec('samples_per_frame', 1, 'Answers sampled per frame and averaged (1: greedy).',
+              low=1, high=MAX_SAMPLES),
+    ParamSpec('sampling_temperature', DEFAULT_TEMPERATURE,
+              'Sampling temperature of the VLM when samples_per_frame > 1.', True,
+              low=0.05, high=5.0),
     ParamSpec('answer_prefix', 'The distance is',
               "VLM answers are made to start with this text ('' for none): the number comes "
               'first and decoding stops once it is read.', True),
@@ -583,6 +592,7 @@ class RewardNode(Node):
                                    model_folder=settings['model_folder'],
                                    device=settings['device'],
                                    samples_per_frame=settings['samples_per_frame'],
+                                   temperature=settings['sampling_temperature'],
                                    question_template=settings['question_template'],
                                    answer_prefix=settings['answer_prefix'],
                                    cpu_threads=settings['cpu_threads'],
