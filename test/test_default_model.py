@@ -1,14 +1,16 @@
 """
 The shipped default model: it loads from the package, answers, and beats clear accuracy floors.
 
-The floors sit below the shipped model's figures on this set (session 16's FocalNet model,
-engine questions with the recipe's camera: 100% numeric, 66% within [50%, 200%], qualitative
-59% of 22 graded; gripper questions: 42% within [50%, 200%]) and far
-above what an untrained or broken model scores (the recipe's initial model: 0% on every one of
-them, it answers no number and no yes/no). They are floors against breakage, not the project's
-goals: the card reports those, and that on its 300-scene benchmark the qualitative accuracy is
-at chance (about 50%) and the gripper answers barely follow the image. The small held-out set
-is made here from seeds no training run uses.
+The floors sit below the shipped model's figures on this set and far above what an untrained or
+broken model scores (the recipe's initial model: 0% on every one of them, it answers no number
+and no yes/no). Session 17's model (grounding at every answer position), engine questions with
+the recipe's camera: 100% numeric, 73% within [50%, 200%], qualitative 35% of 168 graded;
+gripper questions: 44% within [50%, 200%]. Session 16's model: 99% numeric, 67%, 43% and 42%.
+They are floors against breakage, not the project's goals: the card reports those, and that on
+its 300-scene benchmark the qualitative accuracy is at chance (44%, 642 graded) and the gripper
+answers only start to follow the image. At chance, the qualitative share on a small set swings
+with the model's yes/no bias (12 scenes, 44 graded: 59% for session 16's model, 30% for
+session 17's), so the set has 40 scenes. It is made here from seeds no training run uses.
 """
 
 import json
@@ -20,7 +22,7 @@ from spatialvlm_ros.core.answers import parse_distance
 
 HELDOUT_SEED = 9100  # training uses seeds 1 and 2, the card's benchmark 9001
 # below the card's held-out figures, above an untrained or constant-answer model (see above)
-FLOORS = {'engine_within_50_200': 0.45, 'qualitative_accuracy': 0.3,
+FLOORS = {'engine_within_50_200': 0.5, 'qualitative_accuracy': 0.25,
           'gripper_within_50_200': 0.25}
 
 
@@ -36,7 +38,7 @@ def default_dir():
 @pytest.fixture(scope='module')
 def heldout(tmp_path_factory):
     """
-    Write a small held-out set: 12 engine scenes and 4 robot episodes (6 frames each).
+    Write a small held-out set: 40 engine scenes and 4 robot episodes (6 frames each).
 
     The engine scenes use the default recipe's camera (the one the shipped model was trained
     and benchmarked with); the robot episodes the simulator's, as in the recipe.
@@ -50,7 +52,7 @@ def heldout(tmp_path_factory):
     camera = {'fov_deg': list(recipe.scene_fov_deg),
               'cam_distance': list(recipe.scene_cam_distance)}
     root = tmp_path_factory.mktemp('heldout')
-    run_dataset(DatasetConfig(out=str(root / 'engine'), num_scenes=12, shard_size=12,
+    run_dataset(DatasetConfig(out=str(root / 'engine'), num_scenes=40, shard_size=40,
                               source='sim', source_kwargs={'width': 320, 'height': 240,
                                                            'scene_config': camera},
                               engine=EngineConfig(seed=HELDOUT_SEED)), workers=1)
@@ -84,7 +86,7 @@ def test_default_beats_accuracy_floors(default_dir, heldout):
 
     config = EvalConfig(truth='sim', max_new_tokens=24, batch_size=16)
     engine = evaluate_model(default_dir, [heldout / 'engine'], config).greedy.overall
-    assert engine['n'] >= 80
+    assert engine['n'] >= 300 and engine['n_graded'] >= 100, engine
     assert engine['numeric_share'] >= 0.95, engine
     assert engine['within_50_200'] >= FLOORS['engine_within_50_200'], engine
     assert engine['qualitative_accuracy'] >= FLOORS['qualitative_accuracy'], engine

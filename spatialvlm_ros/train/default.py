@@ -107,8 +107,9 @@ class DefaultRecipe:
         object names and answer positions to the named objects' patches. 0: off (the shipped
         model's recipe until session 16).
     :ivar grounding_answer_positions: ``TrainConfig.grounding_answer_positions``: the answer
-        rows of the grounding loss at each answer's first position (``'first'``) or at every
-        position that predicts an answer token (``'all'``).
+        rows of the grounding loss at each answer's first position (``'first'``, the recipe
+        until session 17) or at every position that predicts an answer token (``'all'``: the
+        word that decides a templated answer, or its number, is often several tokens in).
     :ivar plain_steps: steps of a stage between the first and the second, on the training
         scenes' unambiguous qualitative turns of ``plain_families`` restated in one template
         per type with short answers (``synth.plain``; the compact decoder learns the size
@@ -162,7 +163,7 @@ class DefaultRecipe:
     freeze_vision: bool = True
     freeze_projector: bool = True
     grounding_weight: float = 1.0
-    grounding_answer_positions: str = 'first'
+    grounding_answer_positions: str = 'all'
     length_buckets: int = 4
     scene_fov_deg: tuple[float, float] = CLOSE_FOV_DEG
     scene_cam_distance: tuple[float, float] = CLOSE_CAM_DISTANCE
@@ -704,7 +705,7 @@ def register(subparsers: Any) -> None:
                         help='weight of the supervised-attention loss (default 1.0; 0: off)')
     parser.add_argument('--grounding-answer-positions', choices=ANSWER_POSITIONS,
                         help="where the grounding loss's answer rows sit: each answer's first "
-                             "position (default 'first') or every answer position ('all')")
+                             "position ('first') or every answer position (default 'all')")
     parser.add_argument('--vision-pretrain-episodes', type=int,
                         help='episodes for pre-training the vision tower (default 0: none)')
     parser.add_argument('--vision-pretrain-steps', type=int,
