@@ -199,12 +199,18 @@ def test_vlm_samples_and_temperature_reach_the_estimator(bags, tmp_path, monkeyp
     assert (config['samples'], config['temperature']) == (4, 1.0)
     assert replay(bags[0], '--out', tmp_path / 'b', '--no-plot', '--json') == 0
     assert 'samples' not in built[-1] and 'temperature' not in built[-1]  # greedy by default
+    assert 'question_template' not in built[-1]  # the estimator's default: the node's question
+    assert replay(bags[0], '--question-template', 'How far is {subject} from {target}?',
+                  '--out', tmp_path / 'c', '--no-plot', '--json') == 0
+    assert built[-1]['question_template'] == 'How far is {subject} from {target}?'
 
 
 @pytest.mark.parametrize('flags, match', [(('--samples', '0'), 'samples'),
                                           (('--samples', '17'), 'samples'),
                                           (('--temperature', '0'), 'temperature'),
-                                          (('--temperature', 'nan'), 'temperature')])
+                                          (('--temperature', 'nan'), 'temperature'),
+                                          (('--question-template', 'How far is {subject}?'),
+                                           'question_template')])
 def test_bad_sampling_options_are_clear_errors(bags, tmp_path, flags, match):
     with pytest.raises(CommandError, match=match):
         replay(bags[0], *flags, '--out', tmp_path / 'out')

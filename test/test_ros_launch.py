@@ -207,7 +207,7 @@ def test_reward_launch_wires_parameters_and_remappings(ros, launch_env):
         assert node.get_parameter('target').value == 'the red mug'  # override
         assert node.get_parameter('smoothing.kind').value == 'median_ema'  # from the file
         assert node.get_parameter('question_template').value == \
-            'How far is {subject} from {target}?'
+            'What is the distance between {subject} and {target}?'
         out = Collector(aux, {'/spatialvlm/reward': PointStamped})
         image_pub = aux.create_publisher(Image, '/cam/image', 10)
         truth_pub = aux.create_publisher(JointState, 'ground_truth_distance', 10)

@@ -438,3 +438,19 @@ def test_sampling_settings_reach_the_estimator(rig):
         assert len(estimator.estimate(image, 'the gripper', 'the red mug').samples) == 3
     finally:
         estimator.close()
+
+
+def test_node_replay_and_rl_ask_the_same_question():
+    # offline replay and the RL wrapper score what the node would answer live
+    import inspect
+
+    from spatialvlm_ros.model.estimator import VLMDistanceEstimator
+    from spatialvlm_ros.replay.runner import ReplayConfig
+    from spatialvlm_ros.ros.estimators import EstimatorSpec
+    from spatialvlm_ros.ros.reward_node import PARAMETERS
+
+    node = {spec.name: spec.default for spec in PARAMETERS}['question_template']
+    estimator = inspect.signature(VLMDistanceEstimator).parameters['question_template'].default
+    assert node == ReplayConfig().question_template == EstimatorSpec().question_template
+    assert node == estimator  # what the replay's and the RL wrapper's VLM ask by default
+    assert ReplayConfig().vlm_options() == {}

@@ -19,7 +19,7 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     """Add the ``replay`` subcommand."""
-    from spatialvlm_ros.model.estimator import DEFAULT_TEMPERATURE
+    from spatialvlm_ros.model.estimator import DEFAULT_QUESTION_TEMPLATE, DEFAULT_TEMPERATURE
     from spatialvlm_ros.replay.estimators import ESTIMATOR_KINDS
     from spatialvlm_ros.replay.pipeline import DEFAULT_SUBJECT, SMOOTHER_KINDS
     from spatialvlm_ros.replay.source import DEFAULT_IMAGE_TOPIC
@@ -46,6 +46,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument('--temperature', type=float, default=DEFAULT_TEMPERATURE,
                         help='VLM sampling temperature when --samples > 1 (default '
                              f'{DEFAULT_TEMPERATURE})')
+    parser.add_argument('--question-template', default=DEFAULT_QUESTION_TEMPLATE,
+                        help="the VLM's question, with {subject} and {target} (default: the "
+                             f"node's, {DEFAULT_QUESTION_TEMPLATE!r})")
     parser.add_argument('--smoother', choices=sorted(SMOOTHER_KINDS), default='median_ema',
                         help='temporal smoother (default median_ema)')
     parser.add_argument('--reward-mode', default='negative_distance',
@@ -82,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         config = ReplayConfig(
             estimator=args.estimator, model_folder=args.model_folder,
             answer_prefix=args.answer_prefix, samples=args.samples,
-            temperature=args.temperature, subject=args.subject,
+            temperature=args.temperature, question_template=args.question_template,
+            subject=args.subject,
             target=args.target, smoother=args.smoother, reward_mode=args.reward_mode,
             reward_scale=args.reward_scale, success_threshold_m=args.success_threshold,
             truth=args.truth, true_success_m=args.true_success, image_topic=args.image_topic,

@@ -22,7 +22,12 @@ import numpy as np
 
 from spatialvlm_ros.bags.errors import BagError
 from spatialvlm_ros.core.reward import RewardConfig
-from spatialvlm_ros.model.estimator import DEFAULT_TEMPERATURE, MAX_SAMPLES
+from spatialvlm_ros.model.estimator import (
+    DEFAULT_QUESTION_TEMPLATE,
+    DEFAULT_TEMPERATURE,
+    MAX_SAMPLES,
+    normalize_template,
+)
 from spatialvlm_ros.replay import metrics as replay_metrics
 from spatialvlm_ros.replay.estimators import (
     build_estimator,
@@ -54,6 +59,8 @@ class ReplayConfig:
         ``samples_per_frame``); 1 decodes greedily.
     :ivar temperature: VLM sampling temperature when ``samples > 1`` (the node's
         ``sampling_temperature``).
+    :ivar question_template: the VLM's question, ``{subject}`` / ``{target}`` (or ``[A]`` /
+        ``[B]``) slots; the node's default.
     :ivar subject: the moving part's phrase.
     :ivar target: the target phrase; None: from each bag's metadata (its target caption).
     :ivar smoother: one of ``SMOOTHER_KINDS``.
@@ -73,6 +80,7 @@ class ReplayConfig:
     answer_prefix: str | None = None
     samples: int = 1
     temperature: float = DEFAULT_TEMPERATURE
+    question_template: str = DEFAULT_QUESTION_TEMPLATE
     subject: str = DEFAULT_SUBJECT
     target: str | None = None
     smoother: str = 'median_ema'
@@ -98,6 +106,7 @@ class ReplayConfig:
             raise ValueError(f'true_success_m must be >= 0, got {self.true_success_m}')
         if not self.subject:
             raise ValueError('subject must be non-empty')
+        normalize_template(self.question_template)  # both slots, or a clear ValueError
         if not 1 <= self.samples <= MAX_SAMPLES:
             raise ValueError(f'samples must be in [1, {MAX_SAMPLES}], got {self.samples}')
         if not (math.isfinite(self.temperature) and self.temperature > 0):
@@ -109,6 +118,8 @@ class ReplayConfig:
         options: dict[str, Any] = {}
         if self.answer_prefix is not None:
             options['answer_prefix'] = self.answer_prefix
+        if self.question_template != DEFAULT_QUESTION_TEMPLATE:
+            options['question_template'] = self.question_template
         if self.samples != 1:
             options.update(samples=self.samples, temperature=self.temperature)
         return options

@@ -42,6 +42,7 @@ from typing import Any, Callable
 import numpy as np
 
 from spatialvlm_ros.model.estimator import (
+    DEFAULT_QUESTION_TEMPLATE,
     DEFAULT_TEMPERATURE,
     DistanceEstimate,
     DistanceEstimator,
@@ -73,7 +74,7 @@ class EstimatorSpec:
     device: str = 'auto'
     samples_per_frame: int = 1
     temperature: float = DEFAULT_TEMPERATURE
-    question_template: str = 'How far is {subject} from {target}?'
+    question_template: str = DEFAULT_QUESTION_TEMPLATE
     answer_prefix: str = 'The distance is'
     cpu_threads: int = 1
     process: bool = True

@@ -97,6 +97,7 @@ from spatialvlm_ros.bags.imageconv import array_to_image, ImageConversionError
 from spatialvlm_ros.core.reward import BONUS_MODES, REWARD_MODES, RewardConfig
 from spatialvlm_ros.core.smoothing import KalmanConfig, MedianEMAConfig, SmootherConfig
 from spatialvlm_ros.model.estimator import (
+    DEFAULT_QUESTION_TEMPLATE,
     DEFAULT_TEMPERATURE,
     DistanceEstimate,
     DistanceEstimator,
@@ -226,7 +227,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               low=1024, high=1 << 30),
     ParamSpec('subject', 'the gripper', 'Subject phrase of the distance question.'),
     ParamSpec('target', 'the coke can', 'Target phrase of the distance question.'),
-    ParamSpec('question_template', 'How far is {subject} from {target}?',
+    ParamSpec('question_template', DEFAULT_QUESTION_TEMPLATE,
               'Question asked per frame; must contain {subject} and {target}.'),
     ParamSpec('samples_per_frame', 1, 'Answers sampled per frame and averaged (1: greedy).',
               low=1, high=MAX_SAMPLES),
