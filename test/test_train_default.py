@@ -290,13 +290,13 @@ def test_cli_flags_reach_the_recipe(tmp_path):
         'train-default', '--out', str(tmp_path), '--vision-tower', 'focalnet',
         '--type-pretrain-scenes', '3', '--type-pretrain-steps', '4', '--no-type-pretrain-fold',
         '--scene-fov', '25', '35', '--scene-cam-distance', '0.55', '0.8', '--steps', '7',
-        '--grounding-weight', '0.5', '--grounding-answer-positions', 'first'])
+        '--grounding-weight', '0.5', '--grounding-answer-positions', 'first', '--seed', '3'])
     recipe = recipe_from_args(args)
     assert (recipe.vision_tower, recipe.type_pretrain_scenes, recipe.type_pretrain_steps,
             recipe.type_pretrain_fold, recipe.steps, recipe.grounding_weight) == (
         'focalnet', 3, 4, False, 7, 0.5)
     assert recipe.scene_fov_deg == (25.0, 35.0) and recipe.scene_cam_distance == (0.55, 0.8)
-    assert recipe.grounding_answer_positions == 'first'
+    assert recipe.grounding_answer_positions == 'first' and recipe.seed == 3
     assert DefaultRecipe(out=str(tmp_path)).grounding_answer_positions == 'all'
     with pytest.raises(ValueError, match='grounding_answer_positions'):
         DefaultRecipe(out=str(tmp_path), grounding_answer_positions='last')

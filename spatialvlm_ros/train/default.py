@@ -678,6 +678,9 @@ def register(subparsers: Any) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='runs/default', help='working folder')
     parser.add_argument('--steps', type=int, help='optimizer steps (default 1000)')
+    parser.add_argument('--seed', type=int,
+                        help='training seed of the QA stages (default 0; the data and the tower '
+                             'pre-training keep their own fixed seeds)')
     parser.add_argument('--focus-steps', type=int,
                         help='second (gripper-focused) stage steps (default 600; 0: none)')
     parser.add_argument('--focus-gripper-episodes', type=int,
@@ -753,7 +756,8 @@ def recipe_from_args(args: argparse.Namespace) -> DefaultRecipe:
              'vision_pretrain_steps', 'freeze_vision', 'length_buckets', 'plain_steps',
              'plain_lr', 'init_from', 'freeze_projector', 'grounding_weight',
              'scene_fov_deg', 'scene_cam_distance', 'type_pretrain_scenes',
-             'type_pretrain_steps', 'type_pretrain_fold', 'grounding_answer_positions')
+             'type_pretrain_steps', 'type_pretrain_fold', 'grounding_answer_positions',
+             'seed')
     overrides = {k: getattr(args, k) for k in names
                  if getattr(args, k) is not None}
     return DefaultRecipe(out=args.out, **overrides)
