@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from spatialvlm_ros.model.estimator import DEFAULT_TEMPERATURE
 from spatialvlm_ros.replay.runner import replay_bags, ReplayConfig
 from spatialvlm_ros.sim.episode import SCENARIOS
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="VLM answer prefix ('' for none; default: the node's)")
     parser.add_argument('--samples', type=int, default=1,
                         help='VLM answers sampled and averaged per frame (default 1: greedy)')
-    parser.add_argument('--temperature', type=float, default=0.7,
+    parser.add_argument('--temperature', type=float, default=DEFAULT_TEMPERATURE,
                         help='VLM sampling temperature when --samples > 1')
     parser.add_argument('--smoother', default='median_ema')
     parser.add_argument('--seed', type=int, default=0, help='noisy oracle seed')

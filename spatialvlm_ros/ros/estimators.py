@@ -8,11 +8,11 @@ and benchmarks inject fakes and the real VLM is built only on activation.
 
 - ``'vlm'``: ``spatialvlm_ros.model.estimator.build_estimator('vlm', model_folder=...,
   device=..., samples=..., temperature=..., question_template=..., answer_prefix=...,
-  threads=...)`` (keywords
-  it does not accept are left out); ``model_folder=''`` means the shipped default model. With
-  ``EstimatorSpec.process`` (the node's ``estimator_process``, on by default) it is built and
-  run in a child process (:class:`spatialvlm_ros.model.process_estimator.ProcessEstimator`),
-  so the model's Python does not compete with the node's callbacks for the GIL;
+  threads=...)`` (keywords it does not accept are left out); ``model_folder=''`` means the
+  shipped default model. With ``EstimatorSpec.process`` (the node's ``estimator_process``, on
+  by default) it is built and run in a child process
+  (:class:`spatialvlm_ros.model.process_estimator.ProcessEstimator`), so the model's Python
+  does not compete with the node's callbacks for the GIL;
 - ``'oracle'``: :class:`GroundTruthEstimator`, ground truth of a simulated episode received on
   the node's ``ground_truth_distance`` topic (the reference the VLM reward is compared with).
 
@@ -42,6 +42,7 @@ from typing import Any, Callable
 import numpy as np
 
 from spatialvlm_ros.model.estimator import (
+    DEFAULT_ANSWER_PREFIX,
     DEFAULT_QUESTION_TEMPLATE,
     DEFAULT_TEMPERATURE,
     DistanceEstimate,
@@ -75,7 +76,7 @@ class EstimatorSpec:
     samples_per_frame: int = 1
     temperature: float = DEFAULT_TEMPERATURE
     question_template: str = DEFAULT_QUESTION_TEMPLATE
-    answer_prefix: str = 'The distance is'
+    answer_prefix: str = DEFAULT_ANSWER_PREFIX
     cpu_threads: int = 1
     process: bool = True
 

@@ -97,6 +97,7 @@ from spatialvlm_ros.bags.imageconv import array_to_image, ImageConversionError
 from spatialvlm_ros.core.reward import BONUS_MODES, REWARD_MODES, RewardConfig
 from spatialvlm_ros.core.smoothing import KalmanConfig, MedianEMAConfig, SmootherConfig
 from spatialvlm_ros.model.estimator import (
+    DEFAULT_ANSWER_PREFIX,
     DEFAULT_QUESTION_TEMPLATE,
     DEFAULT_TEMPERATURE,
     DistanceEstimate,
@@ -234,7 +235,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('sampling_temperature', DEFAULT_TEMPERATURE,
               'Sampling temperature of the VLM when samples_per_frame > 1.', True,
               low=0.05, high=5.0),
-    ParamSpec('answer_prefix', 'The distance is',
+    ParamSpec('answer_prefix', DEFAULT_ANSWER_PREFIX,
               "VLM answers are made to start with this text ('' for none): the number comes "
               'first and decoding stops once it is read.', True),
     ParamSpec('smoothing.kind', 'median_ema', 'Temporal filter of the distances.', False,
