@@ -10,7 +10,10 @@ random model cannot stop early), decodes and parses the answer. Batch 1 is one
 With ``--shipped`` it measures the trained shipped default instead, the way the reward node
 uses it: ``VLMDistanceEstimator.estimate`` on rendered simulator frames (320x240) with the
 gripper question, real answers: as the node asks (answer prefix 'The distance is', stopping once
-the distance is read), without the prefix, and without either (the whole sentence).
+the distance is read), without the prefix, and without either (the whole sentence); with
+``--samples K ...`` also as the node asks with ``samples_per_frame: K`` (K answers sampled at
+``--temperature`` and averaged: one pass over the image and prompt on the fast path, K through
+``generate()``).
 
 Batch-1 rows are measured twice, interleaved call by call in the same process (so a busy
 machine slows both alike): through the fast path (``InferenceConfig.fast_path``: cached prompt,
@@ -19,7 +22,7 @@ numpy image preprocessing, the lean greedy loop) and through the processor and `
 that both give the same answers.
 
 Usage: ``python benchmarks/bench_inference.py [--calls 60] [--new-tokens 8] [--threads 2]
-[--shipped]``
+[--shipped [--samples 4 16] [--temperature 0.7]]``
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import time
 import numpy as np
 
 from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig, count_parameters
+from spatialvlm_ros.model.estimator import DEFAULT_TEMPERATURE
 from spatialvlm_ros.model.inference import InferenceConfig, SpatialVLM
 from spatialvlm_ros.model.loading import from_memory
 
@@ -59,7 +63,8 @@ def _stats(times: list[float], batch: int = 1) -> tuple[float, float, float]:
     return batch * len(t) / t.sum(), p50, p99
 
 
-def shipped(calls: int, threads: int) -> None:
+def shipped(calls: int, threads: int, samples: list[int] | None = None,
+            temperature: float = DEFAULT_TEMPERATURE) -> None:
     """Print rows for the shipped default answering the gripper question on rendered frames."""
     import torch
 
@@ -79,12 +84,15 @@ def shipped(calls: int, threads: int) -> None:
         estimator = VLMDistanceEstimator(None, device=device,
                                          threads=threads or None)
         vlm = estimator._vlm
-        rows = (("prefix 'The distance is' + stop at distance (the node's default)", True,
-                 vlm.config.answer_prefix),
-                ('no prefix, stop at distance', True, ''), ('no prefix, whole answer', False, ''))
-        for label, stop, prefix in rows:
-            configs = {path: dataclasses.replace(vlm.config, stop_at_distance=stop,
-                                                 answer_prefix=prefix, fast_path=fast)
+        node = {'answer_prefix': vlm.config.answer_prefix, 'stop_at_distance': True}
+        rows = [("prefix 'The distance is' + stop at distance (the node's default)", node),
+                ('no prefix, stop at distance', {'stop_at_distance': True, 'answer_prefix': ''}),
+                ('no prefix, whole answer', {'stop_at_distance': False, 'answer_prefix': ''})]
+        rows += [(f"the node's, {k} answers sampled at T {temperature} and averaged",
+                  {**node, 'decoding': 'sample', 'num_samples': k, 'batch_size': k,
+                   'temperature': temperature}) for k in samples or [] if k > 1]
+        for label, overrides in rows:
+            configs = {path: dataclasses.replace(vlm.config, fast_path=fast, **overrides)
                        for path, fast in (('fast', True), ('generate', False))}
             times: dict[str, list[float]] = {path: [] for path in configs}
             lengths: dict[str, list[int]] = {path: [] for path in configs}
@@ -127,11 +135,15 @@ def main() -> None:
     parser.add_argument('--batches', type=int, nargs='+', default=[1, 8], help='batch sizes')
     parser.add_argument('--shipped', action='store_true',
                         help='measure the trained shipped default on rendered frames')
+    parser.add_argument('--samples', type=int, nargs='*', default=[],
+                        help='--shipped: also rows with this many sampled answers per call')
+    parser.add_argument('--temperature', type=float, default=DEFAULT_TEMPERATURE,
+                        help='--shipped --samples: the sampling temperature')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.shipped:
-        shipped(args.calls, args.threads)
+        shipped(args.calls, args.threads, args.samples, args.temperature)
         return
     cfg = CompactVLMConfig()
     model, processor = build_compact_model(cfg)

@@ -4,9 +4,11 @@ The batch-1 fast path (``model.fastpath``) gives exactly what the processor and 
 Token for token against ``generate()`` (greedy) on the shipped default model and on tiny random
 LLaVA models built here (a compact SigLIP + Llama with grouped-query attention, and a
 LLaVA-1.5 style CLIP + Llama whose image processor crops), with and without the answer prefix
-and the stop-at-distance rule; the inputs equal ``build_inputs``'s; everything the lean loop
-can not reproduce (another family, sampling, batches, unusual generation settings, eager
-attention, training mode) goes through ``generate()``.
+and the stop-at-distance rule; sampled answers (several per frame) are ``generate()``'s draws,
+sample for sample, from one pass over the image and prompt; the inputs equal
+``build_inputs``'s; everything the lean loop can not reproduce (another family, batches, top-k
+or beams, unusual generation settings, eager attention, training mode) goes through
+``generate()``.
 """
 
 import dataclasses
@@ -343,7 +345,7 @@ def test_other_vision_towers_use_get_image_features(llava15, compact_gqa, compac
         model.config.vision_feature_layer = -1
 
 
-def test_batches_and_sampling_use_generate(compact_gqa, images):
+def test_batches_use_generate(compact_gqa, images):
     vlm = SpatialVLM(compact_gqa, InferenceConfig(max_new_tokens=6, batch_size=3))
     batched = vlm.ask(images[:3], QUESTIONS[:3])
     assert vlm.last_path == 'generate'
@@ -351,13 +353,95 @@ def test_batches_and_sampling_use_generate(compact_gqa, images):
               for image, question in zip(images[:3], QUESTIONS[:3], strict=True)]
     assert vlm.last_path == 'lean'
     assert [a.text for a in batched] == single
-    config = InferenceConfig(max_new_tokens=6, decoding='sample', num_samples=3, batch_size=3,
-                             seed=4, temperature=1.5)
-    fast, slow = SpatialVLM(compact_gqa, config), SpatialVLM(
-        compact_gqa, dataclasses.replace(config, fast_path=False))
-    sampled = fast.ask(images[0], QUESTIONS[0])[0]
-    assert fast.last_path == 'generate'  # with the fast inputs, the same samples
-    assert sampled.samples == slow.ask(images[0], QUESTIONS[0])[0].samples
+
+
+def _sampled(loaded, image, question, fast, **config):
+    vlm = SpatialVLM(loaded, InferenceConfig(decoding='sample', fast_path=fast, **config))
+    answer = vlm.ask(image, [question])[0]
+    return answer.samples, vlm.last_path
+
+
+# (samples, temperature, top_p, answer prefix, stop at distance)
+SAMPLINGS = [(4, 1.0, 1.0, PREFIX, True), (16, 0.7, 1.0, PREFIX, True), (3, 1.5, 0.9, '', False),
+             (1, 0.7, 1.0, '', True), (5, 2.0, 1.0, PREFIX, False)]
+
+
+@pytest.mark.parametrize('k, temperature, top_p, prefix, stop', SAMPLINGS)
+def test_shipped_samples_match_generate(shipped, frames, k, temperature, top_p, prefix, stop):
+    rgb, target = frames
+    question = f'What is the distance between the gripper and {target}?'
+    config = {'num_samples': k, 'batch_size': k, 'temperature': temperature, 'top_p': top_p,
+              'answer_prefix': prefix, 'stop_at_distance': stop, 'max_new_tokens': 24, 'seed': 3}
+    distinct = set()
+    for frame in rgb:
+        slow, slow_path = _sampled(shipped, frame, question, False, **config)
+        fast, fast_path = _sampled(shipped, frame, question, True, **config)
+        assert (slow_path, fast_path) == ('generate', 'lean')
+        assert fast == slow and len(fast) == k
+        distinct.update(fast)
+    assert len(distinct) > 1  # the draws differ
+
+
+@pytest.mark.parametrize('name', ['compact_gqa', 'compact_swin', 'llava15'])
+@pytest.mark.parametrize('k, temperature, top_p, prefix, stop', SAMPLINGS[2:])
+def test_tiny_llava_samples_match_generate(name, request, images, k, temperature, top_p,
+                                           prefix, stop):
+    loaded = request.getfixturevalue(name)
+    config = {'num_samples': k, 'batch_size': k, 'temperature': temperature, 'top_p': top_p,
+              'answer_prefix': prefix, 'stop_at_distance': stop, 'max_new_tokens': 8}
+    for seed, (image, question) in enumerate(zip(images, QUESTIONS * 2, strict=False)):
+        slow, slow_path = _sampled(loaded, image, question, False, seed=seed, **config)
+        fast, fast_path = _sampled(loaded, image, question, True, seed=seed, **config)
+        assert (slow_path, fast_path) == ('generate', 'lean')
+        assert fast == slow, (name, seed)
+
+
+def test_lean_sample_tokens_equal_generate_tokens(shipped, images):
+    decoder = LeanGreedyDecoder(shipped.model)
+    pad = shipped.tokenizer.pad_token_id
+    eos = shipped.model.generation_config.eos_token_id
+    for seed, image in enumerate(images[:3]):
+        inputs = build_inputs(shipped, [image], [QUESTIONS[seed]], '')
+        for min_new in (0, 12):
+            torch.manual_seed(seed)
+            with torch.inference_mode():
+                reference = shipped.model.generate(
+                    **inputs, max_new_tokens=16, min_new_tokens=min_new, do_sample=True,
+                    temperature=1.3, top_p=None, top_k=None, num_return_sequences=6,
+                    pad_token_id=pad)[:, inputs['input_ids'].shape[1]:]
+            torch.manual_seed(seed)
+            ours = decoder.sample(inputs['input_ids'], inputs['pixel_values'], 6, 16, 1.3,
+                                  min_new_tokens=min_new, pad_token_id=pad)
+            assert torch.equal(ours, reference), (seed, min_new)
+            if min_new:
+                assert not (ours[:, :min_new] == eos).any()
+    with pytest.raises(ValueError, match='num_samples'):
+        decoder.sample(inputs['input_ids'], inputs['pixel_values'], 0, 4)
+
+
+def test_sampling_settings_the_lean_loop_can_not_reproduce_use_generate(compact_gqa, images):
+    vlm = SpatialVLM(compact_gqa, InferenceConfig(max_new_tokens=6, decoding='sample',
+                                                  num_samples=3, batch_size=3))
+    vlm.ask(images[0], QUESTIONS[0])
+    assert vlm.last_path == 'lean'
+    sampled = vlm.generation_kwargs()
+    assert lean_blocker(compact_gqa.model, sampled) is None
+    assert lean_blocker(compact_gqa.model, {**sampled, 'top_k': 5}) == 'top-k sampling'
+    assert lean_blocker(compact_gqa.model, {**sampled, 'num_beams': 2}) == 'beam search'
+    greedy = SpatialVLM(compact_gqa, InferenceConfig(max_new_tokens=6)).generation_kwargs()
+    assert lean_blocker(compact_gqa.model, {**greedy, 'num_return_sequences': 2}) == \
+        'several greedy sequences'
+    config = compact_gqa.model.generation_config
+    for name, value in (('min_p', 0.1), ('typical_p', 0.9)):
+        setattr(config, name, value)
+        try:
+            assert name in lean_blocker(compact_gqa.model, sampled)
+            vlm.ask(images[0], QUESTIONS[0])
+            assert vlm.last_path == 'generate'
+        finally:
+            setattr(config, name, None if name == 'min_p' else 1.0)
+    vlm.ask(images[0], QUESTIONS[0])
+    assert vlm.last_path == 'lean'
 
 
 def test_the_lean_loop_is_what_answers(compact_gqa, images, monkeypatch):

@@ -17,10 +17,12 @@ changing a single answer:
 - :class:`LeanGreedyDecoder` decodes greedily with a KV cache for a LLaVA whose text model is a
   Llama under SDPA attention: the decoder layers (and a SigLIP vision tower) as the same torch
   operations, in the same order, that ``transformers`` runs, so the logits are bit for bit those
-  of ``generate()``; then argmax and the caller's stop check after each token.
-  :func:`lean_blocker` says why a model or a set of ``generate`` arguments can not use it
-  (sampling, other families and text models, eager attention, logits-processing generation
-  settings, forward hooks...); those keep ``generate()``.
+  of ``generate()``; then argmax and the caller's stop check after each token. Its
+  :meth:`~LeanGreedyDecoder.sample` draws the node's several answers per frame as
+  ``generate(num_return_sequences=k)`` draws them, but runs the image and the prompt once
+  instead of k times. :func:`lean_blocker` says why a model or a set of ``generate`` arguments
+  can not use it (beam search, top-k, other families and text models, eager attention,
+  logits-processing generation settings, forward hooks...); those keep ``generate()``.
 
 Where an answer's time went (ms; shipped model, the node's decoding, 1 torch thread, a busy
 2-core machine; ``generate()`` path -> fast path): inputs 3.3 -> 1.4 (now mostly the PIL
@@ -50,7 +52,7 @@ _SIZE_KEYS = ('shortest_edge', 'longest_edge', 'max_height', 'max_width', 'min_p
 
 # generate() arguments the lean decoder reproduces (values checked in lean_blocker).
 _LEAN_KWARGS = {'max_new_tokens', 'min_new_tokens', 'pad_token_id', 'do_sample', 'num_beams',
-                'temperature', 'top_p', 'top_k'}
+                'temperature', 'top_p', 'top_k', 'num_return_sequences'}
 # model.generation_config fields that do not change greedy tokens (or are overridden).
 _NEUTRAL_GENERATION = {'use_cache', 'output_attentions', 'output_hidden_states', 'output_scores',
                        'output_logits', 'return_dict_in_generate', 'pad_token_id',
@@ -179,18 +181,44 @@ def generation_blocker(kwargs: dict[str, Any]) -> str | None:
     """
     Return why the ``generate`` arguments ``kwargs`` need ``generate()``, else None.
 
-    The lean decoder takes greedy single-beam decoding with ``max_new_tokens`` and optionally
-    ``min_new_tokens`` (and ``pad_token_id``, unused for one sequence), nothing else.
+    The lean decoder takes single-beam decoding with ``max_new_tokens`` and optionally
+    ``min_new_tokens`` (and ``pad_token_id``): greedy (``temperature``, ``top_p``, ``top_k``
+    None, one sequence), or sampled (``do_sample``) with ``temperature``, ``top_p`` and
+    ``num_return_sequences``, ``top_k`` None; nothing else.
     """
     extra = set(kwargs) - _LEAN_KWARGS
     if extra:
         return f'generate arguments {sorted(extra)}'
-    if kwargs.get('do_sample') or kwargs.get('num_beams', 1) != 1:
-        return 'not greedy decoding'
-    if any(kwargs.get(k) is not None for k in ('temperature', 'top_p', 'top_k')):
-        return 'sampling settings'
+    if kwargs.get('num_beams', 1) != 1:
+        return 'beam search'
+    if kwargs.get('top_k') is not None:
+        return 'top-k sampling'
+    if kwargs.get('do_sample'):
+        temperature, top_p = kwargs.get('temperature', 1.0), kwargs.get('top_p', 1.0)
+        if temperature is None or top_p is None or not temperature > 0 or not 0 < top_p <= 1:
+            return 'sampling settings'
+    else:
+        if any(kwargs.get(k) is not None for k in ('temperature', 'top_p')):
+            return 'sampling settings'
+        if kwargs.get('num_return_sequences', 1) != 1:
+            return 'several greedy sequences'
     if not kwargs.get('max_new_tokens'):
         return 'no max_new_tokens'
+    return None
+
+
+def sampling_blocker(model: Any) -> str | None:
+    """
+    Return why :meth:`LeanGreedyDecoder.sample` can not draw as ``generate()`` would, else None.
+
+    Beyond :func:`model_blocker`: the model's ``generation_config`` must not set the sampling
+    filters that the ``generate`` arguments do not override (``min_p``, ``typical_p``).
+    """
+    config = model.generation_config
+    if config.min_p is not None:
+        return 'generation_config sets min_p'
+    if config.typical_p is not None and config.typical_p < 1.0:
+        return 'generation_config sets typical_p'
     return None
 
 
@@ -251,7 +279,15 @@ def lean_blocker(model: Any, kwargs: dict[str, Any] | None = None) -> str | None
     reason = model_blocker(model)
     if reason is None and kwargs is not None:
         reason = generation_blocker(kwargs)
+        if reason is None and kwargs.get('do_sample'):
+            reason = sampling_blocker(model)
     return reason
+
+
+def _eos_ids(model: Any) -> list[int]:
+    """Return the model's EOS token ids (none, one or several)."""
+    eos = model.generation_config.eos_token_id
+    return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
 
 
 def _rotate_half(x: Any) -> Any:
@@ -301,25 +337,12 @@ class LeanGreedyDecoder:
         import torch.nn.functional as F
 
         model = self.model
-        llava = model.model
-        text = llava.language_model
-        if input_ids.shape[0] != 1:
-            raise ValueError(f'lean decoding takes one sequence, got {input_ids.shape[0]}')
-        eos = model.generation_config.eos_token_id
-        eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        plans = [_Layer.of(layer) for layer in text.layers[:text.config.num_hidden_layers]]
-        device = input_ids.device
+        text = model.model.language_model
+        eos_ids = _eos_ids(model)
         with torch.inference_mode():
-            embeds = text.embed_tokens(input_ids)
-            image = self.image_features(pixel_values).to(embeds.device, embeds.dtype)
-            mask = input_ids == model.config.image_token_id
-            if int(mask.sum()) * embeds.shape[-1] != image.numel():
-                raise ValueError(f'Image features and image tokens do not match, tokens: '
-                                 f'{int(mask.sum())}, features: {image.shape[0]}')
-            hidden = embeds.masked_scatter(mask.unsqueeze(-1), image)
+            hidden, positions, cache, plans = self._prefill(input_ids, pixel_values)
             length = input_ids.shape[1]
-            positions = torch.arange(length, device=device)[None]
-            cache: list[tuple[Any, Any] | None] = [None] * len(plans)
+            device = input_ids.device
             head = model.lm_head
             tokens: list[int] = []
             for step in range(max_new_tokens):
@@ -338,6 +361,100 @@ class LeanGreedyDecoder:
                     positions = torch.tensor([[length + step]], device=device)
                     hidden = text.embed_tokens(torch.tensor([[token]], device=device))
         return tokens
+
+    def sample(self, input_ids: Any, pixel_values: Any, num_samples: int, max_new_tokens: int,
+               temperature: float = 1.0, top_p: float = 1.0, min_new_tokens: int = 0,
+               pad_token_id: int | None = None,
+               stop: Callable[[int, list[int]], bool] | None = None) -> Any:
+        """
+        Return ``num_samples`` sampled continuations of one prompt, as ``generate()`` draws them.
+
+        The image and the prompt run once (``generate(num_return_sequences=k)`` runs both k
+        times); the key/value cache is then copied for the k rows, which decode together, one
+        ``(k, 1)`` step per token. The draws are ``generate()``'s: EOS masked below
+        ``min_new_tokens``, ``transformers``' own temperature and top-p warpers (each only where
+        ``generate()`` adds it), a softmax and one ``torch.multinomial`` over all rows per step
+        from torch's global generator (seed it, as :class:`SpatialVLM` does). A row is finished
+        by EOS or by ``stop(row, tokens)``; with an EOS token a finished row gets
+        ``pad_token_id`` (EOS when None) from then on; decoding ends when every row is
+        finished. Check :func:`lean_blocker` with the ``generate`` arguments first.
+
+        :param input_ids: ``(1, T)`` prompt ids (no padding).
+        :param pixel_values: ``(1, 3, H, W)`` on the model's device, in its dtype.
+        :return: ``(num_samples, new tokens)`` ``torch.long`` tensor of generated ids.
+        """
+        import torch
+        import torch.nn.functional as F
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        if num_samples < 1:
+            raise ValueError(f'num_samples must be >= 1, got {num_samples}')
+        model = self.model
+        text = model.model.language_model
+        eos_ids = _eos_ids(model)
+        pad = eos_ids[0] if pad_token_id is None and eos_ids else pad_token_id  # generate()'s
+        warpers = []  # the order of generate()'s _get_logits_processor
+        if temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(temperature))
+        if top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
+        k = num_samples
+        device = input_ids.device
+        rows: list[list[int]] = [[] for _ in range(k)]
+        with torch.inference_mode():
+            hidden, positions, cache, plans = self._prefill(input_ids, pixel_values)
+            length = input_ids.shape[1]
+            head = model.lm_head
+            unfinished = torch.ones(k, dtype=torch.long, device=device)
+            generated = input_ids.new_empty((k, 0))
+            for step in range(max_new_tokens):
+                hidden = self._forward(text, plans, hidden, positions, cache)
+                if step == 0:  # one prompt: its cache and last position, copied for the rows
+                    hidden = hidden[:, -1:].expand(k, -1, -1)
+                    cache[:] = [(keys.repeat(k, 1, 1, 1), values.repeat(k, 1, 1, 1))
+                                for keys, values in cache]
+                step_logits = F.linear(hidden[:, -1:, :], head.weight, head.bias)
+                scores = step_logits[:, -1].to(copy=True, dtype=torch.float32)
+                if eos_ids and step < min_new_tokens:
+                    scores[:, eos_ids] = -math.inf
+                for warper in warpers:
+                    scores = warper(generated, scores)
+                probs = F.softmax(scores, dim=-1)
+                tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
+                if eos_ids:
+                    tokens = tokens * unfinished + pad * (1 - unfinished)
+                generated = torch.cat([generated, tokens[:, None]], dim=-1)
+                done = []
+                for row, token in enumerate(tokens.tolist()):
+                    rows[row].append(token)
+                    done.append((bool(eos_ids) and token in eos_ids)
+                                or (stop is not None and stop(row, rows[row])))
+                unfinished = unfinished & ~torch.tensor(done, device=device)
+                if not bool(unfinished.any()) or step + 1 == max_new_tokens:
+                    break
+                positions = torch.tensor([[length + step]], device=device)
+                hidden = text.embed_tokens(tokens[:, None])
+        return generated
+
+    def _prefill(self, input_ids: Any, pixel_values: Any) -> tuple[Any, Any, list[Any], Any]:
+        """Return the prompt's embeddings (image scattered in), positions, empty cache, plans."""
+        import torch
+
+        model = self.model
+        text = model.model.language_model
+        if input_ids.shape[0] != 1:
+            raise ValueError(f'lean decoding takes one sequence, got {input_ids.shape[0]}')
+        plans = [_Layer.of(layer) for layer in text.layers[:text.config.num_hidden_layers]]
+        embeds = text.embed_tokens(input_ids)
+        image = self.image_features(pixel_values).to(embeds.device, embeds.dtype)
+        mask = input_ids == model.config.image_token_id
+        if int(mask.sum()) * embeds.shape[-1] != image.numel():
+            raise ValueError(f'Image features and image tokens do not match, tokens: '
+                             f'{int(mask.sum())}, features: {image.shape[0]}')
+        hidden = embeds.masked_scatter(mask.unsqueeze(-1), image)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        cache: list[Any] = [None] * len(plans)
+        return hidden, positions, cache, plans
 
     def image_features(self, pixel_values: Any) -> Any:
         """Return the projected image features ``(images * tokens, hidden)``."""

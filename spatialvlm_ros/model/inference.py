@@ -254,17 +254,20 @@ class SpatialVLM:
         return self._fast_inputs(images[0], questions[0], prefix)
 
     def _lean_decoder(self, kwargs: dict[str, Any], pairs: int) -> Any:
-        """Return the lean greedy decoder when it reproduces ``generate`` here, else None."""
+        """Return the lean decoder when it reproduces ``generate`` here, else None."""
         if not (self.config.fast_path and pairs == 1 and self.loaded.family == 'llava'):
             return None
         from spatialvlm_ros.model.fastpath import (
             generation_blocker,
             LeanGreedyDecoder,
             model_blocker,
+            sampling_blocker,
         )
 
         model = self.loaded.model
         if model.training or generation_blocker(kwargs) is not None:
+            return None
+        if kwargs.get('do_sample') and sampling_blocker(model) is not None:
             return None
         if self._lean[0] is not model:  # the model checks once per model
             usable = model_blocker(model) is None
@@ -281,16 +284,8 @@ class SpatialVLM:
         generation = self.generation_kwargs()
         lean = self._lean_decoder(generation, len(questions))
         if lean is not None:
-            stop = None
-            if self.config.stop_at_distance:
-                reader = _DistanceRead(self.loaded.tokenizer, 0, self.parser, prefix)
-                stop = functools.partial(reader.read, 0)
-            tokens = lean.decode(inputs['input_ids'], inputs['pixel_values'],
-                                 generation['max_new_tokens'],
-                                 generation.get('min_new_tokens') or 0, stop)
             self.last_path = 'lean'
-            sequences = torch.tensor([tokens], dtype=torch.long)
-            return [[_join(prefix, text) for text in decode_new_tokens(self.loaded, sequences, 0)]]
+            return [self._lean_answers(lean, inputs, generation, prefix)]
         self.last_path = 'generate'
         kwargs = {**generation, **self._stopping(prompt_length)}
         if self.config.decoding == 'greedy':  # deterministic; seeding costs ~5 ms a call
@@ -305,6 +300,29 @@ class SpatialVLM:
                  for text in decode_new_tokens(self.loaded, sequences, prompt_length)]
         k = self.config.num_samples
         return [texts[i * k:(i + 1) * k] for i in range(len(questions))]  # samples per pair
+
+    def _lean_answers(self, lean: Any, inputs: Any, generation: dict[str, Any],
+                      prefix: str) -> list[str]:
+        """Return one pair's answer texts from the lean decoder (greedy, or seeded samples)."""
+        import torch
+
+        reader = None
+        if self.config.stop_at_distance:
+            reader = _DistanceRead(self.loaded.tokenizer, 0, self.parser, prefix)
+        max_new, min_new = generation['max_new_tokens'], generation.get('min_new_tokens') or 0
+        if not generation.get('do_sample'):
+            stop = None if reader is None else functools.partial(reader.read, 0)
+            tokens = lean.decode(inputs['input_ids'], inputs['pixel_values'], max_new, min_new,
+                                 stop)
+            sequences = torch.tensor([tokens], dtype=torch.long)
+        else:
+            with torch.random.fork_rng(devices=_cuda_devices(self.loaded.device)):
+                torch.manual_seed(self.config.seed)  # as generate() is seeded below
+                sequences = lean.sample(
+                    inputs['input_ids'], inputs['pixel_values'], self.config.num_samples,
+                    max_new, generation['temperature'], generation['top_p'], min_new,
+                    generation.get('pad_token_id'), None if reader is None else reader.read)
+        return [_join(prefix, text) for text in decode_new_tokens(self.loaded, sequences, 0)]
 
     def ask(self, images: Any, questions: Sequence[str] | str) -> list[Answer]:
         """
