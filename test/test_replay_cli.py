@@ -209,6 +209,7 @@ def test_vlm_samples_and_temperature_reach_the_estimator(bags, tmp_path, monkeyp
                                           (('--samples', '17'), 'samples'),
                                           (('--temperature', '0'), 'temperature'),
                                           (('--temperature', 'nan'), 'temperature'),
+                                          (('--temperature', '5.5'), 'temperature'),
                                           (('--question-template', 'How far is {subject}?'),
                                            'question_template')])
 def test_bad_sampling_options_are_clear_errors(bags, tmp_path, flags, match):

@@ -286,3 +286,24 @@ def test_live_replay_of_a_bag_records_the_node_outputs(tmp_path):
         assert record['reward'] == pytest.approx(-truth[record['stamp_ns']])
     lines = (tmp_path / 'live.csv').read_text().splitlines()
     assert lines[0].startswith('stamp_ns,frame_id,answer') and len(lines) == len(records) + 1
+
+
+def test_live_replay_command_passes_the_sampling_and_question_options(tmp_path, monkeypatch):
+    from spatialvlm_ros.ros import bag_player
+
+    seen = []
+
+    def fake(bag, params, **kwargs):
+        seen.append(params)
+        return []
+
+    monkeypatch.setattr(bag_player, 'run_live_replay', fake)
+    assert bag_player.main(['bag', '--csv', str(tmp_path / 'a.csv')]) == 0
+    assert seen[-1] == {'estimator': 'vlm', 'model_folder': '', 'subject': 'the gripper'}
+    assert bag_player.main(['bag', '--csv', str(tmp_path / 'b.csv'), '--samples', '4',
+                            '--temperature', '1.0', '--target', 'the red mug',
+                            '--question-template', 'How far is {subject} from {target}?']) == 0
+    assert seen[-1] == {'estimator': 'vlm', 'model_folder': '', 'subject': 'the gripper',
+                        'target': 'the red mug', 'samples_per_frame': 4,
+                        'sampling_temperature': 1.0,
+                        'question_template': 'How far is {subject} from {target}?'}

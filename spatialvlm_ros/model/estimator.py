@@ -145,6 +145,8 @@ shipped model's greedy reward tracked the distance better with this one (Spearma
 """
 DEFAULT_TEMPERATURE = 0.7
 """Sampling temperature of the VLM estimator when it averages several answers per frame."""
+TEMPERATURE_RANGE = (0.05, 5.0)
+"""Sampling temperatures the node and the replay accept (inclusive)."""
 MAX_SAMPLES = 16
 """Most answers per frame the node and the replay accept (one batch per frame)."""
 

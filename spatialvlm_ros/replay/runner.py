@@ -27,6 +27,7 @@ from spatialvlm_ros.model.estimator import (
     DEFAULT_TEMPERATURE,
     MAX_SAMPLES,
     normalize_template,
+    TEMPERATURE_RANGE,
 )
 from spatialvlm_ros.replay import metrics as replay_metrics
 from spatialvlm_ros.replay.estimators import (
@@ -109,8 +110,9 @@ class ReplayConfig:
         normalize_template(self.question_template)  # both slots, or a clear ValueError
         if not 1 <= self.samples <= MAX_SAMPLES:
             raise ValueError(f'samples must be in [1, {MAX_SAMPLES}], got {self.samples}')
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f'temperature must be > 0, got {self.temperature}')
+        low, high = TEMPERATURE_RANGE  # the node's sampling_temperature range
+        if not low <= self.temperature <= high:
+            raise ValueError(f'temperature must be in [{low}, {high}], got {self.temperature}')
         self.reward_config()  # validates mode, scale and threshold
 
     def vlm_options(self) -> dict[str, Any]:

@@ -342,13 +342,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--model-folder', default='', help="local VLM folder ('' = default)")
     parser.add_argument('--subject', default='the gripper', help='subject phrase')
     parser.add_argument('--target', help='target phrase (default: the node default)')
-    parser.add_argument('--samples', type=int, default=1, help='answers per frame')
+    parser.add_argument('--samples', type=int, help="answers per frame (default: the node's)")
+    parser.add_argument('--temperature', type=float,
+                        help="sampling temperature when --samples > 1 (default: the node's)")
+    parser.add_argument('--question-template',
+                        help="question with {subject} and {target} (default: the node's)")
     parser.add_argument('--rate', type=float, default=1.0, help='playback speed factor')
     args = parser.parse_args(argv)
     params: dict[str, Any] = {'estimator': args.estimator, 'model_folder': args.model_folder,
-                              'subject': args.subject, 'samples_per_frame': args.samples}
-    if args.target:
-        params['target'] = args.target
+                              'subject': args.subject}
+    for name, value in (('target', args.target), ('samples_per_frame', args.samples),
+                        ('sampling_temperature', args.temperature),
+                        ('question_template', args.question_template)):
+        if value is not None:
+            params[name] = value
     report: dict[str, Any] = {}
     try:
         records = run_live_replay(args.bag, params, rate=args.rate, csv_path=args.csv,

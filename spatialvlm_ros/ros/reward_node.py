@@ -103,6 +103,7 @@ from spatialvlm_ros.model.estimator import (
     DistanceEstimate,
     DistanceEstimator,
     MAX_SAMPLES,
+    TEMPERATURE_RANGE,
 )
 from spatialvlm_ros.replay.pipeline import RewardPipeline
 from spatialvlm_ros.replay.topics import (
@@ -230,11 +231,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('target', 'the coke can', 'Target phrase of the distance question.'),
     ParamSpec('question_template', DEFAULT_QUESTION_TEMPLATE,
               'Question asked per frame; must contain {subject} and {target}.'),
-    ParamSpec('samples_per_frame', 1, 'Answers sampled per frame and averaged (1: greedy).',
+    ParamSpec('samples_per_frame', 1, 'Answers sampled per frame and averaged (1: greedy); '
+              'one pass over the image and prompt for all of them on the LLaVA fast path.',
               low=1, high=MAX_SAMPLES),
     ParamSpec('sampling_temperature', DEFAULT_TEMPERATURE,
               'Sampling temperature of the VLM when samples_per_frame > 1.', True,
-              low=0.05, high=5.0),
+              low=TEMPERATURE_RANGE[0], high=TEMPERATURE_RANGE[1]),
     ParamSpec('answer_prefix', DEFAULT_ANSWER_PREFIX,
               "VLM answers are made to start with this text ('' for none): the number comes "
               'first and decoding stops once it is read.', True),
