@@ -148,3 +148,47 @@ def test_wrapper_reads_the_image_of_a_dict_observation():
         wrapped.close()
     with pytest.raises(ValueError, match='render_mode'):
         SpatialVLMReward(PandaReachEnv(**SMALL), Recorder())
+
+
+def test_rl_example_builds_the_vlm_with_the_sampling_options(monkeypatch):
+    pytest.importorskip('stable_baselines3')
+    from spatialvlm_ros.replay import estimators
+    from spatialvlm_ros.rl import train_example
+
+    built = []
+
+    def fake_build(kind, **kwargs):  # an oracle-like VLM stand-in: no model is loaded
+        from spatialvlm_ros.model.estimator import DistanceEstimate
+
+        built.append((kind, kwargs))
+
+        class Fixed:
+            def estimate(self, image, subject, target):
+                assert image.shape == (36, 48, 3)  # the VLM estimator is given real frames
+                return DistanceEstimate(0.3, '30 cm', ['30 cm'])
+
+            def close(self):
+                pass
+
+        return Fixed()
+
+    monkeypatch.setattr(estimators, 'build_estimator', fake_build)
+    result = train_example.train_one('vlm', 'ppo', 64, 1, 0, 'median_ema', None, 1, SMALL,
+                                     samples=8, temperature=1.0)
+    assert built == [('vlm', {'model_folder': None, 'samples': 8, 'temperature': 1.0})]
+    assert result['reward'] == 'vlm (8 samples, T 1)' and result['samples'] == 8
+    greedy = train_example.train_one('vlm', 'ppo', 64, 1, 0, 'median_ema', None, 1, SMALL)
+    assert built[-1] == ('vlm', {'model_folder': None}) and greedy['reward'] == 'vlm'
+    assert 0.0 <= greedy['success_rate'] <= 1.0
+
+
+@pytest.mark.parametrize('flags, match', [(['--samples', '0'], '--samples'),
+                                          (['--samples', '17'], '--samples'),
+                                          (['--temperature', '0'], '--temperature'),
+                                          (['--temperature', 'nan'], '--temperature')])
+def test_rl_example_rejects_bad_sampling_options(flags, match, capsys):
+    from spatialvlm_ros.rl import train_example
+
+    with pytest.raises(SystemExit) as exit_info:
+        train_example.main(['--reward', 'vlm', *flags])
+    assert exit_info.value.code == 2 and match in capsys.readouterr().err

@@ -11,8 +11,10 @@ grasp point came within the env's threshold of the target's surface. A random po
 evaluated as the baseline. Prints a markdown table (``--json``: JSON).
 
 Run: ``PYTHONPATH=. python -m spatialvlm_ros.rl.train_example`` (or
-``benchmarks/bench_rl.py``); the VLM reward: ``--reward true vlm [--model-folder DIR]``
-(one VLM shared by all envs; every step renders the camera image, so budget accordingly).
+``benchmarks/bench_rl.py``); the VLM reward: ``--reward true vlm [--model-folder DIR]
+[--samples K --temperature T]`` (one VLM shared by all envs; every step renders the camera
+image, so budget accordingly; K > 1 averages K sampled answers per step, as the node's
+``samples_per_frame``).
 Needs gymnasium and stable-baselines3 (and torch).
 """
 
@@ -25,6 +27,8 @@ import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from spatialvlm_ros.model.estimator import DEFAULT_TEMPERATURE, MAX_SAMPLES, TEMPERATURE_RANGE
 
 REWARDS = ('true', 'oracle', 'noisy_oracle', 'vlm')
 ALGOS = ('ppo', 'sac')
@@ -130,15 +134,23 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray] | None, episodes: int,
 
 def train_one(reward: str, algo: str, steps: int, n_envs: int, seed: int, smoother: str,
               model_folder: str | None, eval_episodes: int,
-              env_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Train one agent with ``reward`` and evaluate it on the true task."""
+              env_kwargs: dict[str, Any], samples: int = 1,
+              temperature: float = DEFAULT_TEMPERATURE) -> dict[str, Any]:
+    """
+    Train one agent with ``reward`` and evaluate it on the true task.
+
+    :param samples: VLM answers sampled and averaged per step (1: greedy; the node's
+        ``samples_per_frame``).
+    :param temperature: their sampling temperature (the node's ``sampling_temperature``).
+    """
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     shared = None
     if reward == 'vlm':
         from spatialvlm_ros.replay.estimators import build_estimator
 
-        shared = SharedEstimator(build_estimator('vlm', model_folder=model_folder))
+        options = {} if samples == 1 else {'samples': samples, 'temperature': temperature}
+        shared = SharedEstimator(build_estimator('vlm', model_folder=model_folder, **options))
     start = time.perf_counter()
     try:
         vec = DummyVecEnv([make_env_fn(reward, rank, seed, smoother, model_folder, env_kwargs,
@@ -158,7 +170,11 @@ def train_one(reward: str, algo: str, steps: int, n_envs: int, seed: int, smooth
         return np.asarray(action)
 
     result = evaluate(policy, eval_episodes, env_kwargs)
-    result.update({'reward': reward, 'algo': algo, 'steps': steps, 'train_s': train_s})
+    label = reward if reward != 'vlm' or samples == 1 else \
+        f'vlm ({samples} samples, T {temperature:g})'
+    result.update({'reward': label, 'algo': algo, 'steps': steps, 'train_s': train_s})
+    if reward == 'vlm':
+        result.update({'samples': samples, 'temperature': temperature if samples > 1 else None})
     return result
 
 
@@ -188,9 +204,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--smoother', default='median_ema',
                         help='smoother of the estimated reward (median_ema, kalman, none)')
     parser.add_argument('--model-folder', help='VLM folder for --reward vlm')
+    parser.add_argument('--samples', type=int, default=1,
+                        help='--reward vlm: answers sampled and averaged per step (default 1: '
+                             f'greedy; at most {MAX_SAMPLES})')
+    parser.add_argument('--temperature', type=float, default=DEFAULT_TEMPERATURE,
+                        help='--reward vlm: sampling temperature when --samples > 1 (default '
+                             f'{DEFAULT_TEMPERATURE}; {TEMPERATURE_RANGE[0]}..'
+                             f'{TEMPERATURE_RANGE[1]})')
     parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
     parser.add_argument('--json', action='store_true')
     args = parser.parse_args(argv)
+    if not 1 <= args.samples <= MAX_SAMPLES:
+        parser.error(f'--samples must be in [1, {MAX_SAMPLES}], got {args.samples}')
+    if not TEMPERATURE_RANGE[0] <= args.temperature <= TEMPERATURE_RANGE[1]:
+        parser.error(f'--temperature must be in [{TEMPERATURE_RANGE[0]}, '
+                     f'{TEMPERATURE_RANGE[1]}], got {args.temperature}')
     import torch
 
     torch.set_num_threads(args.threads)
@@ -200,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for reward in args.reward:
         rows.append(train_one(reward, args.algo, args.steps, args.envs, args.seed,
                               args.smoother, args.model_folder, args.eval_episodes,
-                              env_kwargs))
+                              env_kwargs, args.samples, args.temperature))
         if not args.json:
             print(table(rows[-1:]).splitlines()[-1], file=sys.stderr)
     print(json.dumps(rows, indent=2) if args.json else table(rows))
