@@ -14,6 +14,7 @@ Usage::
 
     PYTHONPATH=. python benchmarks/bench_node.py --estimator oracle --duration 60
     PYTHONPATH=. python benchmarks/bench_node.py --estimator vlm --model-folder /models/x
+    PYTHONPATH=. python benchmarks/bench_node.py --estimator vlm --samples 8 --temperature 1.0
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 from rclpy.parameter import Parameter
 
 from spatialvlm_ros.bags import topics as layout
+from spatialvlm_ros.model.estimator import DEFAULT_TEMPERATURE
 from spatialvlm_ros.ros.bag_player import ResultRecorder
 from spatialvlm_ros.ros.harness import EXECUTOR_KINDS
 from spatialvlm_ros.ros.reward_node import RewardNode
@@ -128,6 +130,10 @@ def main() -> int:
                         help="the node's inference_workers (frames answered at once; 0: auto)")
     parser.add_argument('--in-process', action='store_true',
                         help='run the VLM in the node process (estimator_process:=false)')
+    parser.add_argument('--samples', type=int, default=1,
+                        help="the node's samples_per_frame (answers averaged per frame)")
+    parser.add_argument('--temperature', type=float, default=DEFAULT_TEMPERATURE,
+                        help="the node's sampling_temperature")
     parser.add_argument('--duration', type=float, default=60.0)
     parser.add_argument('--rate', type=float, default=30.0)
     parser.add_argument('--width', type=int, default=320)
@@ -144,7 +150,8 @@ def main() -> int:
         params = {'estimator': 'oracle' if args.estimator == 'fake' else args.estimator,
                   'model_folder': args.model_folder, 'device': args.device,
                   'estimator_process': not args.in_process, 'target': args.target,
-                  'inference_workers': args.workers}
+                  'inference_workers': args.workers, 'samples_per_frame': args.samples,
+                  'sampling_temperature': args.temperature}
         factory = (lambda spec: FakeEstimator()) if args.estimator == 'fake' else None
         rows.append((f'throughput, {args.estimator}', args.rate,
                      run_phase(args, params, factory, args.rate, args.duration, False)))
@@ -156,7 +163,8 @@ def main() -> int:
     where = 'the node' if args.in_process else 'a child'
     print(f'\nreward node over DDS, {args.width}x{args.height} rgb8, sim camera in another '
           f'process, {args.executor} executor, model in {where} process, target '
-          f'{args.target!r}, inference_workers {args.workers}\n')
+          f'{args.target!r}, inference_workers {args.workers}, samples_per_frame '
+          f'{args.samples} (T {args.temperature:g})\n')
     print('| run | camera Hz | s | input fps | processed fps | dropped | node latency p50/p99 '
           'ms | inference p50/p99 ms | camera stamp->node publication p50/p99 ms | '
           'camera stamp->result received p50/p99 ms | RSS start -> end MB (growth after 2 s) |')

@@ -1,12 +1,13 @@
 """
 Metrics goal check of the reward pipeline on held-out simulated episodes.
 
-Generates ``--episodes`` episodes (seeds 5000+, scenarios cycled through all five, 320x240,
-60 frames at 15 Hz) as bags in a cache folder (reused on later runs), replays them with each
-``--estimator`` and prints, per estimator, the mean over episodes of the Spearman and Kendall
-correlation of the reward with the true negative distance, the median relative error and MAE of
-the parsed distances (against the gripper-to-target centre distance), and the numeric share;
-then the same per scenario.
+Generates ``--episodes`` episodes (seeds 5000+, or ``--first-seed`` S+ for another set, such
+as the validation episodes 7000+ that settings are chosen on; scenarios cycled through all
+five, 320x240, 60 frames at 15 Hz) as bags in a cache folder (reused on later runs), replays
+them with each ``--estimator`` and prints, per estimator, the mean over episodes of the
+Spearman and Kendall correlation of the reward with the true negative distance, the median
+relative error and MAE of the parsed distances (against the gripper-to-target centre
+distance), and the numeric share; then the same per scenario.
 
 Run: ``PYTHONPATH=. python benchmarks/bench_replay.py [--estimator oracle noisy_oracle]``;
 with the trained model: ``--estimator vlm --model-folder DIR``. ``--json`` prints JSON.
@@ -31,14 +32,15 @@ from spatialvlm_ros.sim.episode import SCENARIOS
 FIRST_SEED = 5000
 
 
-def episode_bags(cache: Path, episodes: int, frames: int, width: int, height: int) -> list[Path]:
-    """Return the bags of the held-out episodes, generating those not in ``cache`` yet."""
+def episode_bags(cache: Path, episodes: int, frames: int, width: int, height: int,
+                 first_seed: int = FIRST_SEED) -> list[Path]:
+    """Return the bags of the episodes, generating those not in ``cache`` yet."""
     from spatialvlm_ros.bags.writer import write_episode
     from spatialvlm_ros.sim.episode import EpisodeConfig, generate_episode
 
     paths = []
     for i in range(episodes):
-        seed = FIRST_SEED + i
+        seed = first_seed + i
         scenario = SCENARIOS[i % len(SCENARIOS)]
         path = cache / f'episode_{seed}_{scenario}_{width}x{height}_{frames}'
         if not (path / 'metadata.yaml').is_file():
@@ -108,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--episodes', type=int, default=20)
+    parser.add_argument('--first-seed', type=int, default=FIRST_SEED,
+                        help=f'seed of the first episode (default {FIRST_SEED}: the held-out '
+                             'episodes; 7000: the validation episodes)')
     parser.add_argument('--frames', type=int, default=60)
     parser.add_argument('--width', type=int, default=320)
     parser.add_argument('--height', type=int, default=240)
@@ -129,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--seed', type=int, default=0, help='noisy oracle seed')
     parser.add_argument('--json', action='store_true')
     args = parser.parse_args(argv)
-    bags = episode_bags(args.cache, args.episodes, args.frames, args.width, args.height)
+    bags = episode_bags(args.cache, args.episodes, args.frames, args.width, args.height,
+                        args.first_seed)
     results: dict[str, dict[str, Any]] = {}
     timings: dict[str, float] = {}
     for kind in args.estimator:
