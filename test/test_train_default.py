@@ -257,7 +257,7 @@ def test_type_pretrained_tower_feeds_the_recipe_with_its_camera(tmp_path):
                            warmup_steps=1, image_size=32, vision_tower='focalnet',
                            type_pretrain_scenes=2, type_pretrain_steps=2, freeze_vision=True,
                            scene_fov_deg=(25, 35), scene_cam_distance=(0.55, 0.8),
-                           type_pretrain_fold=False)
+                           type_pretrain_fold=False, type_pretrain_wide_share=0.5)
     folders = build_data(recipe)
     init = init_model(tmp_path / 'init', 32, 'focalnet')
     typed = pretrain_tower(recipe, init)
@@ -267,6 +267,7 @@ def test_type_pretrained_tower_feeds_the_recipe_with_its_camera(tmp_path):
     assert report['config']['cam_distance'] == [0.55, 0.8]
     assert report['frames'] == 4 and report['config']['steps'] == 2
     assert report['config']['fold'] is False  # the recipe's choice reaches the pre-training
+    assert report['config']['wide_share'] == 0.5
     result = run_training(recipe, typed, folders)
     before, after = (load_vlm(f, device='cpu').model.state_dict()
                      for f in (typed, result.final_dir))
@@ -277,6 +278,7 @@ def test_type_pretrained_tower_feeds_the_recipe_with_its_camera(tmp_path):
     assert 'object type, place and mean colour' in card and 'typed right' in card
     assert 'trained projector then centred and scaled' in card and 'folded' not in card
     assert '25-35 degrees' in card and "not the simulator's default" in card
+    assert "50% of them with the simulator's default camera" in card
 
 
 def test_cli_flags_reach_the_recipe(tmp_path):
@@ -290,8 +292,12 @@ def test_cli_flags_reach_the_recipe(tmp_path):
         'train-default', '--out', str(tmp_path), '--vision-tower', 'focalnet',
         '--type-pretrain-scenes', '3', '--type-pretrain-steps', '4', '--no-type-pretrain-fold',
         '--scene-fov', '25', '35', '--scene-cam-distance', '0.55', '0.8', '--steps', '7',
-        '--grounding-weight', '0.5', '--grounding-answer-positions', 'first', '--seed', '3'])
+        '--grounding-weight', '0.5', '--grounding-answer-positions', 'first', '--seed', '3',
+        '--type-pretrain-wide-share', '0.5'])
     recipe = recipe_from_args(args)
+    assert recipe.type_pretrain_wide_share == 0.5
+    with pytest.raises(ValueError, match='type_pretrain_wide_share'):
+        DefaultRecipe(out=str(tmp_path), type_pretrain_wide_share=-0.1)
     assert (recipe.vision_tower, recipe.type_pretrain_scenes, recipe.type_pretrain_steps,
             recipe.type_pretrain_fold, recipe.steps, recipe.grounding_weight) == (
         'focalnet', 3, 4, False, 7, 0.5)

@@ -20,6 +20,10 @@ def test_config_refuses_bad_settings():
     with pytest.raises(ValueError, match='cam_distance'):
         TypePretrainConfig(cam_distance=(0.0, 0.5))
     assert TypePretrainConfig(fov_deg=[25, 35]).fov_deg == (25.0, 35.0)
+    with pytest.raises(ValueError, match='wide_share'):
+        TypePretrainConfig(wide_share=1.5)
+    assert TypePretrainConfig(wide_share=0.5).split(5) == (3, 2)
+    assert TypePretrainConfig().split(5) == (5, 0)
 
 
 def test_render_type_labels_name_the_objects_under_each_patch():
@@ -42,6 +46,24 @@ def test_render_type_labels_name_the_objects_under_each_patch():
         named = {list(CATALOG).index(o.category) for o in frame.objects}
         assert set(row[row < len(CATALOG)].tolist()) <= named
     assert (labels < len(CATALOG)).any()
+
+
+def test_wide_share_renders_the_last_scenes_with_the_default_camera():
+    pytest.importorskip('pybullet')
+    from spatialvlm_ros.sim.scene import SceneConfig
+    from spatialvlm_ros.train.type_pretrain import render_split, render_type_labels
+
+    config = TypePretrainConfig(width=96, height=72, workers=1, fov_deg=(25, 35),
+                                cam_distance=(0.55, 0.8), wide_share=0.34, frames_per_scene=1)
+    assert config.scene_config(wide=True) == SceneConfig(width=96, height=72)
+    rgb, labels, wide = render_split(config, 6, 7, 3, progress=False)
+    assert wide.tolist() == [False, False, True]  # seeds 7, 8 close; seed 9 wide
+    close_rgb, close_labels = render_type_labels(config, 6, 7, 2, progress=False)
+    wide_rgb, wide_labels = render_type_labels(config, 6, 9, 1, progress=False, wide=True)
+    assert np.array_equal(rgb, np.concatenate([close_rgb, wide_rgb]))
+    assert np.array_equal(labels, np.concatenate([close_labels, wide_labels]))
+    other, _ = render_type_labels(config, 6, 9, 1, progress=False)
+    assert not np.array_equal(other, wide_rgb)  # the same scene, another camera
 
 
 def test_run_type_pretrain_changes_only_tower_and_projector_and_resumes(tmp_path):
@@ -94,7 +116,8 @@ def test_run_type_pretrain_changes_only_tower_and_projector_and_resumes(tmp_path
         run_type_pretrain(init, tmp_path / 'half', config, progress=False)
 
 
-def test_unfolded_pretraining_centres_the_projector(tmp_path):
+def _pretrain_tiny(tmp_path, **settings):
+    """Return the report of a tiny unfolded pre-training (a SigLIP model at 32 px)."""
     pytest.importorskip('torch')
     pytest.importorskip('pybullet')
     from spatialvlm_ros.model.compact import build_compact_model, CompactVLMConfig, save_compact
@@ -104,8 +127,23 @@ def test_unfolded_pretraining_centres_the_projector(tmp_path):
     model, processor = build_compact_model(CompactVLMConfig(image_size=32),
                                            build_default_tokenizer())
     init = save_compact(model, processor, tmp_path / 'init')
-    config = TypePretrainConfig(scenes=1, heldout_scenes=1, steps=2, batch_size=2, width=64,
-                                height=48, workers=1, fold=False, colour_weight=0.0)
-    report = run_type_pretrain(init, tmp_path / 'typed', config, progress=False).report
+    config = TypePretrainConfig(**{'heldout_scenes': 1, 'steps': 2, 'batch_size': 2,
+                                   'width': 64, 'height': 48, 'workers': 1, 'fold': False,
+                                   **settings})
+    return run_type_pretrain(init, tmp_path / 'typed', config, progress=False).report
+
+
+def test_unfolded_pretraining_centres_the_projector(tmp_path):
+    report = _pretrain_tiny(tmp_path, scenes=1, colour_weight=0.0)
     assert set(report['projector']) == {'centring', 'scale'}
     assert report['colour_last'] is None
+    assert 'wide_share' not in report['config']  # as folders made before the option
+    assert 'heldout_object_patch_accuracy_wide' not in report
+
+
+def test_wide_share_reports_the_accuracy_per_camera(tmp_path):
+    report = _pretrain_tiny(tmp_path, scenes=2, heldout_scenes=2, wide_share=0.5,
+                            fov_deg=(25, 35), cam_distance=(0.55, 0.8))
+    assert report['config']['wide_share'] == 0.5 and report['frames'] == 4
+    for name in ('close', 'wide'):
+        assert 0.0 <= report[f'heldout_object_patch_accuracy_{name}'] <= 1.0

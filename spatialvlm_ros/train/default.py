@@ -98,6 +98,9 @@ class DefaultRecipe:
     :ivar type_pretrain_steps: steps of that pre-training.
     :ivar type_pretrain_fold: ``TypePretrainConfig.fold``: fold the pre-training head into the
         projector (True) or keep the trained projector, centred and scaled (False).
+    :ivar type_pretrain_wide_share: ``TypePretrainConfig.wide_share``: the share of those
+        scenes rendered with the simulator's default camera (that of the robot episodes and
+        the reward node's frames) instead of the engine scenes' camera.
     :ivar freeze_vision: keep the vision tower frozen in both QA stages (meant for a
         pre-trained tower, from ``vision_pretrain_episodes`` or ``init_from``; a from-scratch
         tower must train).
@@ -160,6 +163,7 @@ class DefaultRecipe:
     type_pretrain_scenes: int = 2500
     type_pretrain_steps: int = 1400
     type_pretrain_fold: bool = False
+    type_pretrain_wide_share: float = 0.0
     freeze_vision: bool = True
     freeze_projector: bool = True
     grounding_weight: float = 1.0
@@ -209,6 +213,9 @@ class DefaultRecipe:
                              f'{self.vision_targets!r}')
         if self.type_pretrain_scenes < 0 or self.type_pretrain_steps < 1:
             raise ValueError('type_pretrain_scenes must be >= 0 and type_pretrain_steps >= 1')
+        if not 0.0 <= self.type_pretrain_wide_share <= 1.0:
+            raise ValueError('type_pretrain_wide_share must be in [0, 1], got '
+                             f'{self.type_pretrain_wide_share}')
         if self.type_pretrain_scenes > 0 and self.vision_pretrain_episodes > 0:
             raise ValueError('choose one tower pre-training: vision_pretrain_episodes or '
                              'type_pretrain_scenes')
@@ -379,7 +386,7 @@ def pretrain_tower(recipe: DefaultRecipe, model: Path, timings: Timings | None =
             scenes=recipe.type_pretrain_scenes, steps=recipe.type_pretrain_steps,
             width=recipe.width, height=recipe.height, fov_deg=recipe.scene_fov_deg,
             cam_distance=recipe.scene_cam_distance, workers=recipe.workers,
-            fold=recipe.type_pretrain_fold))
+            fold=recipe.type_pretrain_fold, wide_share=recipe.type_pretrain_wide_share))
         if timings is not None:
             timings.record('type_pretrain', time.perf_counter() - start, not typed.skipped)
         return typed.folder
@@ -589,7 +596,10 @@ def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
         tower = (f'vision tower and projector: first pre-trained {recipe.type_pretrain_steps} '
                  f'steps on the object type, place and mean colour of every patch of '
                  f'{2 * recipe.type_pretrain_scenes} frames of other rendered scenes with the '
-                 f'same camera{accuracy}; '
+                 + ('same camera' if not recipe.type_pretrain_wide_share else
+                    f'same camera ({100 * recipe.type_pretrain_wide_share:.0f}% of them with '
+                    "the simulator's default camera, the robot episodes')")
+                 + f'{accuracy}; '
                  + ("the projector's last layer then folded onto the pre-training head's "
                     'outputs' if recipe.type_pretrain_fold else
                     'the trained projector then centred and scaled') + '; then the tower '
@@ -718,6 +728,9 @@ def register(subparsers: Any) -> None:
                              "each patch's object type, place and colour (default 2500; 0: none)")
     parser.add_argument('--type-pretrain-steps', type=int,
                         help='type pre-training steps (default 1400)')
+    parser.add_argument('--type-pretrain-wide-share', type=float,
+                        help="share of those scenes rendered with the simulator's default "
+                             "camera, the robot episodes' (default 0)")
     parser.add_argument('--type-pretrain-fold', action=argparse.BooleanOptionalAction,
                         default=None,
                         help='fold the type head into the projector (default: no, keep the '
@@ -757,7 +770,7 @@ def recipe_from_args(args: argparse.Namespace) -> DefaultRecipe:
              'plain_lr', 'init_from', 'freeze_projector', 'grounding_weight',
              'scene_fov_deg', 'scene_cam_distance', 'type_pretrain_scenes',
              'type_pretrain_steps', 'type_pretrain_fold', 'grounding_answer_positions',
-             'seed')
+             'seed', 'type_pretrain_wide_share')
     overrides = {k: getattr(args, k) for k in names
                  if getattr(args, k) is not None}
     return DefaultRecipe(out=args.out, **overrides)

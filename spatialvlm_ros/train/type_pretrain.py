@@ -69,6 +69,10 @@ class TypePretrainConfig:
     :ivar fov_deg: the scenes' vertical field of view range in degrees (``SceneConfig``).
     :ivar cam_distance: their camera distance range in metres.
     :ivar workers: rendering processes.
+    :ivar wide_share: share of the training and of the held-out scenes rendered with the
+        simulator's default camera (``sim.scene.SceneConfig``'s: the robot episodes' and the
+        reward node's frames, where objects look about half as large) instead of ``fov_deg`` /
+        ``cam_distance``; the held-out accuracy is also reported per camera.
     :ivar fold: fold the head into the projector (:func:`fold_projector`). On the 'left of'
         pairs test (``benchmarks/exp_real_pairs.py``) a decoder learnt nothing from the
         trained projector's own tokens and 0.84-0.91 from the folded ones, with the same tower.
@@ -92,6 +96,7 @@ class TypePretrainConfig:
     cam_distance: tuple[float, float] = (0.75, 1.25)
     workers: int = 2
     fold: bool = True
+    wide_share: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ('scenes', 'frames_per_scene', 'heldout_scenes', 'steps', 'batch_size',
@@ -115,16 +120,25 @@ class TypePretrainConfig:
                 raise ValueError(f'{name} must be finite and >= 0, got {value}')
         if not 0.0 <= self.min_share <= 1.0:
             raise ValueError(f'min_share must be in [0, 1], got {self.min_share}')
+        if not 0.0 <= self.wide_share <= 1.0:
+            raise ValueError(f'wide_share must be in [0, 1], got {self.wide_share}')
         object.__setattr__(self, 'fov_deg', tuple(float(v) for v in self.fov_deg))
         object.__setattr__(self, 'cam_distance', tuple(float(v) for v in self.cam_distance))
         self.scene_config()  # raises ValueError on a bad size or camera range
 
-    def scene_config(self) -> Any:
-        """Return the ``sim.scene.SceneConfig`` the scenes are drawn from."""
+    def scene_config(self, wide: bool = False) -> Any:
+        """Return the ``sim.scene.SceneConfig`` of the scenes (``wide``: the default camera)."""
         from spatialvlm_ros.sim.scene import SceneConfig
 
+        if wide:
+            return SceneConfig(width=self.width, height=self.height)
         return SceneConfig(width=self.width, height=self.height, fov_deg=self.fov_deg,
                            cam_distance=self.cam_distance)
+
+    def split(self, scenes: int) -> tuple[int, int]:
+        """Return how many of ``scenes`` use the recipe's camera and the default camera."""
+        wide = int(round(self.wide_share * scenes))
+        return scenes - wide, wide
 
 
 @dataclass
@@ -142,12 +156,14 @@ def _log(message: str) -> None:
 
 
 def render_type_labels(config: TypePretrainConfig, grid: int, first_seed: int, scenes: int,
-                       progress: bool = True, chunk: int = 250) -> tuple[np.ndarray, np.ndarray]:
+                       progress: bool = True, chunk: int = 250,
+                       wide: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """
     Render ``scenes`` scenes (``config.frames_per_scene`` frames each) and label their patches.
 
     Rendered in chunks of ``chunk`` scenes, keeping only the images and labels (a frame's
-    depth and segmentation are dropped once labelled).
+    depth and segmentation are dropped once labelled); ``wide``: with the simulator's default
+    camera (``config.scene_config(wide=True)``).
 
     :return: ``rgb`` ``uint8`` ``(N, H, W, 3)`` and ``labels`` ``int64`` ``(N, grid * grid)``:
         the catalogue index (``sim.catalog.CATALOG`` order) of the object covering most of
@@ -160,7 +176,7 @@ def render_type_labels(config: TypePretrainConfig, grid: int, first_seed: int, s
     from spatialvlm_ros.train.grounding import segment_patch_labels
 
     kinds = list(CATALOG)
-    scene_config = config.scene_config()
+    scene_config = config.scene_config(wide)
     rgb, labels = [], []
     bar = tqdm(total=scenes, desc='type pre-training renders', unit='scene',
                disable=not progress, dynamic_ncols=True)
@@ -176,6 +192,23 @@ def render_type_labels(config: TypePretrainConfig, grid: int, first_seed: int, s
         bar.update(len(seeds))
     bar.close()
     return np.stack(rgb), np.stack(labels).astype(np.int64)
+
+
+def render_split(config: TypePretrainConfig, grid: int, first_seed: int, scenes: int,
+                 progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    Render ``scenes`` scenes, the ``config.wide_share`` last of them with the default camera.
+
+    :return: ``rgb``, ``labels`` (as :func:`render_type_labels`) and ``wide`` ``bool``
+        ``(N,)``: which frames the default camera took.
+    """
+    close, wide = config.split(scenes)
+    parts = []
+    for count, start, is_wide in ((close, first_seed, False), (wide, first_seed + close, True)):
+        if count:
+            rgb, labels = render_type_labels(config, grid, start, count, progress, wide=is_wide)
+            parts.append((rgb, labels, np.full(len(rgb), is_wide)))
+    return tuple(np.concatenate([part[i] for part in parts]) for i in range(3))  # type: ignore
 
 
 def object_patch_accuracy(model: Any, processor: Any, head: Any, images: np.ndarray,
@@ -241,7 +274,10 @@ def fold_projector(model: Any, processor: Any, head: Any, classes: int,
 
 
 def _config_record(config: TypePretrainConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(asdict(config)))
+    record = asdict(config)
+    if not record['wide_share']:  # folders finished before the option existed stay finished
+        del record['wide_share']
+    return json.loads(json.dumps(record))
 
 
 def run_type_pretrain(model_dir: str | Path, out_dir: str | Path, config: TypePretrainConfig,
@@ -284,9 +320,9 @@ def run_type_pretrain(model_dir: str | Path, out_dir: str | Path, config: TypePr
     background = len(CATALOG)
     _log(f'rendering {config.scenes} + {config.heldout_scenes} held-out scenes x '
          f'{config.frames_per_scene} frames ({grid}x{grid} patches)')
-    images, labels = render_type_labels(config, grid, config.seed, config.scenes, progress)
-    held_images, held_labels = render_type_labels(config, grid, config.heldout_seed,
-                                                  config.heldout_scenes, progress)
+    images, labels, _ = render_split(config, grid, config.seed, config.scenes, progress)
+    held_images, held_labels, held_wide = render_split(config, grid, config.heldout_seed,
+                                                       config.heldout_scenes, progress)
     rendered = time.perf_counter() - start
     _log(f'training the tower and projector for {config.steps} steps on {len(images)} frames')
     weights = [1.0] * background + [config.background_weight]
@@ -299,6 +335,12 @@ def run_type_pretrain(model_dir: str | Path, out_dir: str | Path, config: TypePr
     model.eval()
     accuracy = object_patch_accuracy(model, processor, head, held_images, held_labels,
                                      background)
+    per_camera = {}
+    if config.wide_share > 0:
+        for name, rows in (('close', ~held_wide), ('wide', held_wide)):
+            if (held_labels[rows] != background).any():
+                per_camera[f'heldout_object_patch_accuracy_{name}'] = object_patch_accuracy(
+                    model, processor, head, held_images[rows], held_labels[rows], background)
     calibration = list(images[:64])
     if config.fold:
         projector = {'fold': fold_projector(model, processor, head, background + 1,
@@ -319,6 +361,7 @@ def run_type_pretrain(model_dir: str | Path, out_dir: str | Path, config: TypePr
         'grid': grid,
         'object_patch_share': float((labels != background).mean()),
         'heldout_object_patch_accuracy': accuracy,
+        **per_camera,
         'majority_type_share': float(np.bincount(
             held_labels[held_labels != background], minlength=background).max()
             / max(1, int((held_labels != background).sum()))),
