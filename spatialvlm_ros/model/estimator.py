@@ -151,6 +151,15 @@ MAX_SAMPLES = 16
 """Most answers per frame the node and the replay accept (one batch per frame)."""
 
 
+def check_sampling(samples: int, temperature: float) -> None:
+    """Raise a clear ValueError unless ``samples`` and ``temperature`` are in the node's ranges."""
+    if not 1 <= samples <= MAX_SAMPLES:
+        raise ValueError(f'samples must be in [1, {MAX_SAMPLES}], got {samples}')
+    low, high = TEMPERATURE_RANGE  # NaN fails the comparison
+    if not low <= temperature <= high:
+        raise ValueError(f'temperature must be in [{low}, {high}], got {temperature}')
+
+
 class VLMDistanceEstimator:
     """
     Distances from a spatial VLM: the shipped default or any local Hugging Face VLM folder.

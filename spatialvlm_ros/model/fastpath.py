@@ -406,7 +406,6 @@ class LeanGreedyDecoder:
             length = input_ids.shape[1]
             head = model.lm_head
             unfinished = torch.ones(k, dtype=torch.long, device=device)
-            generated = input_ids.new_empty((k, 0))
             for step in range(max_new_tokens):
                 hidden = self._forward(text, plans, hidden, positions, cache)
                 if step == 0:  # one prompt: its cache and last position, copied for the rows
@@ -417,13 +416,12 @@ class LeanGreedyDecoder:
                 scores = step_logits[:, -1].to(copy=True, dtype=torch.float32)
                 if eos_ids and step < min_new_tokens:
                     scores[:, eos_ids] = -math.inf
-                for warper in warpers:
-                    scores = warper(generated, scores)
+                for warper in warpers:  # these two read only the scores
+                    scores = warper(input_ids, scores)
                 probs = F.softmax(scores, dim=-1)
                 tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
                 if eos_ids:
                     tokens = tokens * unfinished + pad * (1 - unfinished)
-                generated = torch.cat([generated, tokens[:, None]], dim=-1)
                 done = []
                 for row, token in enumerate(tokens.tolist()):
                     rows[row].append(token)
@@ -434,7 +432,7 @@ class LeanGreedyDecoder:
                     break
                 positions = torch.tensor([[length + step]], device=device)
                 hidden = text.embed_tokens(tokens[:, None])
-        return generated
+        return torch.tensor(rows, dtype=torch.long, device=device).reshape(k, -1)
 
     def _prefill(self, input_ids: Any, pixel_values: Any) -> tuple[Any, Any, list[Any], Any]:
         """Return the prompt's embeddings (image scattered in), positions, empty cache, plans."""

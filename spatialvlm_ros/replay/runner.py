@@ -23,11 +23,10 @@ import numpy as np
 from spatialvlm_ros.bags.errors import BagError
 from spatialvlm_ros.core.reward import RewardConfig
 from spatialvlm_ros.model.estimator import (
+    check_sampling,
     DEFAULT_QUESTION_TEMPLATE,
     DEFAULT_TEMPERATURE,
-    MAX_SAMPLES,
     normalize_template,
-    TEMPERATURE_RANGE,
 )
 from spatialvlm_ros.replay import metrics as replay_metrics
 from spatialvlm_ros.replay.estimators import (
@@ -108,11 +107,7 @@ class ReplayConfig:
         if not self.subject:
             raise ValueError('subject must be non-empty')
         normalize_template(self.question_template)  # both slots, or a clear ValueError
-        if not 1 <= self.samples <= MAX_SAMPLES:
-            raise ValueError(f'samples must be in [1, {MAX_SAMPLES}], got {self.samples}')
-        low, high = TEMPERATURE_RANGE  # the node's sampling_temperature range
-        if not low <= self.temperature <= high:
-            raise ValueError(f'temperature must be in [{low}, {high}], got {self.temperature}')
+        check_sampling(self.samples, self.temperature)  # the node's ranges
         self.reward_config()  # validates mode, scale and threshold
 
     def vlm_options(self) -> dict[str, Any]:

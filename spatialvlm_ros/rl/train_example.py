@@ -28,7 +28,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from spatialvlm_ros.model.estimator import DEFAULT_TEMPERATURE, MAX_SAMPLES, TEMPERATURE_RANGE
+from spatialvlm_ros.model.estimator import (
+    check_sampling,
+    DEFAULT_TEMPERATURE,
+    MAX_SAMPLES,
+    TEMPERATURE_RANGE,
+)
 
 REWARDS = ('true', 'oracle', 'noisy_oracle', 'vlm')
 ALGOS = ('ppo', 'sac')
@@ -214,11 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
     parser.add_argument('--json', action='store_true')
     args = parser.parse_args(argv)
-    if not 1 <= args.samples <= MAX_SAMPLES:
-        parser.error(f'--samples must be in [1, {MAX_SAMPLES}], got {args.samples}')
-    if not TEMPERATURE_RANGE[0] <= args.temperature <= TEMPERATURE_RANGE[1]:
-        parser.error(f'--temperature must be in [{TEMPERATURE_RANGE[0]}, '
-                     f'{TEMPERATURE_RANGE[1]}], got {args.temperature}')
+    try:
+        check_sampling(args.samples, args.temperature)
+    except ValueError as exc:
+        parser.error(f'--{exc}')  # '--samples must be ...' / '--temperature must be ...'
     import torch
 
     torch.set_num_threads(args.threads)

@@ -212,8 +212,15 @@ def render_split(config: TypePretrainConfig, grid: int, first_seed: int, scenes:
 
 
 def object_patch_accuracy(model: Any, processor: Any, head: Any, images: np.ndarray,
-                          labels: np.ndarray, background: int, batch_size: int = 50) -> float:
-    """Return the share of object patches (label != ``background``) whose type the head names."""
+                          labels: np.ndarray, background: int, batch_size: int = 50,
+                          groups: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """
+    Return the share of object patches (label != ``background``) whose type the head names.
+
+    :param groups: optional ``name -> bool (N,)`` frame masks, each scored apart from the same
+        predictions (a group without object patches is left out).
+    :return: ``{'all': share}`` plus one share per group.
+    """
     import torch
 
     from spatialvlm_ros.train.connector import image_tokens
@@ -231,7 +238,12 @@ def object_patch_accuracy(model: Any, processor: Any, head: Any, images: np.ndar
     objects = labels != background
     if not objects.any():
         raise ValueError('the held-out frames hold no object patches')
-    return float((np.concatenate(predicted) == labels)[objects].mean())
+    hits = np.concatenate(predicted) == labels
+    shares = {'all': float(hits[objects].mean())}
+    for name, rows in (groups or {}).items():
+        if objects[rows].any():
+            shares[name] = float(hits[rows][objects[rows]].mean())
+    return shares
 
 
 def fold_projector(model: Any, processor: Any, head: Any, classes: int,
@@ -333,14 +345,11 @@ def run_type_pretrain(model_dir: str | Path, out_dir: str | Path, config: TypePr
                                 colour_weight=config.colour_weight, flip=True, one_cycle=True),
         class_weights=weights, return_head=True)
     model.eval()
-    accuracy = object_patch_accuracy(model, processor, head, held_images, held_labels,
-                                     background)
-    per_camera = {}
-    if config.wide_share > 0:
-        for name, rows in (('close', ~held_wide), ('wide', held_wide)):
-            if (held_labels[rows] != background).any():
-                per_camera[f'heldout_object_patch_accuracy_{name}'] = object_patch_accuracy(
-                    model, processor, head, held_images[rows], held_labels[rows], background)
+    groups = {'close': ~held_wide, 'wide': held_wide} if config.wide_share > 0 else None
+    shares = object_patch_accuracy(model, processor, head, held_images, held_labels, background,
+                                   groups=groups)
+    accuracy = shares.pop('all')
+    per_camera = {f'heldout_object_patch_accuracy_{name}': v for name, v in shares.items()}
     calibration = list(images[:64])
     if config.fold:
         projector = {'fold': fold_projector(model, processor, head, background + 1,
