@@ -371,6 +371,11 @@ def test_pretrain_connector_learns_colours_with_flips_and_one_cycle():
         colour = [h['colour'] for h in history]
         assert np.mean(colour[-10:]) < 0.5 * np.mean(colour[:5])
     assert runs[False] != runs[True]  # the flips change the batches
+    for steps in (1, 3, 20, 39):  # short runs: a warm-up shorter than a step once crashed
+        model, processor = build_tiny_vlm()
+        cfg = ConnectorPretrainConfig(steps=steps, batch_size=2, one_cycle=True)
+        history = pretrain_connector(model, processor, images, _labels(16), 3, cfg)
+        assert len(history) == steps and all(np.isfinite(h['class']) for h in history)
     with pytest.raises(ValueError, match='colour_weight'):
         ConnectorPretrainConfig(colour_weight=-1.0)
 

@@ -307,8 +307,9 @@ class ConnectorPretrainConfig:
         colours the captions name (0: off).
     :ivar flip: mirror half of each batch left-right (images and labels; the position targets
         stay those of the patch's place).
-    :ivar one_cycle: AdamW with ``torch``'s one-cycle schedule (5% warm-up, peak ``lr``,
-        weight decay 0.01) instead of Adam at a constant ``lr``.
+    :ivar one_cycle: AdamW with ``torch``'s one-cycle schedule (5% warm-up, at least two
+        steps; peak ``lr``; weight decay 0.01) instead of Adam at a constant ``lr``. Runs of
+        fewer than 4 steps keep AdamW at the constant ``lr``.
     """
 
     steps: int = 300
@@ -441,8 +442,11 @@ def pretrain_connector(model: Any, processor: Any, images: Sequence[np.ndarray],
     if config.one_cycle:
         optimizer = torch.optim.AdamW(trained + list(head.parameters()), lr=config.lr,
                                       weight_decay=0.01)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr,
-                                                       total_steps=config.steps, pct_start=0.05)
+        if config.steps >= 4:  # shorter runs (smoke tests) keep the constant peak lr
+            # torch's warm-up phase must span at least one step (it divides by its length)
+            schedule = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, config.lr, total_steps=config.steps,
+                pct_start=max(0.05, 2.0 / config.steps))
     else:
         optimizer = torch.optim.Adam(trained + list(head.parameters()), lr=config.lr)
     rng = np.random.default_rng(config.seed)
