@@ -84,8 +84,11 @@ def shipped(calls: int, threads: int, samples: list[int] | None = None,
         estimator = VLMDistanceEstimator(None, device=device,
                                          threads=threads or None)
         vlm = estimator._vlm
-        node = {'answer_prefix': vlm.config.answer_prefix, 'stop_at_distance': True}
-        rows = [("prefix 'The distance is' + stop at distance (the node's default)", node),
+        node = {'answer_prefix': vlm.config.answer_prefix, 'stop_at_distance': True,
+                'decoding': vlm.config.decoding}
+        rows = [("prefix 'The distance is' + stop at distance, "
+                 f"{vlm.config.decoding} digits (the node's default)", node),
+                ("the node's, greedy digits", {**node, 'decoding': 'greedy'}),
                 ('no prefix, stop at distance', {'stop_at_distance': True, 'answer_prefix': ''}),
                 ('no prefix, whole answer', {'stop_at_distance': False, 'answer_prefix': ''})]
         rows += [(f"the node's, {k} answers sampled at T {temperature} and averaged",

@@ -29,7 +29,11 @@ import numpy as np
 from rclpy.parameter import Parameter
 
 from spatialvlm_ros.bags import topics as layout
-from spatialvlm_ros.model.estimator import DEFAULT_TEMPERATURE
+from spatialvlm_ros.model.estimator import (
+    DEFAULT_NUMBER_DECODING,
+    DEFAULT_TEMPERATURE,
+    NUMBER_DECODINGS,
+)
 from spatialvlm_ros.ros.bag_player import ResultRecorder
 from spatialvlm_ros.ros.harness import EXECUTOR_KINDS
 from spatialvlm_ros.ros.reward_node import RewardNode
@@ -134,6 +138,9 @@ def main() -> int:
                         help="the node's samples_per_frame (answers averaged per frame)")
     parser.add_argument('--temperature', type=float, default=DEFAULT_TEMPERATURE,
                         help="the node's sampling_temperature")
+    parser.add_argument('--number-decoding', choices=NUMBER_DECODINGS,
+                        default=DEFAULT_NUMBER_DECODING,
+                        help="the node's number_decoding (one answer per frame)")
     parser.add_argument('--duration', type=float, default=60.0)
     parser.add_argument('--rate', type=float, default=30.0)
     parser.add_argument('--width', type=int, default=320)
@@ -151,7 +158,8 @@ def main() -> int:
                   'model_folder': args.model_folder, 'device': args.device,
                   'estimator_process': not args.in_process, 'target': args.target,
                   'inference_workers': args.workers, 'samples_per_frame': args.samples,
-                  'sampling_temperature': args.temperature}
+                  'sampling_temperature': args.temperature,
+                  'number_decoding': args.number_decoding}
         factory = (lambda spec: FakeEstimator()) if args.estimator == 'fake' else None
         rows.append((f'throughput, {args.estimator}', args.rate,
                      run_phase(args, params, factory, args.rate, args.duration, False)))
@@ -164,7 +172,7 @@ def main() -> int:
     print(f'\nreward node over DDS, {args.width}x{args.height} rgb8, sim camera in another '
           f'process, {args.executor} executor, model in {where} process, target '
           f'{args.target!r}, inference_workers {args.workers}, samples_per_frame '
-          f'{args.samples} (T {args.temperature:g})\n')
+          f'{args.samples} (T {args.temperature:g}), number_decoding {args.number_decoding}\n')
     print('| run | camera Hz | s | input fps | processed fps | dropped | node latency p50/p99 '
           'ms | inference p50/p99 ms | camera stamp->node publication p50/p99 ms | '
           'camera stamp->result received p50/p99 ms | RSS start -> end MB (growth after 2 s) |')

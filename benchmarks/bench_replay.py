@@ -25,7 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from spatialvlm_ros.model.estimator import DEFAULT_TEMPERATURE
+from spatialvlm_ros.model.estimator import (
+    DEFAULT_NUMBER_DECODING,
+    DEFAULT_TEMPERATURE,
+    NUMBER_DECODINGS,
+)
 from spatialvlm_ros.replay.runner import replay_bags, ReplayConfig
 from spatialvlm_ros.sim.episode import SCENARIOS
 
@@ -127,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--answer-prefix', default=None,
                         help="VLM answer prefix ('' for none; default: the node's)")
     parser.add_argument('--samples', type=int, default=1,
-                        help='VLM answers sampled and averaged per frame (default 1: greedy)')
+                        help='VLM answers sampled and averaged per frame (default 1: one answer)')
+    parser.add_argument('--number-decoding', choices=NUMBER_DECODINGS,
+                        default=DEFAULT_NUMBER_DECODING,
+                        help="how one answer per frame is decoded (default: the node's, "
+                             f'{DEFAULT_NUMBER_DECODING})')
     parser.add_argument('--temperature', type=float, default=DEFAULT_TEMPERATURE,
                         help='VLM sampling temperature when --samples > 1')
     parser.add_argument('--smoother', default='median_ema')
@@ -141,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in args.estimator:
         config = ReplayConfig(estimator=kind, model_folder=args.model_folder,
                               answer_prefix=args.answer_prefix, samples=args.samples,
-                              temperature=args.temperature, smoother=args.smoother,
+                              temperature=args.temperature,
+                              number_decoding=args.number_decoding, smoother=args.smoother,
                               seed=args.seed)
         out = (args.out or args.cache) / f'replay_{kind}'
         start = time.perf_counter()

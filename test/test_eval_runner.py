@@ -188,3 +188,26 @@ def test_gripper_questions_carry_their_series(tmp_path):
     write_qa_shard(tmp_path / 'data' / 'gripper-00000.parquet', rows)
     questions = load_questions([tmp_path / 'data'])
     assert [q.series for q in questions] == ['gripper-1-000007: gripper / mug'] * 2
+
+
+def test_median_decoding_is_the_one_answer_pass(data_dir, tmp_path):
+    from spatialvlm_ros.evaluate.runner import load_answerer, summary_lines
+    from spatialvlm_ros.model.inference import InferenceConfig, SpatialVLM
+    from spatialvlm_ros.model.loading import load_vlm
+    from spatialvlm_ros.train.data import decode_image
+
+    model, processor = build_tiny_vlm()
+    model.save_pretrained(tmp_path / 'model')
+    processor.save_pretrained(tmp_path / 'model')
+    config = EvalConfig(decoding='median', max_new_tokens=6, batch_size=2, limit=4)
+    result = evaluate_model(tmp_path / 'model', [data_dir], config)
+    assert result.to_dict()['decoding'] == 'median'
+    assert any(line.startswith('median-decoded:') for line in summary_lines(result))
+    direct = SpatialVLM(load_vlm(tmp_path / 'model'), InferenceConfig(
+        decoding='median', max_new_tokens=6, batch_size=2))
+    images = [decode_image(q.image) for q in result.questions[:2]]
+    texts = direct.generate(images, [q.question for q in result.questions[:2]])
+    assert [a[0] for a in result.answers['greedy'][:2]] == [t[0].strip() for t in texts]
+    assert load_answerer(tmp_path / 'model', decoding='median').decoding == 'median'
+    with pytest.raises(ValueError, match='decoding must be one of'):
+        EvalConfig(decoding='beam')

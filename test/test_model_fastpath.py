@@ -565,3 +565,49 @@ def test_number_space_is_left_out_where_the_space_joins_the_number(shipped):
     assert not _space_is_own_token(_WordTokenizer(), 'The distance is')
     vlm = SpatialVLM(shipped, InferenceConfig(answer_prefix='The distance is '))
     assert vlm.prompt_prefix == 'The distance is '  # a prefix that ends in a space is kept
+
+
+def test_median_decoding_takes_the_same_tokens_on_both_paths(shipped, frames, compact_gqa):
+    # the lean loop's choose hook and generate()'s logits processor force the same digits
+    rgb, target = frames
+    question = f'What is the distance between the gripper and {target}?'
+    runs = {}
+    for fast in (True, False):
+        for decoding in ('greedy', 'median'):
+            vlm = SpatialVLM(shipped, InferenceConfig(
+                fast_path=fast, decoding=decoding, answer_prefix='The distance is',
+                stop_at_distance=True, max_new_tokens=24))
+            runs[fast, decoding] = [vlm.ask(frame, [question])[0].text for frame in rgb]
+            assert vlm.last_path == ('lean' if fast else 'generate')
+    assert runs[True, 'median'] == runs[False, 'median']
+    assert runs[True, 'greedy'] == runs[False, 'greedy']
+    # a tiny random model: long answers full of digits, several numbers in one answer
+    vlm = SpatialVLM(compact_gqa, InferenceConfig(decoding='median', max_new_tokens=20))
+    slow = SpatialVLM(compact_gqa, InferenceConfig(decoding='median', max_new_tokens=20,
+                                                   fast_path=False))
+    image = np.random.default_rng(3).integers(0, 256, (64, 80, 3), dtype=np.uint8)
+    for prefix in ('', 'The distance is 0.'):
+        vlm.config.answer_prefix = slow.config.answer_prefix = prefix
+        vlm._prefixes.clear()
+        slow._prefixes.clear()
+        assert vlm.ask(image, ['How far?'])[0].text == slow.ask(image, ['How far?'])[0].text
+
+
+def test_median_decoding_needs_digits_split_one_by_one(shipped):
+    from spatialvlm_ros.model.inference import digit_token_ids
+
+    digits, point = digit_token_ids(shipped.tokenizer)
+    assert [shipped.tokenizer.decode([d]).strip() for d in digits] == list('0123456789')
+    assert [shipped.tokenizer.decode([p]) for p in point] == ['.']
+
+    class MultiDigit:  # '12' is one token, as in tokenizers that merge digits
+        def __call__(self, text, add_special_tokens=False):
+            return {'input_ids': [int(text) if text.isdigit() else 7]}
+
+        def decode(self, ids):
+            return str(ids[0])
+
+    with pytest.raises(ValueError, match='one token'):
+        digit_token_ids(MultiDigit())
+    with pytest.raises(ValueError, match='decoding must be one of'):
+        InferenceConfig(decoding='beam')

@@ -188,6 +188,7 @@ class _FixedEstimator:
 
 def test_vlm_samples_and_temperature_reach_the_estimator(bags, tmp_path, monkeypatch, capsys):
     from spatialvlm_ros.model import estimator as module
+    from spatialvlm_ros.model.estimator import DEFAULT_NUMBER_DECODING, NUMBER_DECODINGS
 
     built = []
     monkeypatch.setattr(module, 'build_estimator',
@@ -203,6 +204,13 @@ def test_vlm_samples_and_temperature_reach_the_estimator(bags, tmp_path, monkeyp
     assert replay(bags[0], '--question-template', 'How far is {subject} from {target}?',
                   '--out', tmp_path / 'c', '--no-plot', '--json') == 0
     assert built[-1]['question_template'] == 'How far is {subject} from {target}?'
+    assert 'number_decoding' not in built[-1]  # the estimator's default: the node's
+    other = next(d for d in NUMBER_DECODINGS if d != DEFAULT_NUMBER_DECODING)
+    capsys.readouterr()
+    assert replay(bags[0], '--number-decoding', other, '--out', tmp_path / 'd', '--no-plot',
+                  '--json') == 0
+    assert built[-1]['number_decoding'] == other
+    assert json.loads(capsys.readouterr().out)['config']['number_decoding'] == other
 
 
 @pytest.mark.parametrize('flags, match', [(('--samples', '0'), 'samples'),
@@ -215,4 +223,14 @@ def test_vlm_samples_and_temperature_reach_the_estimator(bags, tmp_path, monkeyp
 def test_bad_sampling_options_are_clear_errors(bags, tmp_path, flags, match):
     with pytest.raises(CommandError, match=match):
         replay(bags[0], *flags, '--out', tmp_path / 'out')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_unknown_number_decoding_is_refused(bags, tmp_path):
+    from spatialvlm_ros.replay.runner import ReplayConfig
+
+    with pytest.raises(ValueError, match='number_decoding must be one of'):
+        ReplayConfig(number_decoding='beam')
+    with pytest.raises(SystemExit):  # argparse's choices
+        replay(bags[0], '--number-decoding', 'beam', '--out', tmp_path / 'out')
     assert not (tmp_path / 'out').exists()

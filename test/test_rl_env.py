@@ -7,6 +7,10 @@ import pytest
 
 gym = pytest.importorskip('gymnasium')
 
+from spatialvlm_ros.model.estimator import (  # noqa: E402 - after the importorskip
+    DEFAULT_NUMBER_DECODING,
+    NUMBER_DECODINGS,
+)
 from spatialvlm_ros.rl import ENV_ID  # noqa: E402 - after the importorskip
 from spatialvlm_ros.rl.env import PandaReachEnv, ReachConfig  # noqa: E402
 from spatialvlm_ros.rl.estimators import make_estimator  # noqa: E402
@@ -178,14 +182,21 @@ def test_rl_example_builds_the_vlm_with_the_sampling_options(monkeypatch):
     assert built == [('vlm', {'model_folder': None, 'samples': 8, 'temperature': 1.0})]
     assert result['reward'] == 'vlm (8 samples, T 1)' and result['samples'] == 8
     greedy = train_example.train_one('vlm', 'ppo', 64, 1, 0, 'median_ema', None, 1, SMALL)
-    assert built[-1] == ('vlm', {'model_folder': None}) and greedy['reward'] == 'vlm'
+    default = DEFAULT_NUMBER_DECODING  # the node's
+    assert built[-1] == ('vlm', {'model_folder': None, 'number_decoding': default})
+    assert greedy['reward'] == f'vlm ({default})' and greedy['number_decoding'] == default
+    other = next(d for d in NUMBER_DECODINGS if d != default)
+    train_example.train_one('vlm', 'ppo', 64, 1, 0, 'median_ema', None, 1, SMALL,
+                            number_decoding=other)
+    assert built[-1] == ('vlm', {'model_folder': None, 'number_decoding': other})
     assert 0.0 <= greedy['success_rate'] <= 1.0
 
 
 @pytest.mark.parametrize('flags, match', [(['--samples', '0'], '--samples'),
                                           (['--samples', '17'], '--samples'),
                                           (['--temperature', '0'], '--temperature'),
-                                          (['--temperature', 'nan'], '--temperature')])
+                                          (['--temperature', 'nan'], '--temperature'),
+                                          (['--number-decoding', 'beam'], 'number-decoding')])
 def test_rl_example_rejects_bad_sampling_options(flags, match, capsys):
     from spatialvlm_ros.rl import train_example
 

@@ -302,8 +302,10 @@ def test_live_replay_command_passes_the_sampling_and_question_options(tmp_path, 
     assert seen[-1] == {'estimator': 'vlm', 'model_folder': '', 'subject': 'the gripper'}
     assert bag_player.main(['bag', '--csv', str(tmp_path / 'b.csv'), '--samples', '4',
                             '--temperature', '1.0', '--target', 'the red mug',
-                            '--question-template', 'How far is {subject} from {target}?']) == 0
+                            '--question-template', 'How far is {subject} from {target}?',
+                            '--number-decoding', 'greedy']) == 0
     assert seen[-1] == {'estimator': 'vlm', 'model_folder': '', 'subject': 'the gripper',
                         'target': 'the red mug', 'samples_per_frame': 4,
                         'sampling_temperature': 1.0,
-                        'question_template': 'How far is {subject} from {target}?'}
+                        'question_template': 'How far is {subject} from {target}?',
+                        'number_decoding': 'greedy'}

@@ -15,7 +15,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from spatialvlm_ros.bags.imageconv import array_to_image
-from spatialvlm_ros.model.estimator import DistanceEstimate
+from spatialvlm_ros.model.estimator import DEFAULT_NUMBER_DECODING, DistanceEstimate
 from spatialvlm_ros.ros.conversions import message_class
 from spatialvlm_ros.ros.reward_node import (
     DIAGNOSTIC_KEYS,
@@ -176,10 +176,11 @@ def test_activation_fails_cleanly_when_the_model_cannot_load(ros):
         ros.remove(node)
 
 
-def test_invalid_configuration_fails_configure(ros):
+@pytest.mark.parametrize('name, value', [('question_template', 'How far is {subject}?'),
+                                         ('number_decoding', 'beam')])
+def test_invalid_configuration_fails_configure(ros, name, value):
     node = ros.add(RewardNode(lambda spec: FakeEstimator(), context=ros.context,
-                              parameter_overrides=[Parameter('question_template',
-                                                             value='How far is {subject}?')]))
+                              parameter_overrides=[Parameter(name, value=value)]))
     try:
         node.trigger_configure()
         assert node.lifecycle_state == 'unconfigured'
@@ -438,6 +439,25 @@ def test_sampling_settings_reach_the_estimator(rig):
         assert len(estimator.estimate(image, 'the gripper', 'the red mug').samples) == 3
     finally:
         estimator.close()
+
+
+def test_number_decoding_reaches_the_estimator(rig):
+    r = rig(params={'number_decoding': 'greedy'}).start()
+    assert r.built[0].number_decoding == 'greedy'
+    outcome = r.node.set_parameters([Parameter('number_decoding', value='median')])[0]
+    assert not outcome.successful and 'read-only' in outcome.reason
+    from spatialvlm_ros.ros.estimators import default_estimator_factory, EstimatorSpec
+
+    for decoding in ('median', 'greedy'):
+        estimator = default_estimator_factory(EstimatorSpec(device='cpu', process=False,
+                                                            number_decoding=decoding))
+        try:
+            assert estimator._vlm.config.decoding == decoding
+            assert estimator.estimate(np.zeros((96, 96, 3), np.uint8), 'the gripper',
+                                      'the red mug').text.startswith('The distance is')
+        finally:
+            estimator.close()
+    assert EstimatorSpec().number_decoding == DEFAULT_NUMBER_DECODING
 
 
 def test_node_replay_and_rl_ask_the_same_question():

@@ -25,6 +25,8 @@ def test_recipe_rejects_an_unknown_answer_style(tmp_path):
         DefaultRecipe(out=str(tmp_path), gripper_answer_style='imperial')
     with pytest.raises(ValueError, match='steps'):
         DefaultRecipe(out=str(tmp_path), steps=0)
+    with pytest.raises(ValueError, match='eval_decoding'):
+        DefaultRecipe(out=str(tmp_path), eval_decoding='beam')
 
 
 def test_metric_style_reaches_the_training_folders_not_the_heldout(tmp_path):
@@ -147,6 +149,12 @@ def test_model_card_reports_whether_gripper_answers_follow_the_distance():
     card = model_card(DefaultRecipe(), result, {'heldout': _report(),
                                                 'gripper_heldout': _report()}, {})
     assert 'no episode series to measure' in card
+    card = model_card(DefaultRecipe(eval_decoding='median'), result,
+                      {'heldout': _report(), 'gripper_heldout': _report()}, {})
+    assert 'Held-out evaluation (median decoding: greedy, with each number' in card
+    card = model_card(DefaultRecipe(eval_decoding='greedy'), result,
+                      {'heldout': _report(), 'gripper_heldout': _report()}, {})
+    assert 'Held-out evaluation (greedy decoding' in card
 
 
 def test_plain_stage_sits_between_the_two_stages(tmp_path):

@@ -8,6 +8,8 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     """Add the ``eval`` command."""
+    from spatialvlm_ros.core.decoding import NUMBER_DECODINGS
+
     parser = subparsers.add_parser(
         'eval', help="evaluate a model on held-out spatial QA (the paper's metrics)",
         description='Ask every QA turn of the Parquet shards in DATA_DIR with its image and '
@@ -21,6 +23,10 @@ def register(subparsers: Any) -> None:
                         help='sampled answers averaged per question (default 1: greedy only)')
     parser.add_argument('--temperature', type=float, default=0.7,
                         help='sampling temperature (default 0.7)')
+    parser.add_argument('--decoding', choices=NUMBER_DECODINGS, default='greedy',
+                        help='the one-answer pass: greedy (default) or median (each number at '
+                             "the median of the model's distribution, the reward node's "
+                             'default)')
     parser.add_argument('--max-new-tokens', type=int, default=48, help='answer length limit')
     parser.add_argument('--batch-size', type=int, default=8, help='questions per batch')
     parser.add_argument('--limit', type=int, default=0, help='at most N questions (0: all)')
@@ -46,7 +52,8 @@ def _eval(args: argparse.Namespace) -> int:
     try:
         config = EvalConfig(samples=args.samples, temperature=args.temperature,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                            seed=args.seed, limit=args.limit, truth=args.truth)
+                            seed=args.seed, limit=args.limit, truth=args.truth,
+                            decoding=args.decoding)
         result = evaluate_model(args.model_dir, args.data, config,
                                 progress=not (args.no_progress or args.json),
                                 device=args.device)

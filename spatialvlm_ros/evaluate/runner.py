@@ -5,7 +5,10 @@ Every QA turn of every row becomes one question, asked on its own with the row's
 single-turn chat, so earlier answers do not leak). Two passes are scored with
 ``spatialvlm_ros.evaluate.metrics``:
 
-- ``greedy``: one greedy answer per question (no multi-sample averaging);
+- ``greedy``: one answer per question (no multi-sample averaging), decoded greedily or, with
+  ``decoding='median'`` (what the reward node does by default), greedily with each number's
+  digits at the median of the model's distribution (``model.inference``); the report's
+  ``decoding`` says which, the key stays ``greedy``;
 - ``sampled`` (when ``samples > 1``): ``samples`` answers drawn at ``temperature``;
   quantitative predictions are the mean of the readable values and qualitative ones the
   majority reading, as in ``metrics.score_item``.
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence
 
+from spatialvlm_ros.core.decoding import NUMBER_DECODINGS
 from spatialvlm_ros.evaluate.metrics import EvalItem, evaluate_items, KINDS
 from spatialvlm_ros.train.data import decode_image, read_rows, Row
 
@@ -58,6 +62,8 @@ class EvalConfig:
     :ivar limit: evaluate at most this many questions (0: all).
     :ivar truth: 'value_m' (the engine's exact value) or 'sim' (the simulator's, when given).
     :ivar include_items: put the per-question answers and grading in the report.
+    :ivar decoding: how the one-answer pass decodes: ``'greedy'`` or ``'median'`` (needs the
+        model package's inference API and a tokenizer that spells digits one by one).
     """
 
     samples: int = 1
@@ -68,6 +74,7 @@ class EvalConfig:
     limit: int = 0
     truth: str = 'value_m'
     include_items: bool = False
+    decoding: str = 'greedy'
 
     def __post_init__(self) -> None:
         for name in ('samples', 'limit', 'seed'):
@@ -80,6 +87,9 @@ class EvalConfig:
             raise ValueError(f'temperature must be > 0, got {self.temperature}')
         if self.truth not in TRUTH_SOURCES:
             raise ValueError(f'truth must be one of {TRUTH_SOURCES}, got {self.truth!r}')
+        if self.decoding not in NUMBER_DECODINGS:
+            raise ValueError(f'decoding must be one of {NUMBER_DECODINGS}, got '
+                             f'{self.decoding!r}')
 
 
 @dataclass
@@ -106,6 +116,7 @@ class EvalResult:
     :ivar sampled: the report with multi-sample averaging, or None.
     :ivar questions: the questions asked.
     :ivar answers: per pass ('greedy', 'sampled'), the answers per question.
+    :ivar decoding: how the one-answer ('greedy') pass was decoded.
     """
 
     greedy: Any
@@ -113,12 +124,14 @@ class EvalResult:
     questions: list[Question]
     answers: dict[str, list[list[str]]] = field(default_factory=dict)
     samples: int = 1
+    decoding: str = 'greedy'
 
     def to_dict(self, include_items: bool = False) -> dict[str, Any]:
         """Return a JSON-ready dict (per-question answers and grading only if asked)."""
         out: dict[str, Any] = {
             'n_images': len({q.image_id for q in self.questions}),
             'n_questions': len(self.questions), 'samples': self.samples,
+            'decoding': self.decoding,
             'greedy': self.greedy.to_dict(),
             'sampled': self.sampled.to_dict() if self.sampled is not None else None}
         if include_items:
@@ -324,15 +337,17 @@ class SpatialVLMAnswerer:
 
     :param loaded: a ``model.loading.LoadedVLM``.
     :param max_new_tokens: answer length limit.
+    :param decoding: how one answer per question is decoded (``'greedy'`` or ``'median'``).
     """
 
-    def __init__(self, loaded: Any, max_new_tokens: int = 48) -> None:
+    def __init__(self, loaded: Any, max_new_tokens: int = 48, decoding: str = 'greedy') -> None:
         self.loaded = loaded
         self.max_new_tokens = max_new_tokens
+        self.decoding = decoding
 
     def answer_batch(self, images: Sequence[Any], questions: Sequence[str], num_samples: int,
                      temperature: float, seed: int) -> list[list[str]]:
-        """Return ``max(1, num_samples)`` answers per question (greedy when 0)."""
+        """Return ``max(1, num_samples)`` answers per question (one, as ``decoding``, when 0)."""
         from spatialvlm_ros.model.inference import InferenceConfig, SpatialVLM
 
         if num_samples:
@@ -340,8 +355,9 @@ class SpatialVLMAnswerer:
                                      temperature=temperature, num_samples=num_samples,
                                      seed=seed, batch_size=max(1, len(questions)))
         else:
-            config = InferenceConfig(max_new_tokens=self.max_new_tokens, decoding='greedy',
-                                     seed=seed, batch_size=max(1, len(questions)))
+            config = InferenceConfig(max_new_tokens=self.max_new_tokens,
+                                     decoding=self.decoding, seed=seed,
+                                     batch_size=max(1, len(questions)))
         texts = SpatialVLM(self.loaded, config).generate(list(images), list(questions))
         return [[t.strip() for t in answers] for answers in texts]
 
@@ -361,15 +377,31 @@ def answerer_for(model: Any, processor: Any, max_new_tokens: int = 48) -> Answer
 
 
 def load_answerer(model_dir: str | Path, max_new_tokens: int = 48,
-                  device: str = 'auto') -> Answerer:
-    """Return an answerer for a model folder (see the module docstring)."""
+                  device: str = 'auto', decoding: str = 'greedy') -> Answerer:
+    """
+    Return an answerer for a model folder (see the module docstring).
+
+    :raises ValueError: for ``decoding='median'`` without the inference API, or with a
+        tokenizer that does not spell digits one by one.
+    """
     try:
         from spatialvlm_ros.model.inference import SpatialVLM  # noqa: F401 - availability
         from spatialvlm_ros.model.loading import load_vlm
     except ImportError:
         load_vlm = None
     if load_vlm is not None:
-        return SpatialVLMAnswerer(load_vlm(model_dir, device=device), max_new_tokens)
+        answerer = SpatialVLMAnswerer(load_vlm(model_dir, device=device), max_new_tokens,
+                                      decoding)
+        if decoding == 'median':
+            from spatialvlm_ros.model.inference import digit_token_ids
+
+            try:
+                digit_token_ids(answerer.loaded.tokenizer)
+            except ValueError as error:
+                raise ValueError(f'{model_dir}: {error}') from error
+        return answerer
+    if decoding != 'greedy':
+        raise ValueError(f'{decoding} decoding needs spatialvlm_ros.model.inference')
     import torch
 
     from spatialvlm_ros.train.trainer import load_pretrained
@@ -416,7 +448,7 @@ def evaluate_questions(answerer: Answerer, questions: Sequence[Question],
     if cfg.samples > 1:
         answers['sampled'] = _ask(answerer, questions, cfg.samples, cfg, progress)
         sampled = evaluate_items(_items(questions, answers['sampled']))
-    return EvalResult(greedy, sampled, questions, answers, max(1, cfg.samples))
+    return EvalResult(greedy, sampled, questions, answers, max(1, cfg.samples), cfg.decoding)
 
 
 def evaluate_model(model_dir: str | Path, data: Sequence[str | Path],
@@ -428,7 +460,7 @@ def evaluate_model(model_dir: str | Path, data: Sequence[str | Path],
     if not questions:
         raise ValueError(f'no gradable questions in {list(map(str, data))}')
     if answerer is None:
-        answerer = load_answerer(model_dir, cfg.max_new_tokens, device)
+        answerer = load_answerer(model_dir, cfg.max_new_tokens, device, cfg.decoding)
     return evaluate_questions(answerer, questions, cfg, progress)
 
 
@@ -438,7 +470,8 @@ def summary_lines(result: EvalResult) -> list[str]:
         return '-' if value is None else f'{value:.3f}'
 
     lines = [f'{result.to_dict()["n_images"]} images, {len(result.questions)} questions']
-    passes = [('greedy', result.greedy)]
+    passes = [('greedy' if result.decoding == 'greedy' else f'{result.decoding}-decoded',
+               result.greedy)]
     if result.sampled is not None:
         passes.append((f'{result.samples} samples averaged', result.sampled))
     for name, report in passes:

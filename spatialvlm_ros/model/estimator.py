@@ -20,6 +20,8 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from spatialvlm_ros.core.decoding import NUMBER_DECODINGS
+
 
 @dataclass
 class DistanceEstimate:
@@ -149,6 +151,8 @@ TEMPERATURE_RANGE = (0.05, 5.0)
 """Sampling temperatures the node and the replay accept (inclusive)."""
 MAX_SAMPLES = 16
 """Most answers per frame the node and the replay accept (one batch per frame)."""
+DEFAULT_NUMBER_DECODING = 'greedy'
+"""How the node, the replay and the RL wrapper decode one answer per frame."""
 
 
 def check_sampling(samples: int, temperature: float) -> None:
@@ -160,6 +164,13 @@ def check_sampling(samples: int, temperature: float) -> None:
         raise ValueError(f'temperature must be in [{low}, {high}], got {temperature}')
 
 
+def check_number_decoding(number_decoding: str) -> None:
+    """Raise a clear ValueError unless ``number_decoding`` is one of :data:`NUMBER_DECODINGS`."""
+    if number_decoding not in NUMBER_DECODINGS:
+        raise ValueError(f'number_decoding must be one of {NUMBER_DECODINGS}, got '
+                         f'{number_decoding!r}')
+
+
 class VLMDistanceEstimator:
     """
     Distances from a spatial VLM: the shipped default or any local Hugging Face VLM folder.
@@ -167,7 +178,7 @@ class VLMDistanceEstimator:
     :param model_folder: a local model folder; empty or None for the shipped default.
     :param device: ``'auto'`` (CUDA when available), ``'cpu'``, ``'cuda'``, ``'cuda:1'``...
     :param samples: answers sampled per frame and averaged (the paper averages several samples
-        for precise distances); 1 decodes greedily.
+        for precise distances); 1 decodes one answer as ``number_decoding`` says.
     :param temperature: sampling temperature when ``samples > 1``.
     :param question_template: the question, with ``[A]`` (subject) and ``[B]`` (target) slots.
     :param max_new_tokens: most generated tokens per answer; generation stops once the stated
@@ -179,6 +190,11 @@ class VLMDistanceEstimator:
     :param threads: torch CPU threads (None leaves torch's default).
     :param seed: sampling seed.
     :param trust_remote_code: allow model code from the folder (off unless asked for).
+    :param number_decoding: with one answer per frame, ``'median'`` (each number at the median
+        of the model's distribution; needs a tokenizer that spells digits one by one) or
+        ``'greedy'``; see :data:`NUMBER_DECODINGS`.
+    :raises ValueError: on bad values, or ``'median'`` with a tokenizer that has multi-digit
+        tokens (use ``'greedy'`` for such a model).
     """
 
     def __init__(self, model_folder: str | Path | None = '', device: str = 'auto',
@@ -187,12 +203,15 @@ class VLMDistanceEstimator:
                  question_template: str = DEFAULT_QUESTION_TEMPLATE,
                  max_new_tokens: int = 24, threads: int | None = None, seed: int = 0,
                  trust_remote_code: bool = False,
-                 answer_prefix: str = DEFAULT_ANSWER_PREFIX) -> None:
+                 answer_prefix: str = DEFAULT_ANSWER_PREFIX,
+                 number_decoding: str = DEFAULT_NUMBER_DECODING) -> None:
         if samples < 1:
             raise ValueError(f'samples must be >= 1, got {samples}')
+        check_number_decoding(number_decoding)
+        self.number_decoding = number_decoding
         question_template = normalize_template(question_template)
         from spatialvlm_ros.model.inference import InferenceConfig, SpatialVLM
-        from spatialvlm_ros.model.loading import load_vlm
+        from spatialvlm_ros.model.loading import load_vlm, unload
 
         if threads is not None:
             import torch
@@ -203,11 +222,17 @@ class VLMDistanceEstimator:
         self.question_template = question_template
         self._loaded = load_vlm(folder, device=device, trust_remote_code=trust_remote_code)
         config = InferenceConfig(max_new_tokens=max_new_tokens,
-                                 decoding='sample' if samples > 1 else 'greedy',
+                                 decoding='sample' if samples > 1 else number_decoding,
                                  temperature=temperature, num_samples=samples, seed=seed,
                                  batch_size=max(1, samples), stop_at_distance=True,
                                  answer_prefix=answer_prefix)
         self._vlm: Any = SpatialVLM(self._loaded, config)
+        if number_decoding == 'median':
+            try:
+                self._vlm.median_digits()  # a tokenizer it cannot walk fails here, not per frame
+            except ValueError as error:
+                unload(self._loaded)
+                raise ValueError(f"{folder}: {error}; use number_decoding 'greedy'") from error
 
     @property
     def device(self) -> str:
@@ -227,7 +252,8 @@ class VLMDistanceEstimator:
 
         :param question_template: overrides the constructor's template for this call
             (``[A]``/``[B]`` or ``{subject}``/``{target}`` slots).
-        :param samples: overrides the number of sampled answers averaged (1: greedy).
+        :param samples: overrides the number of sampled answers averaged (1: one answer,
+            decoded as ``number_decoding``).
         """
         if self._vlm is None:
             raise RuntimeError('the estimator was closed')
@@ -236,7 +262,8 @@ class VLMDistanceEstimator:
                 raise ValueError(f'samples must be >= 1, got {samples}')
             self._vlm.config = dataclasses.replace(
                 self._vlm.config, num_samples=int(samples),
-                decoding='sample' if samples > 1 else 'greedy', batch_size=max(1, samples))
+                decoding='sample' if samples > 1 else self.number_decoding,
+                batch_size=max(1, samples))
         start = time.perf_counter()
         question = self.question(subject, target, question_template)
         answer = self._vlm.ask(check_image(image), [question])[0]

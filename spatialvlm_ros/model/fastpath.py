@@ -321,7 +321,8 @@ class LeanGreedyDecoder:
 
     def decode(self, input_ids: Any, pixel_values: Any, max_new_tokens: int,
                min_new_tokens: int = 0, stop: Callable[[list[int]], bool] | None = None,
-               logits: list[Any] | None = None) -> list[int]:
+               logits: list[Any] | None = None,
+               choose: Callable[[Any], int | None] | None = None) -> list[int]:
         """
         Return the generated token ids (EOS included when reached) for a batch of one.
 
@@ -332,6 +333,9 @@ class LeanGreedyDecoder:
         :param stop: called with the tokens so far after each token; True ends decoding.
         :param logits: when a list, each step's float32 ``(1, vocab)`` logits are appended
             (``generate``'s ``output_logits``).
+        :param choose: called with each step's float32 ``(1, vocab)`` scores (EOS masked as
+            above); a token id it returns is taken instead of the likeliest one, as a
+            ``generate()`` logits processor that leaves only that token would make it.
         """
         import torch
         import torch.nn.functional as F
@@ -353,7 +357,8 @@ class LeanGreedyDecoder:
                     logits.append(scores.clone())
                 if eos_ids and len(tokens) < min_new_tokens:
                     scores[:, eos_ids] = -math.inf
-                token = int(scores.argmax(dim=-1))
+                forced = None if choose is None else choose(scores)
+                token = int(scores.argmax(dim=-1)) if forced is None else int(forced)
                 tokens.append(token)
                 if token in eos_ids or (stop is not None and stop(tokens)):
                     break

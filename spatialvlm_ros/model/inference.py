@@ -2,8 +2,8 @@
 The spatial VLM inference API: image(s) + question(s) -> answer text and a distance in metres.
 
 ``SpatialVLM(loaded, InferenceConfig(...)).ask(images, questions)`` batches the
-``(image, question)`` pairs (left-padded, ``batch_size`` at a time), generates greedily or by
-sampling, decodes only the continuation and parses each answer with
+``(image, question)`` pairs (left-padded, ``batch_size`` at a time), generates greedily, by
+sampling or by median decoding, decodes only the continuation and parses each answer with
 ``spatialvlm_ros.core.answers.parse_distance``. With ``num_samples > 1`` (sampling) every pair
 gets that many answers and ``value_m`` is the mean of the ones that state a length, as the
 paper averages samples for precise distances; answers with no readable length never count as a
@@ -11,6 +11,15 @@ number (``value_m`` stays None and ``parse_error`` says why).
 
 Images are RGB ``uint8`` ``(H, W, 3)`` arrays (the project's pinned format) or PIL images.
 Generation is seeded: the same inputs, batch size and seed give the same answers.
+
+With ``decoding='median'`` every number is read off the model's distribution instead of
+its likeliest path: where the likeliest next token is a digit, the digit is taken at the
+running median of the digits' distribution (``spatialvlm_ros.core.decoding``). For a model
+trained on fixed-width numbers ('The distance is 0.46 m.', the shipped default's gripper
+answers) the answer states the median of the distances the model finds likely, in one greedy
+pass; greedy decoding states the likeliest first digit, then the likeliest second one, which
+holds a frame's answer on one value while the truth moves. It needs a tokenizer that spells
+each digit as one token.
 
 With ``stop_at_distance`` (what the reward node's estimator uses) each answer stops as soon as
 the length it states is read and one more token leaves that reading unchanged ('... is 20 cm'
@@ -31,8 +40,9 @@ With ``fast_path`` (the default) a batch of one pair to a LLaVA model takes
 ``spatialvlm_ros.model.fastpath``: the prompt is tokenized once per question, the image
 preprocessed without the processor's per-call machinery, and greedy answers decoded by a lean
 KV-cache loop instead of ``generate()`` (for a Llama text model under SDPA attention), with the
-same tokens as ``generate()``. Everything else (batches, sampling, other families) goes
-through the processor and ``generate()``; ``SpatialVLM.last_path`` says which decoded last.
+same tokens as ``generate()`` (median decoding included). Everything else (batches, sampling,
+other families) goes through the processor and ``generate()``; ``SpatialVLM.last_path`` says
+which decoded last.
 The model is checked for the lean loop once, when first asked: a ``generation_config``, hook or
 attention implementation changed after that needs a new ``SpatialVLM``.
 """
@@ -47,6 +57,7 @@ from typing import Any, Callable, Sequence
 from spatialvlm_ros.model.loading import build_inputs, decode_new_tokens, LoadedVLM
 
 DISTANCE_QUESTION = 'What is the distance between [A] and [B]?'
+DECODINGS = ('greedy', 'sample', 'median')
 
 # A parser maps an answer to (metres or None, reason when None).
 Parser = Callable[[str], tuple[float | None, str | None]]
@@ -58,7 +69,8 @@ class InferenceConfig:
     Decoding settings.
 
     :ivar max_new_tokens: most tokens generated per answer.
-    :ivar decoding: ``'greedy'`` or ``'sample'``.
+    :ivar decoding: ``'greedy'``, ``'sample'`` or ``'median'`` (greedy, with each number's
+        digits at the median of the model's distribution; see the module docstring).
     :ivar temperature: sampling temperature (> 0; sampling only).
     :ivar top_p: nucleus sampling mass in (0, 1] (sampling only).
     :ivar num_samples: answers per question; > 1 needs sampling (values are averaged).
@@ -86,8 +98,8 @@ class InferenceConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f'max_new_tokens must be >= 1, got {self.max_new_tokens}')
-        if self.decoding not in ('greedy', 'sample'):
-            raise ValueError(f"decoding must be 'greedy' or 'sample', got {self.decoding!r}")
+        if self.decoding not in DECODINGS:
+            raise ValueError(f'decoding must be one of {DECODINGS}, got {self.decoding!r}')
         if not self.temperature > 0:
             raise ValueError(f'temperature must be > 0, got {self.temperature}')
         if not 0 < self.top_p <= 1:
@@ -205,6 +217,7 @@ class SpatialVLM:
         self._fast_inputs: Any = None
         self._lean: tuple[Any, Any] = (None, None)  # (model, decoder or None)
         self._prefixes: dict[tuple[str, bool], str] = {}
+        self._digits: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     @property
     def prompt_prefix(self) -> str:
@@ -225,7 +238,7 @@ class SpatialVLM:
         tokenizer = self.loaded.tokenizer
         kwargs: dict[str, Any] = {'max_new_tokens': cfg.max_new_tokens,
                                   'pad_token_id': tokenizer.pad_token_id}
-        if cfg.decoding == 'greedy':
+        if cfg.decoding != 'sample':  # greedy, or median (greedy plus a logits processor)
             kwargs.update(do_sample=False, num_beams=1, temperature=None, top_p=None,
                           top_k=None)
         else:
@@ -241,6 +254,18 @@ class SpatialVLM:
         return {'stopping_criteria': StoppingCriteriaList(
             [_DistanceRead(self.loaded.tokenizer, prompt_length, self.parser,
                            self.prompt_prefix)])}
+
+    def median_digits(self) -> Any:
+        """
+        Return a fresh :class:`spatialvlm_ros.core.decoding.DigitQuantile` for this tokenizer.
+
+        :raises ValueError: when the tokenizer does not spell each digit as one token.
+        """
+        from spatialvlm_ros.core.decoding import DigitQuantile
+
+        if self._digits is None:
+            self._digits = digit_token_ids(self.loaded.tokenizer)
+        return DigitQuantile(*self._digits)
 
     def _inputs(self, images: Sequence[Any], questions: Sequence[str], prefix: str) -> Any:
         """Return the inputs: the fast path's for one LLaVA pair, else the processor's."""
@@ -288,7 +313,12 @@ class SpatialVLM:
             return [self._lean_answers(lean, inputs, generation, prefix)]
         self.last_path = 'generate'
         kwargs = {**generation, **self._stopping(prompt_length)}
-        if self.config.decoding == 'greedy':  # deterministic; seeding costs ~5 ms a call
+        if self.config.decoding == 'median':
+            from transformers import LogitsProcessorList
+
+            kwargs['logits_processor'] = LogitsProcessorList(
+                [_MedianDigits(self.median_digits())])
+        if self.config.decoding != 'sample':  # deterministic; seeding costs ~5 ms a call
             with torch.inference_mode():
                 sequences = self.loaded.model.generate(**inputs, **kwargs)
         else:
@@ -312,8 +342,12 @@ class SpatialVLM:
         max_new, min_new = generation['max_new_tokens'], generation.get('min_new_tokens') or 0
         if not generation.get('do_sample'):
             stop = None if reader is None else functools.partial(reader.read, 0)
+            choose = None
+            if self.config.decoding == 'median':
+                digits = self.median_digits()
+                choose = functools.partial(_choose_row, digits, 0)
             tokens = lean.decode(inputs['input_ids'], inputs['pixel_values'], max_new, min_new,
-                                 stop)
+                                 stop, choose=choose)
             sequences = torch.tensor([tokens], dtype=torch.long)
         else:
             with torch.random.fork_rng(devices=_cuda_devices(self.loaded.device)):
@@ -348,6 +382,53 @@ class SpatialVLM:
         """Ask 'What is the distance between [A] and [B]?' about one image."""
         question = DISTANCE_QUESTION.replace('[A]', subject).replace('[B]', target)
         return self.ask(image, [question])[0]
+
+
+def digit_token_ids(tokenizer: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """
+    Return ``(ids of '0' .. '9', ids of the decimal point)`` as they appear inside a number.
+
+    :param tokenizer: a ``transformers`` tokenizer.
+    :raises ValueError: when a digit is not one token of its own inside a number (a tokenizer
+        with multi-digit tokens), which median decoding cannot walk digit by digit.
+    """
+    def ids(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)['input_ids'])
+
+    def inside(char: str) -> int | None:
+        # the token that '0' + char adds to '0': the character as it follows a digit
+        before, after = ids('0'), ids('0' + char)
+        if after[:len(before)] != before or len(after) != len(before) + 1:
+            return None
+        return after[-1] if tokenizer.decode(after[-1:]).strip() == char else None
+
+    digits = [inside(str(d)) for d in range(10)]
+    if any(d is None for d in digits) or len(set(digits)) != 10:
+        raise ValueError('median decoding needs a tokenizer that spells each digit as one '
+                         "token (digits split one by one); this model's does not")
+    point = inside('.')
+    return tuple(int(d) for d in digits if d is not None), (() if point is None else (point,))
+
+
+def _choose_row(digits: Any, row: int, scores: Any) -> int | None:
+    """Return the token :class:`DigitQuantile` forces on ``row`` of ``scores`` (or None)."""
+    return digits.choose(row, scores[row].detach().float().cpu().numpy())
+
+
+class _MedianDigits:
+    """A ``transformers`` logits processor: each row's digits at its running median."""
+
+    def __init__(self, digits: Any) -> None:
+        self.digits = digits
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        for row in range(scores.shape[0]):
+            token = _choose_row(self.digits, row, scores)
+            if token is not None:
+                forced = scores[row, token].clone()
+                scores[row] = -math.inf
+                scores[row, token] = forced
+        return scores
 
 
 class _DistanceRead:

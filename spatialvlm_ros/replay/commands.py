@@ -19,7 +19,12 @@ from typing import Any
 
 def register(subparsers: Any) -> None:
     """Add the ``replay`` subcommand."""
-    from spatialvlm_ros.model.estimator import DEFAULT_QUESTION_TEMPLATE, DEFAULT_TEMPERATURE
+    from spatialvlm_ros.model.estimator import (
+        DEFAULT_NUMBER_DECODING,
+        DEFAULT_QUESTION_TEMPLATE,
+        DEFAULT_TEMPERATURE,
+        NUMBER_DECODINGS,
+    )
     from spatialvlm_ros.replay.estimators import ESTIMATOR_KINDS
     from spatialvlm_ros.replay.pipeline import DEFAULT_SUBJECT, SMOOTHER_KINDS
     from spatialvlm_ros.replay.source import DEFAULT_IMAGE_TOPIC
@@ -42,10 +47,16 @@ def register(subparsers: Any) -> None:
                         "('' for none; default: the node's, 'The distance is')")
     parser.add_argument('--samples', type=int, default=1,
                         help="VLM answers sampled per frame and averaged, as the node's "
-                             'samples_per_frame (default 1: greedy)')
+                             'samples_per_frame (default 1: one answer, see '
+                             '--number-decoding)')
     parser.add_argument('--temperature', type=float, default=DEFAULT_TEMPERATURE,
                         help='VLM sampling temperature when --samples > 1 (default '
                              f'{DEFAULT_TEMPERATURE})')
+    parser.add_argument('--number-decoding', choices=NUMBER_DECODINGS,
+                        default=DEFAULT_NUMBER_DECODING,
+                        help='with one answer per frame: median (each number at the median of '
+                             "the VLM's distribution) or greedy, as the node's number_decoding "
+                             f'(default {DEFAULT_NUMBER_DECODING})')
     parser.add_argument('--question-template', default=DEFAULT_QUESTION_TEMPLATE,
                         help="the VLM's question, with {subject} and {target} (default: the "
                              f"node's, {DEFAULT_QUESTION_TEMPLATE!r})")
@@ -85,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         config = ReplayConfig(
             estimator=args.estimator, model_folder=args.model_folder,
             answer_prefix=args.answer_prefix, samples=args.samples,
-            temperature=args.temperature, question_template=args.question_template,
+            temperature=args.temperature, number_decoding=args.number_decoding,
+            question_template=args.question_template,
             subject=args.subject,
             target=args.target, smoother=args.smoother, reward_mode=args.reward_mode,
             reward_scale=args.reward_scale, success_threshold_m=args.success_threshold,

@@ -23,7 +23,9 @@ import numpy as np
 from spatialvlm_ros.bags.errors import BagError
 from spatialvlm_ros.core.reward import RewardConfig
 from spatialvlm_ros.model.estimator import (
+    check_number_decoding,
     check_sampling,
+    DEFAULT_NUMBER_DECODING,
     DEFAULT_QUESTION_TEMPLATE,
     DEFAULT_TEMPERATURE,
     normalize_template,
@@ -56,9 +58,11 @@ class ReplayConfig:
     :ivar answer_prefix: text the VLM's answers are made to start with ('' for none; None: the
         estimator's default, as in the node).
     :ivar samples: VLM answers sampled per frame and averaged (the node's
-        ``samples_per_frame``); 1 decodes greedily.
+        ``samples_per_frame``); 1 decodes one answer as ``number_decoding`` says.
     :ivar temperature: VLM sampling temperature when ``samples > 1`` (the node's
         ``sampling_temperature``).
+    :ivar number_decoding: with one answer per frame, ``'median'`` or ``'greedy'`` (the node's
+        ``number_decoding``; ``model.estimator.NUMBER_DECODINGS``).
     :ivar question_template: the VLM's question, ``{subject}`` / ``{target}`` (or ``[A]`` /
         ``[B]``) slots; the node's default.
     :ivar subject: the moving part's phrase.
@@ -80,6 +84,7 @@ class ReplayConfig:
     answer_prefix: str | None = None
     samples: int = 1
     temperature: float = DEFAULT_TEMPERATURE
+    number_decoding: str = DEFAULT_NUMBER_DECODING
     question_template: str = DEFAULT_QUESTION_TEMPLATE
     subject: str = DEFAULT_SUBJECT
     target: str | None = None
@@ -108,6 +113,7 @@ class ReplayConfig:
             raise ValueError('subject must be non-empty')
         normalize_template(self.question_template)  # both slots, or a clear ValueError
         check_sampling(self.samples, self.temperature)  # the node's ranges
+        check_number_decoding(self.number_decoding)
         self.reward_config()  # validates mode, scale and threshold
 
     def vlm_options(self) -> dict[str, Any]:
@@ -119,6 +125,8 @@ class ReplayConfig:
             options['question_template'] = self.question_template
         if self.samples != 1:
             options.update(samples=self.samples, temperature=self.temperature)
+        if self.number_decoding != DEFAULT_NUMBER_DECODING:
+            options['number_decoding'] = self.number_decoding
         return options
 
     def reward_config(self) -> RewardConfig:

@@ -30,8 +30,10 @@ import numpy as np
 
 from spatialvlm_ros.model.estimator import (
     check_sampling,
+    DEFAULT_NUMBER_DECODING,
     DEFAULT_TEMPERATURE,
     MAX_SAMPLES,
+    NUMBER_DECODINGS,
     TEMPERATURE_RANGE,
 )
 
@@ -140,13 +142,16 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray] | None, episodes: int,
 def train_one(reward: str, algo: str, steps: int, n_envs: int, seed: int, smoother: str,
               model_folder: str | None, eval_episodes: int,
               env_kwargs: dict[str, Any], samples: int = 1,
-              temperature: float = DEFAULT_TEMPERATURE) -> dict[str, Any]:
+              temperature: float = DEFAULT_TEMPERATURE,
+              number_decoding: str = DEFAULT_NUMBER_DECODING) -> dict[str, Any]:
     """
     Train one agent with ``reward`` and evaluate it on the true task.
 
-    :param samples: VLM answers sampled and averaged per step (1: greedy; the node's
+    :param samples: VLM answers sampled and averaged per step (1: one answer; the node's
         ``samples_per_frame``).
     :param temperature: their sampling temperature (the node's ``sampling_temperature``).
+    :param number_decoding: how one answer per step is decoded (the node's
+        ``number_decoding``).
     """
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -154,7 +159,8 @@ def train_one(reward: str, algo: str, steps: int, n_envs: int, seed: int, smooth
     if reward == 'vlm':
         from spatialvlm_ros.replay.estimators import build_estimator
 
-        options = {} if samples == 1 else {'samples': samples, 'temperature': temperature}
+        options: dict[str, Any] = {'number_decoding': number_decoding} if samples == 1 else \
+            {'samples': samples, 'temperature': temperature}
         shared = SharedEstimator(build_estimator('vlm', model_folder=model_folder, **options))
     start = time.perf_counter()
     try:
@@ -175,11 +181,12 @@ def train_one(reward: str, algo: str, steps: int, n_envs: int, seed: int, smooth
         return np.asarray(action)
 
     result = evaluate(policy, eval_episodes, env_kwargs)
-    label = reward if reward != 'vlm' or samples == 1 else \
+    label = reward if reward != 'vlm' else f'vlm ({number_decoding})' if samples == 1 else \
         f'vlm ({samples} samples, T {temperature:g})'
     result.update({'reward': label, 'algo': algo, 'steps': steps, 'train_s': train_s})
     if reward == 'vlm':
-        result.update({'samples': samples, 'temperature': temperature if samples > 1 else None})
+        result.update({'samples': samples, 'temperature': temperature if samples > 1 else None,
+                       'number_decoding': number_decoding if samples == 1 else None})
     return result
 
 
@@ -211,11 +218,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--model-folder', help='VLM folder for --reward vlm')
     parser.add_argument('--samples', type=int, default=1,
                         help='--reward vlm: answers sampled and averaged per step (default 1: '
-                             f'greedy; at most {MAX_SAMPLES})')
+                             f'one answer, see --number-decoding; at most {MAX_SAMPLES})')
     parser.add_argument('--temperature', type=float, default=DEFAULT_TEMPERATURE,
                         help='--reward vlm: sampling temperature when --samples > 1 (default '
                              f'{DEFAULT_TEMPERATURE}; {TEMPERATURE_RANGE[0]}..'
                              f'{TEMPERATURE_RANGE[1]})')
+    parser.add_argument('--number-decoding', choices=NUMBER_DECODINGS,
+                        default=DEFAULT_NUMBER_DECODING,
+                        help='--reward vlm with one answer per step: median or greedy (default '
+                             f'{DEFAULT_NUMBER_DECODING})')
     parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
     parser.add_argument('--json', action='store_true')
     args = parser.parse_args(argv)
@@ -232,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for reward in args.reward:
         rows.append(train_one(reward, args.algo, args.steps, args.envs, args.seed,
                               args.smoother, args.model_folder, args.eval_episodes,
-                              env_kwargs, args.samples, args.temperature))
+                              env_kwargs, args.samples, args.temperature,
+                              args.number_decoding))
         if not args.json:
             print(table(rows[-1:]).splitlines()[-1], file=sys.stderr)
     print(json.dumps(rows, indent=2) if args.json else table(rows))

@@ -347,13 +347,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="sampling temperature when --samples > 1 (default: the node's)")
     parser.add_argument('--question-template',
                         help="question with {subject} and {target} (default: the node's)")
+    parser.add_argument('--number-decoding', choices=('median', 'greedy'),
+                        help="how one answer per frame is decoded (default: the node's)")
     parser.add_argument('--rate', type=float, default=1.0, help='playback speed factor')
     args = parser.parse_args(argv)
     params: dict[str, Any] = {'estimator': args.estimator, 'model_folder': args.model_folder,
                               'subject': args.subject}
     for name, value in (('target', args.target), ('samples_per_frame', args.samples),
                         ('sampling_temperature', args.temperature),
-                        ('question_template', args.question_template)):
+                        ('question_template', args.question_template),
+                        ('number_decoding', args.number_decoding)):
         if value is not None:
             params[name] = value
     report: dict[str, Any] = {}

@@ -43,6 +43,7 @@ import numpy as np
 
 from spatialvlm_ros.model.estimator import (
     DEFAULT_ANSWER_PREFIX,
+    DEFAULT_NUMBER_DECODING,
     DEFAULT_QUESTION_TEMPLATE,
     DEFAULT_TEMPERATURE,
     DistanceEstimate,
@@ -64,6 +65,7 @@ class EstimatorSpec:
     :ivar device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
     :ivar samples_per_frame: answers sampled per frame (at build time).
     :ivar temperature: sampling temperature when more than one answer is sampled.
+    :ivar number_decoding: how one answer per frame is decoded (``'median'`` or ``'greedy'``).
     :ivar question_template: question with ``{subject}`` and ``{target}`` (at build time).
     :ivar answer_prefix: text the VLM's answers are made to start with ('' for none).
     :ivar cpu_threads: torch CPU threads (0: torch's default).
@@ -75,6 +77,7 @@ class EstimatorSpec:
     device: str = 'auto'
     samples_per_frame: int = 1
     temperature: float = DEFAULT_TEMPERATURE
+    number_decoding: str = DEFAULT_NUMBER_DECODING
     question_template: str = DEFAULT_QUESTION_TEMPLATE
     answer_prefix: str = DEFAULT_ANSWER_PREFIX
     cpu_threads: int = 1
@@ -123,6 +126,7 @@ def default_estimator_factory(spec: EstimatorSpec) -> DistanceEstimator:
                            'this version; use estimator:=oracle or inject a factory')
     available = {'model_folder': spec.model_folder or None, 'device': spec.device,
                  'samples': spec.samples_per_frame, 'temperature': spec.temperature,
+                 'number_decoding': spec.number_decoding,
                  'question_template': spec.question_template,
                  'answer_prefix': spec.answer_prefix, 'threads': spec.cpu_threads or None}
     kwargs = accepted_kwargs(build, available)

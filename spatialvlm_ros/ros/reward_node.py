@@ -98,11 +98,13 @@ from spatialvlm_ros.core.reward import BONUS_MODES, REWARD_MODES, RewardConfig
 from spatialvlm_ros.core.smoothing import KalmanConfig, MedianEMAConfig, SmootherConfig
 from spatialvlm_ros.model.estimator import (
     DEFAULT_ANSWER_PREFIX,
+    DEFAULT_NUMBER_DECODING,
     DEFAULT_QUESTION_TEMPLATE,
     DEFAULT_TEMPERATURE,
     DistanceEstimate,
     DistanceEstimator,
     MAX_SAMPLES,
+    NUMBER_DECODINGS,
     TEMPERATURE_RANGE,
 )
 from spatialvlm_ros.replay.pipeline import RewardPipeline
@@ -231,12 +233,17 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec('target', 'the coke can', 'Target phrase of the distance question.'),
     ParamSpec('question_template', DEFAULT_QUESTION_TEMPLATE,
               'Question asked per frame; must contain {subject} and {target}.'),
-    ParamSpec('samples_per_frame', 1, 'Answers sampled per frame and averaged (1: greedy); '
+    ParamSpec('samples_per_frame', 1, 'Answers sampled per frame and averaged (1: one answer, '
+              'decoded as number_decoding says); '
               'one pass over the image and prompt for all of them on the LLaVA fast path.',
               low=1, high=MAX_SAMPLES),
     ParamSpec('sampling_temperature', DEFAULT_TEMPERATURE,
               'Sampling temperature of the VLM when samples_per_frame > 1.', True,
               low=TEMPERATURE_RANGE[0], high=TEMPERATURE_RANGE[1]),
+    ParamSpec('number_decoding', DEFAULT_NUMBER_DECODING,
+              "One answer per frame: 'median' reads each number at the median of the VLM's "
+              "distribution (one greedy pass; digits must be single tokens), 'greedy' takes "
+              'the likeliest tokens.', True, NUMBER_DECODINGS),
     ParamSpec('answer_prefix', DEFAULT_ANSWER_PREFIX,
               "VLM answers are made to start with this text ('' for none): the number comes "
               'first and decoding stops once it is read.', True),
@@ -597,6 +604,7 @@ class RewardNode(Node):
                                    device=settings['device'],
                                    samples_per_frame=settings['samples_per_frame'],
                                    temperature=settings['sampling_temperature'],
+                                   number_decoding=settings['number_decoding'],
                                    question_template=settings['question_template'],
                                    answer_prefix=settings['answer_prefix'],
                                    cpu_threads=settings['cpu_threads'],

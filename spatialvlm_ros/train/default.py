@@ -40,6 +40,8 @@ import sys
 import time
 from typing import Any
 
+from spatialvlm_ros.core.decoding import NUMBER_DECODINGS
+from spatialvlm_ros.model.estimator import DEFAULT_NUMBER_DECODING
 from spatialvlm_ros.train.config import ANSWER_POSITIONS
 
 # sim.scene.SceneConfig's camera ranges, spelt out so that the CLI does not import the simulator
@@ -81,6 +83,9 @@ class DefaultRecipe:
         rounding, what the shipped default was trained on) or ``'metric'`` (fixed-width
         'The distance is 0.46 m.'; see ``synth.gripper.GripperDataConfig``). The held-out
         gripper set is always ``'human'`` (only its questions and truth are used).
+    :ivar eval_decoding: how the held-out evaluation decodes its one answer per question:
+        ``'median'`` (greedy, with each number's digits at the median of the model's
+        distribution) or ``'greedy'``; the default is the reward node's.
     :ivar image_size: the compact model's input side in pixels (16 px patches).
     :ivar vision_tower: the compact model's vision tower, ``'siglip'`` (the shipped model's until
         session 16), ``'swin'`` or ``'focalnet'`` (the shipped model's;
@@ -154,6 +159,7 @@ class DefaultRecipe:
     focus_gripper_episodes: int = 600
     focus_mix_engine: bool = True
     gripper_answer_style: str = 'human'
+    eval_decoding: str = DEFAULT_NUMBER_DECODING
     image_size: int = 96
     vision_tower: str = 'focalnet'
     init_from: str = ''
@@ -234,6 +240,9 @@ class DefaultRecipe:
                              f'got {self.grounding_answer_positions!r}')
         from spatialvlm_ros.synth.gripper import ANSWER_STYLES
 
+        if self.eval_decoding not in NUMBER_DECODINGS:
+            raise ValueError(f'eval_decoding must be one of {NUMBER_DECODINGS}, got '
+                             f'{self.eval_decoding!r}')
         if self.gripper_answer_style not in ANSWER_STYLES:
             raise ValueError(f'gripper_answer_style must be one of {ANSWER_STYLES}, got '
                              f'{self.gripper_answer_style!r}')
@@ -483,7 +492,8 @@ def evaluate(recipe: DefaultRecipe, model_dir: Path, folders: dict[str, Path]) -
         _log(f'evaluating on {folders[name]}')
         result = evaluate_model(model_dir, [folders[name]],
                                 EvalConfig(truth='sim', limit=recipe.eval_limit,
-                                           max_new_tokens=24, batch_size=16), progress=True)
+                                           max_new_tokens=24, batch_size=16,
+                                           decoding=recipe.eval_decoding), progress=True)
         report = result.to_dict()
         truths, predictions, types = result.distance_pairs(sampled=False)
         report['plot'] = str(plot_predicted_vs_true(truths, predictions,
@@ -611,6 +621,11 @@ def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
                  f'{recipe.vision_pretrain_episodes} rendered episodes, then '
                  + ('kept frozen.' if recipe.freeze_vision else 'trained with the rest.'))
     grounding = _grounding_text(recipe, result)
+    decoding = 'greedy decoding' if recipe.eval_decoding == 'greedy' else (
+        f"{recipe.eval_decoding} decoding: greedy, with each number's digits at the "
+        f"{recipe.eval_decoding} of the model's distribution")
+    if recipe.eval_decoding == DEFAULT_NUMBER_DECODING:
+        decoding += "; the reward node's"
     return f"""# spatialvlm_ros compact spatial VLM (shipped default)
 
 A LLaVA-style model ({_TOWER_NAMES[recipe.vision_tower]} vision tower, projector, small Llama
@@ -639,7 +654,7 @@ Recipe (``DefaultRecipe``): `{json.dumps(asdict(recipe), sort_keys=True)}`
 - wall time on the machine that made it: {sum(timings.values()) / 60:.1f} min in all
   ({steps}; `timings.json`, kept across resumed runs).
 
-## Held-out evaluation (greedy decoding, truth = simulator)
+## Held-out evaluation ({decoding}, truth = simulator)
 
 | metric | value |
 |---|---|
@@ -754,6 +769,9 @@ def register(subparsers: Any) -> None:
                         help='steps of the plain-phrasing stage between the two stages '
                              '(default 0: none)')
     parser.add_argument('--plain-lr', type=float, help='its peak learning rate (default 1e-3)')
+    parser.add_argument('--eval-decoding', choices=NUMBER_DECODINGS,
+                        help="the held-out evaluation's decoding: median or greedy (default: "
+                             f"the reward node's, {DEFAULT_NUMBER_DECODING})")
     parser.add_argument('--install', action='store_true',
                         help='copy the final model into the package as the shipped default')
     parser.add_argument('--json', action='store_true', help='print the reports as JSON')
@@ -770,7 +788,7 @@ def recipe_from_args(args: argparse.Namespace) -> DefaultRecipe:
              'plain_lr', 'init_from', 'freeze_projector', 'grounding_weight',
              'scene_fov_deg', 'scene_cam_distance', 'type_pretrain_scenes',
              'type_pretrain_steps', 'type_pretrain_fold', 'grounding_answer_positions',
-             'seed', 'type_pretrain_wide_share')
+             'seed', 'type_pretrain_wide_share', 'eval_decoding')
     overrides = {k: getattr(args, k) for k in names
                  if getattr(args, k) is not None}
     return DefaultRecipe(out=args.out, **overrides)
