@@ -83,8 +83,10 @@ def test_default_loads_with_transformers_auto_classes(default_dir):
 
 def test_default_beats_accuracy_floors(default_dir, heldout):
     from spatialvlm_ros.evaluate.runner import EvalConfig, evaluate_model
+    from spatialvlm_ros.model.estimator import DEFAULT_NUMBER_DECODING
 
-    config = EvalConfig(truth='sim', max_new_tokens=24, batch_size=16)
+    config = EvalConfig(truth='sim', max_new_tokens=24, batch_size=16,
+                        decoding=DEFAULT_NUMBER_DECODING)  # as the node decodes
     engine = evaluate_model(default_dir, [heldout / 'engine'], config).greedy.overall
     assert engine['n'] >= 300 and engine['n_graded'] >= 100, engine
     assert engine['numeric_share'] >= 0.95, engine
@@ -108,21 +110,26 @@ def test_estimator_stops_once_the_distance_is_read(default_dir):
                                              height=240))
     caption = episode.metadata['target_caption']
     target = caption if caption.startswith('the ') else f'the {caption}'
+    # an object-to-object question: its training answers (human rounding) go on after the
+    # number ('... is about 40 cm from the red mug.'); the gripper's end at the unit
+    other = next(o.captions[-1] for o in episode.frames[0].objects
+                 if o.object_id != episode.target_id)
     plain = VLMDistanceEstimator(None, device='cpu', answer_prefix='')
     prefixed = VLMDistanceEstimator(None, device='cpu')
-    full = SpatialVLM(plain._loaded, InferenceConfig(max_new_tokens=24))
+    full = SpatialVLM(plain._loaded, InferenceConfig(max_new_tokens=24,
+                                                     decoding=plain.number_decoding))
     shorter, short_chars, whole_chars = 0, 0, 0
     for frame in episode.frames[::3]:
-        question = plain.question('the gripper', target)
+        question = plain.question(other, target)
         whole = full.ask(frame.rgb, [question])[0]
-        stopped = plain.estimate(frame.rgb, 'the gripper', target)
+        stopped = plain.estimate(frame.rgb, other, target)
         # the same answer, cut once its distance is read
         assert whole.text.startswith(stopped.text)
         assert stopped.value_m == pytest.approx(whole.value_m)
         assert parse_distance(stopped.text).value_m == pytest.approx(stopped.value_m)
         shorter += len(stopped.text) < len(whole.text)
         # the prefix puts the number first: a short answer that still parses
-        short = prefixed.estimate(frame.rgb, 'the gripper', target)
+        short = prefixed.estimate(frame.rgb, other, target)
         assert short.text.startswith(DEFAULT_ANSWER_PREFIX + ' ') and short.valid, short
         short_chars += len(short.text)
         whole_chars += len(whole.text)

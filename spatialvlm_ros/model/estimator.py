@@ -151,7 +151,7 @@ TEMPERATURE_RANGE = (0.05, 5.0)
 """Sampling temperatures the node and the replay accept (inclusive)."""
 MAX_SAMPLES = 16
 """Most answers per frame the node and the replay accept (one batch per frame)."""
-DEFAULT_NUMBER_DECODING = 'greedy'
+DEFAULT_NUMBER_DECODING = 'median'
 """How the node, the replay and the RL wrapper decode one answer per frame."""
 
 

@@ -79,9 +79,10 @@ class DefaultRecipe:
     :ivar focus_lr: peak learning rate of that stage.
     :ivar focus_gripper_episodes: extra robot episodes (another seed) for the second stage.
     :ivar focus_mix_engine: keep the engine's object-to-object data in the second stage.
-    :ivar gripper_answer_style: answers of the gripper training QA, ``'human'`` (the paper's
-        rounding, what the shipped default was trained on) or ``'metric'`` (fixed-width
-        'The distance is 0.46 m.'; see ``synth.gripper.GripperDataConfig``). The held-out
+    :ivar gripper_answer_style: answers of the gripper training QA, ``'metric'`` (fixed-width
+        'The distance is 0.46 m.', the shipped default's since session 19: a number whose
+        median the node's median decoding can read) or ``'human'`` (the paper's rounding in
+        mixed units; see ``synth.gripper.GripperDataConfig``). The held-out
         gripper set is always ``'human'`` (only its questions and truth are used).
     :ivar eval_decoding: how the held-out evaluation decodes its one answer per question:
         ``'median'`` (greedy, with each number's digits at the median of the model's
@@ -158,7 +159,7 @@ class DefaultRecipe:
     focus_lr: float = 3e-4
     focus_gripper_episodes: int = 600
     focus_mix_engine: bool = True
-    gripper_answer_style: str = 'human'
+    gripper_answer_style: str = 'metric'
     eval_decoding: str = DEFAULT_NUMBER_DECODING
     image_size: int = 96
     vision_tower: str = 'focalnet'
@@ -508,6 +509,8 @@ def evaluate(recipe: DefaultRecipe, model_dir: Path, folders: dict[str, Path]) -
     return reports
 
 
+_ANSWER_TEXT = {'metric': "fixed-width metres, 'The distance is 0.46 m.'",
+                'human': 'human-like rounding in mixed units'}
 _TOWER_NAMES = {'siglip': 'SigLIP-style', 'swin': 'Swin', 'focalnet': 'FocalNet'}
 
 
@@ -643,7 +646,8 @@ spatialvlm train-default --out {recipe.out} --install
 Recipe (``DefaultRecipe``): `{json.dumps(asdict(recipe), sort_keys=True)}`
 
 - data: {recipe.train_scenes} simulated scenes through the data engine (seed {TRAIN_SEED}) and
-  {recipe.gripper_episodes} robot episodes of gripper-distance QA (seed {TRAIN_SEED});
+  {recipe.gripper_episodes} robot episodes of gripper-distance QA (seed {TRAIN_SEED}; answers
+  {_ANSWER_TEXT[recipe.gripper_answer_style]});
   held-out: {recipe.heldout_scenes} scenes and {recipe.heldout_gripper_episodes} episodes with
   seed {HELDOUT_SEED} (scenes, camera poses and episodes never used in training).
 - {_camera_text(recipe)}
@@ -718,8 +722,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument('--eval-limit', type=int, help='questions per held-out set (default 1500)')
     parser.add_argument('--workers', type=int, help='engine worker processes (default 2)')
     parser.add_argument('--gripper-answer-style', choices=('human', 'metric'),
-                        help="gripper training answers: 'human' rounding (default) or fixed-width "
-                             "'metric' ('The distance is 0.46 m.')")
+                        help="gripper training answers: fixed-width 'metric' ('The distance is "
+                             "0.46 m.'; default) or 'human' rounding in mixed units")
     parser.add_argument('--image-size', type=int, help='model input side in px (default 96)')
     parser.add_argument('--vision-tower', choices=('siglip', 'swin', 'focalnet'),
                         help="the compact model's vision tower (default focalnet)")
