@@ -39,6 +39,12 @@ one greedy pass.
 """
 
 
+def check_number_decoding(value: str, name: str = 'number_decoding') -> None:
+    """Raise a clear ValueError naming ``name`` unless ``value`` is in :data:`NUMBER_DECODINGS`."""
+    if value not in NUMBER_DECODINGS:
+        raise ValueError(f'{name} must be one of {NUMBER_DECODINGS}, got {value!r}')
+
+
 def quantile_index(probs: Sequence[float] | np.ndarray, q: float) -> tuple[int, float]:
     """
     Return where the cumulative distribution of ``probs`` reaches ``q``, and ``q`` within it.

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence
 
-from spatialvlm_ros.core.decoding import NUMBER_DECODINGS
+from spatialvlm_ros.core.decoding import check_number_decoding
 from spatialvlm_ros.evaluate.metrics import EvalItem, evaluate_items, KINDS
 from spatialvlm_ros.train.data import decode_image, read_rows, Row
 
@@ -87,9 +87,7 @@ class EvalConfig:
             raise ValueError(f'temperature must be > 0, got {self.temperature}')
         if self.truth not in TRUTH_SOURCES:
             raise ValueError(f'truth must be one of {TRUTH_SOURCES}, got {self.truth!r}')
-        if self.decoding not in NUMBER_DECODINGS:
-            raise ValueError(f'decoding must be one of {NUMBER_DECODINGS}, got '
-                             f'{self.decoding!r}')
+        check_number_decoding(self.decoding, 'decoding')
 
 
 @dataclass

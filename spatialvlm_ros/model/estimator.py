@@ -20,7 +20,8 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from spatialvlm_ros.core.decoding import NUMBER_DECODINGS
+# NUMBER_DECODINGS: re-exported for the node, the replay and the RL example
+from spatialvlm_ros.core.decoding import check_number_decoding, NUMBER_DECODINGS  # noqa: F401
 
 
 @dataclass
@@ -162,13 +163,6 @@ def check_sampling(samples: int, temperature: float) -> None:
     low, high = TEMPERATURE_RANGE  # NaN fails the comparison
     if not low <= temperature <= high:
         raise ValueError(f'temperature must be in [{low}, {high}], got {temperature}')
-
-
-def check_number_decoding(number_decoding: str) -> None:
-    """Raise a clear ValueError unless ``number_decoding`` is one of :data:`NUMBER_DECODINGS`."""
-    if number_decoding not in NUMBER_DECODINGS:
-        raise ValueError(f'number_decoding must be one of {NUMBER_DECODINGS}, got '
-                         f'{number_decoding!r}')
 
 
 class VLMDistanceEstimator:

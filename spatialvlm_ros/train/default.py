@@ -40,7 +40,7 @@ import sys
 import time
 from typing import Any
 
-from spatialvlm_ros.core.decoding import NUMBER_DECODINGS
+from spatialvlm_ros.core.decoding import check_number_decoding, NUMBER_DECODINGS
 from spatialvlm_ros.model.estimator import DEFAULT_NUMBER_DECODING
 from spatialvlm_ros.train.config import ANSWER_POSITIONS
 
@@ -241,9 +241,7 @@ class DefaultRecipe:
                              f'got {self.grounding_answer_positions!r}')
         from spatialvlm_ros.synth.gripper import ANSWER_STYLES
 
-        if self.eval_decoding not in NUMBER_DECODINGS:
-            raise ValueError(f'eval_decoding must be one of {NUMBER_DECODINGS}, got '
-                             f'{self.eval_decoding!r}')
+        check_number_decoding(self.eval_decoding, 'eval_decoding')
         if self.gripper_answer_style not in ANSWER_STYLES:
             raise ValueError(f'gripper_answer_style must be one of {ANSWER_STYLES}, got '
                              f'{self.gripper_answer_style!r}')
