@@ -1,6 +1,7 @@
 """The training loop on a tiny random LLaVA: learning, schedule, freezing, LoRA, outputs, CLI."""
 
 import argparse
+import dataclasses
 import json
 import math
 
@@ -196,6 +197,35 @@ def test_ablation_suite(data_dir, tmp_path):
     again = run_ablations(base, [data_dir], tmp_path / 'suite', names, eval_config,
                           model_factory=lambda: pytest.fail('retrained'))
     assert again == rows
+
+
+def test_ablation_suite_decodes_as_asked_and_refuses_a_mixed_folder(data_dir, tmp_path, capsys):
+    from spatialvlm_ros.evaluate.runner import EvalConfig
+    from spatialvlm_ros.train import commands
+    from spatialvlm_ros.train.ablations import run_ablations
+
+    base = _config(data_dir, tmp_path / 'unused', max_steps=1, batch_size=2, general_ratio=0.25)
+    median = EvalConfig(max_new_tokens=6, batch_size=4, limit=8, decoding='median')
+    run_ablations(base, [data_dir], tmp_path / 'suite', ['baseline'], median,
+                  model_factory=build_tiny_vlm)
+    stored = json.loads((tmp_path / 'suite' / 'baseline' / 'eval.json').read_text())
+    assert stored['eval']['decoding'] == 'median'
+    # a finished variant evaluated otherwise is not mixed into a greedy table
+    with pytest.raises(ValueError, match='evaluated with median decoding, not greedy'):
+        run_ablations(base, [data_dir], tmp_path / 'suite', ['baseline'],
+                      dataclasses.replace(median, decoding='greedy'),
+                      model_factory=lambda: pytest.fail('retrained'))
+    # the CLI passes --eval-decoding through: the finished median suite is reused as is
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest='command'))
+    args = parser.parse_args(['train', '--model', 'unused', '--data', str(data_dir),
+                              '--eval-data', str(data_dir), '--out', str(tmp_path / 'suite'),
+                              '--ablations', 'baseline', '--eval-decoding', 'median',
+                              '--eval-limit', '8', '--no-progress', '--json'])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)[0]['name'] == 'baseline'
+    with pytest.raises(SystemExit):
+        parser.parse_args(['train', '--ablations', '--eval-decoding', 'beam'])
 
 
 @pytest.mark.parametrize('buckets, accum', [(2, 1), (3, 2), (8, 1)])

@@ -360,18 +360,44 @@ class SpatialVLMAnswerer:
         return [[t.strip() for t in answers] for answers in texts]
 
 
-def answerer_for(model: Any, processor: Any, max_new_tokens: int = 48) -> Answerer:
-    """Return an answerer for an in-memory model (the inference API when it knows the family)."""
+def answerer_for(model: Any, processor: Any, max_new_tokens: int = 48,
+                 decoding: str = 'greedy') -> Answerer:
+    """
+    Return an answerer for an in-memory model (the inference API when it knows the family).
+
+    :raises ValueError: for ``decoding='median'`` without the inference API or for a family it
+        does not know, or with a tokenizer that does not spell digits one by one.
+    """
+    check_number_decoding(decoding, 'decoding')
     try:
         from spatialvlm_ros.model.loading import from_memory
     except ImportError:
+        from_memory = None
+    loaded = None
+    if from_memory is not None:
+        device = str(next(model.parameters()).device)
+        try:
+            loaded = from_memory(model, processor, device=device)
+        except ValueError:  # a family the inference API does not know
+            loaded = None
+    if loaded is None:
+        if decoding != 'greedy':
+            raise ValueError(f'{decoding} decoding needs the inference API '
+                             '(spatialvlm_ros.model.inference) and a family it knows')
         return GenerateAnswerer(model, processor, max_new_tokens)
-    device = str(next(model.parameters()).device)
-    try:
-        loaded = from_memory(model, processor, device=device)
-    except ValueError:  # a family the inference API does not know
-        return GenerateAnswerer(model, processor, max_new_tokens)
-    return SpatialVLMAnswerer(loaded, max_new_tokens)
+    return _checked(SpatialVLMAnswerer(loaded, max_new_tokens, decoding), 'the model')
+
+
+def _checked(answerer: SpatialVLMAnswerer, name: str) -> SpatialVLMAnswerer:
+    """Return ``answerer`` once its tokenizer can decode as it asks (digits one by one)."""
+    if answerer.decoding == 'median':
+        from spatialvlm_ros.model.inference import digit_token_ids
+
+        try:
+            digit_token_ids(answerer.loaded.tokenizer)
+        except ValueError as error:
+            raise ValueError(f'{name}: {error}') from error
+    return answerer
 
 
 def load_answerer(model_dir: str | Path, max_new_tokens: int = 48,
@@ -388,16 +414,8 @@ def load_answerer(model_dir: str | Path, max_new_tokens: int = 48,
     except ImportError:
         load_vlm = None
     if load_vlm is not None:
-        answerer = SpatialVLMAnswerer(load_vlm(model_dir, device=device), max_new_tokens,
-                                      decoding)
-        if decoding == 'median':
-            from spatialvlm_ros.model.inference import digit_token_ids
-
-            try:
-                digit_token_ids(answerer.loaded.tokenizer)
-            except ValueError as error:
-                raise ValueError(f'{model_dir}: {error}') from error
-        return answerer
+        return _checked(SpatialVLMAnswerer(load_vlm(model_dir, device=device), max_new_tokens,
+                                           decoding), str(model_dir))
     if decoding != 'greedy':
         raise ValueError(f'{decoding} decoding needs spatialvlm_ros.model.inference')
     import torch

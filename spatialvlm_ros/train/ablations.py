@@ -86,7 +86,8 @@ def run_ablations(base: TrainConfig, eval_data: Sequence[str | Path], out_dir: s
     :param eval_data: held-out Parquet folders.
     :param out_dir: suite folder.
     :param names: variants to run (default: all of ``ABLATIONS``).
-    :param eval_config: ``evaluate.runner.EvalConfig`` (default: greedy only).
+    :param eval_config: ``evaluate.runner.EvalConfig`` (default: greedy only); its
+        ``decoding`` decodes the one-answer pass ('median' as the reward node does).
     :param model_factory: builds a fresh ``(model, processor)`` per variant instead of
         loading ``base.model``.
     :param progress: progress bars.
@@ -113,12 +114,16 @@ def run_ablations(base: TrainConfig, eval_data: Sequence[str | Path], out_dir: s
         done = Path(config.out_dir) / 'eval.json'
         if done.is_file():
             result = json.loads(done.read_text(encoding='utf-8'))
+            stored = result['eval'].get('decoding', 'greedy')
+            if stored != eval_cfg.decoding:
+                raise ValueError(f'{done} was evaluated with {stored} decoding, not '
+                                 f'{eval_cfg.decoding}: use another suite folder')
         else:
             model, processor = model_factory() if model_factory is not None else (None, None)
             trainer = Trainer(config, model, processor)
             trained = trainer.train(resume=True)
             answerer = answerer_for(trainer.final_model(), trainer.processor,
-                                    eval_cfg.max_new_tokens)
+                                    eval_cfg.max_new_tokens, eval_cfg.decoding)
             evaluated = evaluate_questions(answerer, questions, eval_cfg, progress)
             result = {'name': name, 'changes': ABLATIONS[name],
                       'final_loss': trained.losses[-1] if trained.losses else None,

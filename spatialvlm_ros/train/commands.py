@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from spatialvlm_ros.core.decoding import NUMBER_DECODINGS
+
 # flag -> TrainConfig field, for the common overrides
 _FLAGS: dict[str, str] = {
     'model': 'model', 'data': 'data', 'general_data': 'general_data',
@@ -66,6 +68,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument('--eval-truth', choices=('value_m', 'sim'), default='sim',
                         help="ablations: grade against the simulator's truth (default) or the "
                              "engine's value")
+    parser.add_argument('--eval-decoding', choices=NUMBER_DECODINGS, default='greedy',
+                        help="ablations: how the one-answer pass decodes ('median': each "
+                             "number at the median of the model's distribution, as the reward "
+                             'node does; default greedy)')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     parser.add_argument('--json', action='store_true', help='print the result as JSON')
     parser.set_defaults(func=_train)
@@ -132,7 +138,7 @@ def _ablations(args: argparse.Namespace, config: Any) -> int:
         rows = run_ablations(config, config.eval_data, config.out_dir, args.ablations or None,
                              EvalConfig(samples=args.samples, limit=args.eval_limit,
                                         truth=args.eval_truth, max_new_tokens=24,
-                                        batch_size=16),
+                                        batch_size=16, decoding=args.eval_decoding),
                              progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from exc
