@@ -82,6 +82,11 @@ def test_deterministic_and_resumable(tmp_path):
     assert shard_path(a, 1).read_bytes() == shard_path(b, 1).read_bytes()
     with pytest.raises(ValueError, match='different gripper run'):
         write_gripper_dataset(_config(tmp_path / 'b', seed=5), progress=False)
+    # the same run moved elsewhere (or reached through a link) resumes: only 'out' differs
+    (tmp_path / 'b').rename(tmp_path / 'moved')
+    (tmp_path / 'link').symlink_to(tmp_path / 'moved')
+    for where in ('moved', 'link'):
+        assert write_gripper_dataset(_config(tmp_path / where), progress=False)['skipped'] == 2
 
 
 def test_parallel_workers_write_the_same_files(tmp_path):

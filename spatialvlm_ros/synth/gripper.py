@@ -242,13 +242,17 @@ def _write_shard(config: GripperDataConfig, shard: int) -> int:
 
 
 def _same_run(recorded: dict[str, Any], config: GripperDataConfig) -> bool:
-    """Return whether a recorded run is ``config`` (fields added since count as defaults)."""
+    """
+    Return whether a recorded run is ``config`` (fields added since count as defaults).
+
+    The folder itself (``out``) is not compared: a run moved or linked elsewhere is the same.
+    """
     names = {f.name for f in fields(GripperDataConfig)}
     defaults = json.loads(dumps({f.name: f.default for f in fields(GripperDataConfig)
                                  if f.default is not MISSING}))
     current = json.loads(dumps(asdict(config)))  # as recorded: tuples become lists
     return all(recorded.get(key, defaults.get(key)) == value
-               for key, value in current.items()) and set(recorded) <= names
+               for key, value in current.items() if key != 'out') and set(recorded) <= names
 
 
 def write_gripper_dataset(config: GripperDataConfig, progress: bool = True,
