@@ -110,13 +110,15 @@ def test_estimator_stops_once_the_distance_is_read(default_dir):
                                              height=240))
     caption = episode.metadata['target_caption']
     target = caption if caption.startswith('the ') else f'the {caption}'
-    # an object-to-object question: its training answers (human rounding) go on after the
-    # number ('... is about 40 cm from the red mug.'); the gripper's end at the unit
+    # an object-to-object question led into one of the engine's answer templates ('[A] and
+    # [B] are [X] apart.'), whose words go on after the number; the model's own first choice,
+    # 'The distance is 25 cm.', ends at the unit and leaves nothing to cut
     other = next(o.captions[-1] for o in episode.frames[0].objects
                  if o.object_id != episode.target_id)
-    plain = VLMDistanceEstimator(None, device='cpu', answer_prefix='')
+    lead = f'{other[0].upper()}{other[1:]} and {target} are'
+    plain = VLMDistanceEstimator(None, device='cpu', answer_prefix=lead)
     prefixed = VLMDistanceEstimator(None, device='cpu')
-    full = SpatialVLM(plain._loaded, InferenceConfig(max_new_tokens=24,
+    full = SpatialVLM(plain._loaded, InferenceConfig(max_new_tokens=24, answer_prefix=lead,
                                                      decoding=plain.number_decoding))
     shorter, short_chars, whole_chars = 0, 0, 0
     for frame in episode.frames[::3]:
