@@ -167,8 +167,8 @@ class DefaultRecipe:
     vision_pretrain_episodes: int = 0
     vision_pretrain_steps: int = 600
     vision_targets: str = 'extended'
-    type_pretrain_scenes: int = 5000
-    type_pretrain_steps: int = 2000
+    type_pretrain_scenes: int = 2500
+    type_pretrain_steps: int = 1400
     type_pretrain_fold: bool = False
     type_pretrain_wide_share: float = 0.0
     freeze_vision: bool = True
@@ -742,9 +742,9 @@ def register(subparsers: Any) -> None:
                         help='vision pre-training steps (default 600)')
     parser.add_argument('--type-pretrain-scenes', type=int,
                         help='rendered scenes for pre-training the tower and projector on '
-                             "each patch's object type, place and colour (default 5000; 0: none)")
+                             "each patch's object type, place and colour (default 2500; 0: none)")
     parser.add_argument('--type-pretrain-steps', type=int,
-                        help='type pre-training steps (default 2000)')
+                        help='type pre-training steps (default 1400)')
     parser.add_argument('--type-pretrain-wide-share', type=float,
                         help="share of those scenes rendered with the simulator's default "
                              "camera, the robot episodes' (default 0)")
