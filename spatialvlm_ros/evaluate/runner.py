@@ -369,17 +369,13 @@ def answerer_for(model: Any, processor: Any, max_new_tokens: int = 48,
         does not know, or with a tokenizer that does not spell digits one by one.
     """
     check_number_decoding(decoding, 'decoding')
+    loaded = None
     try:
         from spatialvlm_ros.model.loading import from_memory
-    except ImportError:
-        from_memory = None
-    loaded = None
-    if from_memory is not None:
-        device = str(next(model.parameters()).device)
-        try:
-            loaded = from_memory(model, processor, device=device)
-        except ValueError:  # a family the inference API does not know
-            loaded = None
+
+        loaded = from_memory(model, processor, device=str(next(model.parameters()).device))
+    except (ImportError, ValueError):  # no inference API, or a family it does not know
+        pass
     if loaded is None:
         if decoding != 'greedy':
             raise ValueError(f'{decoding} decoding needs the inference API '
