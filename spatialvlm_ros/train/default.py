@@ -148,7 +148,7 @@ class DefaultRecipe:
     width: int = 320
     height: int = 240
     workers: int = 2
-    steps: int = 1000
+    steps: int = 1800
     batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 100
@@ -704,7 +704,7 @@ def register(subparsers: Any) -> None:
         'train-default', help='produce the shipped compact model: data, training, evaluation',
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='runs/default', help='working folder')
-    parser.add_argument('--steps', type=int, help='optimizer steps (default 1000)')
+    parser.add_argument('--steps', type=int, help='optimizer steps (default 1800)')
     parser.add_argument('--seed', type=int,
                         help='training seed of the QA stages (default 0; the data and the tower '
                              'pre-training keep their own fixed seeds)')
