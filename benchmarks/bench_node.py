@@ -141,6 +141,8 @@ def main() -> int:
     parser.add_argument('--number-decoding', choices=NUMBER_DECODINGS,
                         default=DEFAULT_NUMBER_DECODING,
                         help="the node's number_decoding (one answer per frame)")
+    parser.add_argument('--mirror-average', action='store_true',
+                        help="the node's mirror_average (two inferences a frame)")
     parser.add_argument('--duration', type=float, default=60.0)
     parser.add_argument('--rate', type=float, default=30.0)
     parser.add_argument('--width', type=int, default=320)
@@ -159,7 +161,8 @@ def main() -> int:
                   'estimator_process': not args.in_process, 'target': args.target,
                   'inference_workers': args.workers, 'samples_per_frame': args.samples,
                   'sampling_temperature': args.temperature,
-                  'number_decoding': args.number_decoding}
+                  'number_decoding': args.number_decoding,
+                  'mirror_average': args.mirror_average}
         factory = (lambda spec: FakeEstimator()) if args.estimator == 'fake' else None
         rows.append((f'throughput, {args.estimator}', args.rate,
                      run_phase(args, params, factory, args.rate, args.duration, False)))
@@ -172,7 +175,8 @@ def main() -> int:
     print(f'\nreward node over DDS, {args.width}x{args.height} rgb8, sim camera in another '
           f'process, {args.executor} executor, model in {where} process, target '
           f'{args.target!r}, inference_workers {args.workers}, samples_per_frame '
-          f'{args.samples} (T {args.temperature:g}), number_decoding {args.number_decoding}\n')
+          f'{args.samples} (T {args.temperature:g}), number_decoding {args.number_decoding}, '
+          f'mirror_average {args.mirror_average}\n')
     print('| run | camera Hz | s | input fps | processed fps | dropped | node latency p50/p99 '
           'ms | inference p50/p99 ms | camera stamp->node publication p50/p99 ms | '
           'camera stamp->result received p50/p99 ms | RSS start -> end MB (growth after 2 s) |')

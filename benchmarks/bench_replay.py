@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                              f'{DEFAULT_NUMBER_DECODING})')
     parser.add_argument('--temperature', type=float, default=DEFAULT_TEMPERATURE,
                         help='VLM sampling temperature when --samples > 1')
+    parser.add_argument('--mirror-average', action='store_true',
+                        help="average each frame's distance with its mirror image's")
     parser.add_argument('--smoother', default='median_ema')
     parser.add_argument('--seed', type=int, default=0, help='noisy oracle seed')
     parser.add_argument('--json', action='store_true')
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                               answer_prefix=args.answer_prefix, samples=args.samples,
                               temperature=args.temperature,
                               number_decoding=args.number_decoding, smoother=args.smoother,
+                              mirror_average=args.mirror_average,
                               seed=args.seed)
         out = (args.out or args.cache) / f'replay_{kind}'
         start = time.perf_counter()

@@ -211,6 +211,11 @@ def test_vlm_samples_and_temperature_reach_the_estimator(bags, tmp_path, monkeyp
                   '--json') == 0
     assert built[-1]['number_decoding'] == other
     assert json.loads(capsys.readouterr().out)['config']['number_decoding'] == other
+    assert 'mirror_average' not in built[-1]  # off unless asked for, as in the node
+    assert replay(bags[0], '--mirror-average', '--out', tmp_path / 'e', '--no-plot',
+                  '--json') == 0
+    assert built[-1]['mirror_average'] is True
+    assert json.loads(capsys.readouterr().out)['config']['mirror_average'] is True
 
 
 @pytest.mark.parametrize('flags, match', [(('--samples', '0'), 'samples'),

@@ -460,6 +460,33 @@ def test_number_decoding_reaches_the_estimator(rig):
     assert EstimatorSpec().number_decoding == DEFAULT_NUMBER_DECODING
 
 
+def test_mirror_average_reaches_the_estimator_and_averages_the_mirror(rig):
+    r = rig(params={'mirror_average': True}).start()
+    assert r.built[0].mirror_average is True
+    outcome = r.node.set_parameters([Parameter('mirror_average', value=False)])[0]
+    assert not outcome.successful and 'read-only' in outcome.reason
+    from spatialvlm_ros.ros.estimators import default_estimator_factory, EstimatorSpec
+
+    assert EstimatorSpec().mirror_average is False
+    image = np.random.default_rng(3).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    image[:, :40] = 0  # not symmetric: the mirror is another frame
+    plain = default_estimator_factory(EstimatorSpec(device='cpu', process=False))
+    try:
+        one = plain.estimate(image, 'the gripper', 'the red mug')
+        other = plain.estimate(np.ascontiguousarray(image[:, ::-1]), 'the gripper', 'the red mug')
+    finally:
+        plain.close()
+    both = default_estimator_factory(EstimatorSpec(device='cpu', process=False,
+                                                   mirror_average=True))
+    try:
+        averaged = both.estimate(image, 'the gripper', 'the red mug')
+    finally:
+        both.close()
+    assert one.value_m is not None and other.value_m is not None
+    assert averaged.value_m == pytest.approx((one.value_m + other.value_m) / 2)
+    assert averaged.text == one.text and averaged.samples == [one.text, other.text]
+
+
 def test_node_replay_and_rl_ask_the_same_question():
     # offline replay and the RL wrapper score what the node would answer live
     import inspect

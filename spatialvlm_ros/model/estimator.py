@@ -187,6 +187,11 @@ class VLMDistanceEstimator:
     :param number_decoding: with one answer per frame, ``'median'`` (each number at the median
         of the model's distribution; needs a tokenizer that spells digits one by one) or
         ``'greedy'``; see :data:`NUMBER_DECODINGS`.
+    :param mirror_average: also ask about the frame's left-right mirror image and average the
+        two distances (two inferences a frame). The distance between two things does not
+        change in the mirror; on held-out replays the average follows it better
+        (``benchmarks/RESULTS.md``, session 21). Only for questions that do not depend on left
+        and right.
     :raises ValueError: on bad values, or ``'median'`` with a tokenizer that has multi-digit
         tokens (use ``'greedy'`` for such a model).
     """
@@ -198,11 +203,15 @@ class VLMDistanceEstimator:
                  max_new_tokens: int = 24, threads: int | None = None, seed: int = 0,
                  trust_remote_code: bool = False,
                  answer_prefix: str = DEFAULT_ANSWER_PREFIX,
-                 number_decoding: str = DEFAULT_NUMBER_DECODING) -> None:
+                 number_decoding: str = DEFAULT_NUMBER_DECODING,
+                 mirror_average: bool = False) -> None:
         if samples < 1:
             raise ValueError(f'samples must be >= 1, got {samples}')
         check_number_decoding(number_decoding)
+        if not isinstance(mirror_average, bool):
+            raise ValueError(f'mirror_average must be a bool, got {mirror_average!r}')
         self.number_decoding = number_decoding
+        self.mirror_average = mirror_average
         question_template = normalize_template(question_template)
         from spatialvlm_ros.model.inference import InferenceConfig, SpatialVLM
         from spatialvlm_ros.model.loading import load_vlm, unload
@@ -260,9 +269,19 @@ class VLMDistanceEstimator:
                 batch_size=max(1, samples))
         start = time.perf_counter()
         question = self.question(subject, target, question_template)
-        answer = self._vlm.ask(check_image(image), [question])[0]
-        return DistanceEstimate(answer.value_m, answer.text, list(answer.samples),
-                                time.perf_counter() - start, answer.parse_error or '')
+        frame = check_image(image)
+        answer = self._vlm.ask(frame, [question])[0]
+        if not self.mirror_average:
+            return DistanceEstimate(answer.value_m, answer.text, list(answer.samples),
+                                    time.perf_counter() - start, answer.parse_error or '')
+        mirrored = self._vlm.ask(np.ascontiguousarray(frame[:, ::-1]), [question])[0]
+        # an answer without a distance never becomes a number: average the ones that hold one
+        values = [a.value_m for a in (answer, mirrored) if a.value_m is not None]
+        reason = '' if values else (answer.parse_error or mirrored.parse_error or
+                                    'no distance in either answer')
+        return DistanceEstimate(float(np.mean(values)) if values else None, answer.text,
+                                list(answer.samples) + list(mirrored.samples),
+                                time.perf_counter() - start, reason)
 
     def close(self) -> None:
         """Unload the model and free GPU memory."""

@@ -57,6 +57,9 @@ def register(subparsers: Any) -> None:
                         help='with one answer per frame: median (each number at the median of '
                              "the VLM's distribution) or greedy, as the node's number_decoding "
                              f'(default {DEFAULT_NUMBER_DECODING})')
+    parser.add_argument('--mirror-average', action='store_true',
+                        help="also ask about each frame's mirror image and average the two "
+                             "distances, as the node's mirror_average (two inferences a frame)")
     parser.add_argument('--question-template', default=DEFAULT_QUESTION_TEMPLATE,
                         help="the VLM's question, with {subject} and {target} (default: the "
                              f"node's, {DEFAULT_QUESTION_TEMPLATE!r})")
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             estimator=args.estimator, model_folder=args.model_folder,
             answer_prefix=args.answer_prefix, samples=args.samples,
             temperature=args.temperature, number_decoding=args.number_decoding,
+            mirror_average=args.mirror_average,
             question_template=args.question_template,
             subject=args.subject,
             target=args.target, smoother=args.smoother, reward_mode=args.reward_mode,

@@ -154,7 +154,8 @@ def _noisy_oracle(lookup: Callable[[np.ndarray], float | None] | None = None, se
 
 
 VLM_OPTIONS = ('device', 'samples', 'temperature', 'threads', 'question_template',
-               'max_new_tokens', 'trust_remote_code', 'answer_prefix', 'number_decoding')
+               'max_new_tokens', 'trust_remote_code', 'answer_prefix', 'number_decoding',
+               'mirror_average')
 
 
 def _vlm(model_folder: str | None = None, vlm_seed: int = 0, **kwargs: Any) -> Any:

@@ -63,6 +63,8 @@ class ReplayConfig:
         ``sampling_temperature``).
     :ivar number_decoding: with one answer per frame, ``'median'`` or ``'greedy'`` (the node's
         ``number_decoding``; ``model.estimator.NUMBER_DECODINGS``).
+    :ivar mirror_average: also ask about each frame's mirror image and average the two distances
+        (the node's ``mirror_average``).
     :ivar question_template: the VLM's question, ``{subject}`` / ``{target}`` (or ``[A]`` /
         ``[B]``) slots; the node's default.
     :ivar subject: the moving part's phrase.
@@ -85,6 +87,7 @@ class ReplayConfig:
     samples: int = 1
     temperature: float = DEFAULT_TEMPERATURE
     number_decoding: str = DEFAULT_NUMBER_DECODING
+    mirror_average: bool = False
     question_template: str = DEFAULT_QUESTION_TEMPLATE
     subject: str = DEFAULT_SUBJECT
     target: str | None = None
@@ -114,6 +117,8 @@ class ReplayConfig:
         normalize_template(self.question_template)  # both slots, or a clear ValueError
         check_sampling(self.samples, self.temperature)  # the node's ranges
         check_number_decoding(self.number_decoding)
+        if not isinstance(self.mirror_average, bool):
+            raise ValueError(f'mirror_average must be a bool, got {self.mirror_average!r}')
         self.reward_config()  # validates mode, scale and threshold
 
     def vlm_options(self) -> dict[str, Any]:
@@ -127,6 +132,8 @@ class ReplayConfig:
             options.update(samples=self.samples, temperature=self.temperature)
         if self.number_decoding != DEFAULT_NUMBER_DECODING:
             options['number_decoding'] = self.number_decoding
+        if self.mirror_average:
+            options['mirror_average'] = True
         return options
 
     def reward_config(self) -> RewardConfig:

@@ -349,10 +349,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="question with {subject} and {target} (default: the node's)")
     parser.add_argument('--number-decoding', choices=('median', 'greedy'),
                         help="how one answer per frame is decoded (default: the node's)")
+    parser.add_argument('--mirror-average', action='store_true',
+                        help="average each frame's distance with its mirror image's")
     parser.add_argument('--rate', type=float, default=1.0, help='playback speed factor')
     args = parser.parse_args(argv)
     params: dict[str, Any] = {'estimator': args.estimator, 'model_folder': args.model_folder,
                               'subject': args.subject}
+    if args.mirror_average:
+        params['mirror_average'] = True
     for name, value in (('target', args.target), ('samples_per_frame', args.samples),
                         ('sampling_temperature', args.temperature),
                         ('question_template', args.question_template),

@@ -66,6 +66,7 @@ class EstimatorSpec:
     :ivar samples_per_frame: answers sampled per frame (at build time).
     :ivar temperature: sampling temperature when more than one answer is sampled.
     :ivar number_decoding: how one answer per frame is decoded (``'median'`` or ``'greedy'``).
+    :ivar mirror_average: also ask about the frame's mirror image and average the two distances.
     :ivar question_template: question with ``{subject}`` and ``{target}`` (at build time).
     :ivar answer_prefix: text the VLM's answers are made to start with ('' for none).
     :ivar cpu_threads: torch CPU threads (0: torch's default).
@@ -78,6 +79,7 @@ class EstimatorSpec:
     samples_per_frame: int = 1
     temperature: float = DEFAULT_TEMPERATURE
     number_decoding: str = DEFAULT_NUMBER_DECODING
+    mirror_average: bool = False
     question_template: str = DEFAULT_QUESTION_TEMPLATE
     answer_prefix: str = DEFAULT_ANSWER_PREFIX
     cpu_threads: int = 1
@@ -127,6 +129,7 @@ def default_estimator_factory(spec: EstimatorSpec) -> DistanceEstimator:
     available = {'model_folder': spec.model_folder or None, 'device': spec.device,
                  'samples': spec.samples_per_frame, 'temperature': spec.temperature,
                  'number_decoding': spec.number_decoding,
+                 'mirror_average': spec.mirror_average,
                  'question_template': spec.question_template,
                  'answer_prefix': spec.answer_prefix, 'threads': spec.cpu_threads or None}
     kwargs = accepted_kwargs(build, available)

@@ -244,6 +244,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "One answer per frame: 'median' reads each number at the median of the VLM's "
               "distribution (one greedy pass; digits must be single tokens), 'greedy' takes "
               'the likeliest tokens.', True, NUMBER_DECODINGS),
+    ParamSpec('mirror_average', False,
+              "Also ask about the frame's left-right mirror image and average the two distances "
+              '(two inferences a frame; for questions that do not depend on left and right).',
+              True),
     ParamSpec('answer_prefix', DEFAULT_ANSWER_PREFIX,
               "VLM answers are made to start with this text ('' for none): the number comes "
               'first and decoding stops once it is read.', True),
@@ -605,6 +609,7 @@ class RewardNode(Node):
                                    samples_per_frame=settings['samples_per_frame'],
                                    temperature=settings['sampling_temperature'],
                                    number_decoding=settings['number_decoding'],
+                                   mirror_average=settings['mirror_average'],
                                    question_template=settings['question_template'],
                                    answer_prefix=settings['answer_prefix'],
                                    cpu_threads=settings['cpu_threads'],
