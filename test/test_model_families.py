@@ -15,6 +15,7 @@ import pytest
 
 from spatialvlm_ros.model.inference import InferenceConfig, SpatialVLM
 from spatialvlm_ros.model.loading import build_train_inputs, detect_family, load_vlm, unload
+from spatialvlm_ros.train.data import ConversationEncoder
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -205,6 +206,13 @@ def test_family_loads_answers_and_trains(family, tmp_path, image):
     for answer in batched:
         assert isinstance(answer.text, str) and answer.samples == [answer.text]
         assert (answer.value_m is None) == (answer.parse_error is not None)
+
+    if getattr(loaded.processor, 'chat_template', None):  # the trainer's encoder shortcut
+        encoder = ConversationEncoder(loaded.processor, 512)
+        for turns in [[(questions[0], '1.5 meters.')], [('How far?', '2 m'), ('Left?', 'No.')],
+                      [(questions[0], 'About 3 feet.')]]:
+            assert encoder.segments(turns) == encoder._render_segments(turns)
+        assert all(v is not None for v in encoder._skeletons.values())
 
     model = loaded.model
     model.train()

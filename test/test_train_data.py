@@ -172,6 +172,40 @@ def test_encoder_labels_only_assistant_turns(shard_dir):
     assert bool((batch['labels'][1][batch['attention_mask'][1] == 0] == IGNORE_INDEX).all())
 
 
+def test_encoder_segments_reuse_one_rendering_per_turn_count():
+    pytest.importorskip('transformers')
+    from spatialvlm_ros.train.data import ConversationEncoder
+    from spatialvlm_ros.train.testing import build_tiny_vlm
+
+    _, processor = build_tiny_vlm()
+    encoder = ConversationEncoder(processor, max_length=256)
+    conversations = [
+        [('How wide is it?', 'It is 30 cm wide.'), ('Is it left?', 'No.')],
+        [('How far is the duck from the mug?', '1.5 m'), ('Tall?', 'Yes.')],
+        [('Q1?', 'A1.'), ('Q2?', 'A2.'), ('Q3?', 'A3.')],
+        [('What is it?', 'The red mug')],
+        [(' padded question ', 'x'), ('Is <it> left?', '{No}')],  # always rendered in full
+    ]
+    for turns in conversations * 2:
+        assert encoder.segments(turns) == encoder._render_segments(turns)
+    assert sorted(encoder._skeletons) == [1, 2, 3]
+    assert all(v is not None for v in encoder._skeletons.values())
+    # the texts reach the pieces (the placeholders are gone) and the answers are the trained
+    pieces = encoder.segments(conversations[1])
+    assert [text for text, trained in pieces if trained] == ['1.5 m</s>', 'Yes.</s>']
+    assert '\ue000' not in ''.join(text for text, _ in pieces)
+
+    # a template that changes the texts (upper case) cannot take the shortcut
+    processor.chat_template = processor.chat_template.replace(
+        "{{ c['text'] }}", "{{ c['text'] | upper }}")
+    changed = ConversationEncoder(processor, max_length=256)
+    for turns in conversations[:3] * 2:
+        pieces = changed.segments(turns)
+        assert pieces == changed._render_segments(turns)
+        assert [text for text, trained in pieces if trained][0] == turns[0][1].upper() + '</s>'
+    assert all(v is None for v in changed._skeletons.values())
+
+
 def test_train_config_validation():
     with pytest.raises(ValueError, match='general_ratio'):
         TrainConfig(data=('d',), general_ratio=1.5)
