@@ -190,6 +190,13 @@ def test_rl_example_builds_the_vlm_with_the_sampling_options(monkeypatch):
                             number_decoding=other)
     assert built[-1] == ('vlm', {'model_folder': None, 'number_decoding': other})
     assert 0.0 <= greedy['success_rate'] <= 1.0
+    assert not greedy['mirror_average']
+    mirrored = train_example.train_one('vlm', 'ppo', 64, 1, 0, 'median_ema', None, 1, SMALL,
+                                       mirror_average=True)
+    assert built[-1] == ('vlm', {'model_folder': None, 'number_decoding': default,
+                                 'mirror_average': True})
+    assert mirrored['reward'] == f'vlm ({default}, mirror average)'
+    assert mirrored['mirror_average'] is True
 
 
 @pytest.mark.parametrize('flags, match', [(['--samples', '0'], '--samples'),

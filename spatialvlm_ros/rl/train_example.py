@@ -12,9 +12,10 @@ evaluated as the baseline. Prints a markdown table (``--json``: JSON).
 
 Run: ``PYTHONPATH=. python -m spatialvlm_ros.rl.train_example`` (or
 ``benchmarks/bench_rl.py``); the VLM reward: ``--reward true vlm [--model-folder DIR]
-[--samples K --temperature T]`` (one VLM shared by all envs; every step renders the camera
-image, so budget accordingly; K > 1 averages K sampled answers per step, as the node's
-``samples_per_frame``).
+[--samples K --temperature T] [--mirror-average]`` (one VLM shared by all envs; every step
+renders the camera image, so budget accordingly; K > 1 averages K sampled answers per step, as
+the node's ``samples_per_frame``; ``--mirror-average`` also asks about the mirrored frame and
+averages the two distances, as the node's ``mirror_average``).
 Needs gymnasium and stable-baselines3 (and torch).
 """
 
@@ -143,7 +144,8 @@ def train_one(reward: str, algo: str, steps: int, n_envs: int, seed: int, smooth
               model_folder: str | None, eval_episodes: int,
               env_kwargs: dict[str, Any], samples: int = 1,
               temperature: float = DEFAULT_TEMPERATURE,
-              number_decoding: str = DEFAULT_NUMBER_DECODING) -> dict[str, Any]:
+              number_decoding: str = DEFAULT_NUMBER_DECODING,
+              mirror_average: bool = False) -> dict[str, Any]:
     """
     Train one agent with ``reward`` and evaluate it on the true task.
 
@@ -152,6 +154,8 @@ def train_one(reward: str, algo: str, steps: int, n_envs: int, seed: int, smooth
     :param temperature: their sampling temperature (the node's ``sampling_temperature``).
     :param number_decoding: how one answer per step is decoded (the node's
         ``number_decoding``).
+    :param mirror_average: also ask about each frame's mirror image and average the two
+        distances (the node's ``mirror_average``; two inferences per step).
     """
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -161,6 +165,8 @@ def train_one(reward: str, algo: str, steps: int, n_envs: int, seed: int, smooth
 
         options: dict[str, Any] = {'number_decoding': number_decoding} if samples == 1 else \
             {'samples': samples, 'temperature': temperature}
+        if mirror_average:
+            options['mirror_average'] = True
         shared = SharedEstimator(build_estimator('vlm', model_folder=model_folder, **options))
     start = time.perf_counter()
     try:
@@ -183,10 +189,13 @@ def train_one(reward: str, algo: str, steps: int, n_envs: int, seed: int, smooth
     result = evaluate(policy, eval_episodes, env_kwargs)
     label = reward if reward != 'vlm' else f'vlm ({number_decoding})' if samples == 1 else \
         f'vlm ({samples} samples, T {temperature:g})'
+    if reward == 'vlm' and mirror_average:
+        label = label[:-1] + ', mirror average)'
     result.update({'reward': label, 'algo': algo, 'steps': steps, 'train_s': train_s})
     if reward == 'vlm':
         result.update({'samples': samples, 'temperature': temperature if samples > 1 else None,
-                       'number_decoding': number_decoding if samples == 1 else None})
+                       'number_decoding': number_decoding if samples == 1 else None,
+                       'mirror_average': mirror_average})
     return result
 
 
@@ -227,6 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         default=DEFAULT_NUMBER_DECODING,
                         help='--reward vlm with one answer per step: median or greedy (default '
                              f'{DEFAULT_NUMBER_DECODING})')
+    parser.add_argument('--mirror-average', action='store_true',
+                        help="--reward vlm: also ask about each frame's mirror image and "
+                             'average the two distances (two inferences per step)')
     parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
     parser.add_argument('--json', action='store_true')
     args = parser.parse_args(argv)
@@ -244,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(train_one(reward, args.algo, args.steps, args.envs, args.seed,
                               args.smoother, args.model_folder, args.eval_episodes,
                               env_kwargs, args.samples, args.temperature,
-                              args.number_decoding))
+                              args.number_decoding, args.mirror_average))
         if not args.json:
             print(table(rows[-1:]).splitlines()[-1], file=sys.stderr)
     print(json.dumps(rows, indent=2) if args.json else table(rows))
