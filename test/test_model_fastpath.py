@@ -355,6 +355,57 @@ def test_batches_use_generate(compact_gqa, images):
     assert [a.text for a in batched] == single
 
 
+@pytest.mark.parametrize('decoding', ['greedy', 'median'])
+@pytest.mark.parametrize('prefix, stop', DECODINGS)
+def test_one_question_of_several_images_is_one_lean_batch(shipped, frames, images, decoding,
+                                                          prefix, stop):
+    # the node's mirror_average: a frame and its mirror image in one batch, as generate()
+    rgb, target = frames
+    question = f'What is the distance between the gripper and {target}?'
+    pairs = [rgb[0], np.ascontiguousarray(rgb[0][:, ::-1]), rgb[4], images[0], images[4]]
+    runs = {}
+    for fast in (True, False):
+        vlm = SpatialVLM(shipped, InferenceConfig(
+            fast_path=fast, decoding=decoding, answer_prefix=prefix, stop_at_distance=stop,
+            max_new_tokens=24, batch_size=len(pairs)))
+        runs[fast] = [a.text for a in vlm.ask(pairs, question)]
+        assert vlm.last_path == ('lean' if fast else 'generate')
+    assert runs[True] == runs[False]
+    assert len(set(runs[True])) > 1  # the rows answer their own images
+
+
+@pytest.mark.parametrize('name', ['compact_gqa', 'llava15'])
+def test_lean_rows_equal_generate_rows(name, request, images):
+    # random tiny models: long answers, rows that end at different steps
+    loaded = request.getfixturevalue(name)
+    decoder = LeanGreedyDecoder(loaded.model)
+    inputs = build_inputs(loaded, images[:3], [QUESTIONS[0]] * 3, '')
+    for max_new, min_new in ((24, 0), (24, 20), (1, 0)):
+        with torch.inference_mode():
+            sequences = loaded.model.generate(
+                **inputs, max_new_tokens=max_new, min_new_tokens=min_new, do_sample=False,
+                num_beams=1, temperature=None, top_p=None, top_k=None,
+                pad_token_id=loaded.tokenizer.pad_token_id)
+        rows = decoder.decode_rows(inputs['input_ids'][:1], inputs['pixel_values'], max_new,
+                                   min_new)
+        length = inputs['input_ids'].shape[1]
+        for row, tokens in enumerate(rows):
+            assert tokens == sequences[row, length:length + len(tokens)].tolist()
+        assert max(len(tokens) for tokens in rows) == sequences.shape[1] - length
+    with pytest.raises(ValueError, match='one image'):
+        decoder.decode(inputs['input_ids'][:1], inputs['pixel_values'], 4)
+    # mixed questions, or several sampled pairs, still go through generate()
+    vlm = SpatialVLM(loaded, InferenceConfig(max_new_tokens=4, batch_size=3))
+    vlm.ask(images[:3], QUESTIONS[:3])
+    assert vlm.last_path == 'generate'
+    vlm.ask(images[:3], QUESTIONS[0])
+    assert vlm.last_path == 'lean'
+    sampler = SpatialVLM(loaded, InferenceConfig(max_new_tokens=4, batch_size=2,
+                                                 decoding='sample', num_samples=2))
+    sampler.ask(images[:2], QUESTIONS[0])
+    assert sampler.last_path == 'generate'
+
+
 def _sampled(loaded, image, question, fast, **config):
     vlm = SpatialVLM(loaded, InferenceConfig(decoding='sample', fast_path=fast, **config))
     answer = vlm.ask(image, [question])[0]

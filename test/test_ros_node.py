@@ -480,6 +480,7 @@ def test_mirror_average_reaches_the_estimator_and_averages_the_mirror(rig):
                                                    mirror_average=True))
     try:
         averaged = both.estimate(image, 'the gripper', 'the red mug')
+        assert both._vlm.last_path == 'lean' and both._vlm.config.batch_size == 2  # one batch
     finally:
         both.close()
     assert one.value_m is not None and other.value_m is not None

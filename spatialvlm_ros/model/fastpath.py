@@ -23,6 +23,9 @@ changing a single answer:
   instead of k times. :func:`lean_blocker` says why a model or a set of ``generate`` arguments
   can not use it (beam search, top-k, other families and text models, eager attention,
   logits-processing generation settings, forward hooks...); those keep ``generate()``.
+  :meth:`~LeanGreedyDecoder.decode_rows` decodes one prompt asked of several images (the
+  node's ``mirror_average``: a frame and its mirror image) as one batch, as ``generate()``
+  decodes that unpadded batch.
 
 Where an answer's time went (ms; shipped model, the node's decoding, 1 torch thread, a busy
 2-core machine; ``generate()`` path -> fast path): inputs 3.3 -> 1.4 (now mostly the PIL
@@ -337,34 +340,72 @@ class LeanGreedyDecoder:
             above); a token id it returns is taken instead of the likeliest one, as a
             ``generate()`` logits processor that leaves only that token would make it.
         """
+        if pixel_values.shape[0] != 1:
+            raise ValueError(f'decode takes one image, got {pixel_values.shape[0]}; use '
+                             'decode_rows')
+        return self.decode_rows(
+            input_ids, pixel_values, max_new_tokens, min_new_tokens,
+            None if stop is None else lambda _row, tokens: stop(tokens), logits,
+            None if choose is None else lambda _row, scores: choose(scores))[0]
+
+    def decode_rows(self, input_ids: Any, pixel_values: Any, max_new_tokens: int,
+                    min_new_tokens: int = 0,
+                    stop: Callable[[int, list[int]], bool] | None = None,
+                    logits: list[Any] | None = None,
+                    choose: Callable[[int, Any], int | None] | None = None) -> list[list[int]]:
+        """
+        Return each image's generated token ids for one prompt asked of ``B`` images.
+
+        The rows decode together, one ``(B, 1)`` step per token, as ``generate()`` decodes an
+        unpadded batch of ``B`` copies of the prompt (a row's tokens can differ in the last
+        bits from its batch-of-one decoding: the matrix products have other shapes). A row is
+        finished by EOS or ``stop(row, tokens)``; a finished row is fed its last token again
+        and its further tokens are dropped; decoding ends when every row is finished.
+
+        :param input_ids: ``(1, T)`` prompt ids (no padding), shared by the rows.
+        :param pixel_values: ``(B, 3, H, W)`` on the model's device, in its dtype.
+        :param choose: called with ``(row, scores)``, scores the step's float32
+            ``(B, vocab)``; a token id it returns is taken for that row (see :meth:`decode`).
+        :param logits: when a list, each step's float32 ``(B, vocab)`` logits are appended.
+        """
         import torch
         import torch.nn.functional as F
 
         model = self.model
         text = model.model.language_model
         eos_ids = _eos_ids(model)
+        rows = pixel_values.shape[0]
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        finished = [False] * rows
         with torch.inference_mode():
             hidden, positions, cache, plans = self._prefill(input_ids, pixel_values)
             length = input_ids.shape[1]
             device = input_ids.device
             head = model.lm_head
-            tokens: list[int] = []
             for step in range(max_new_tokens):
                 hidden = self._forward(text, plans, hidden, positions, cache)
                 step_logits = F.linear(hidden[:, -1:, :], head.weight, head.bias)
                 scores = step_logits[:, -1].to(copy=True, dtype=torch.float32)
                 if logits is not None:
                     logits.append(scores.clone())
-                if eos_ids and len(tokens) < min_new_tokens:
+                if eos_ids and step < min_new_tokens:
                     scores[:, eos_ids] = -math.inf
-                forced = None if choose is None else choose(scores)
-                token = int(scores.argmax(dim=-1)) if forced is None else int(forced)
-                tokens.append(token)
-                if token in eos_ids or (stop is not None and stop(tokens)):
+                fed = []
+                for row in range(rows):
+                    if finished[row]:
+                        fed.append(tokens[row][-1])
+                        continue
+                    forced = None if choose is None else choose(row, scores)
+                    token = int(scores[row].argmax()) if forced is None else int(forced)
+                    tokens[row].append(token)
+                    finished[row] = token in eos_ids or (stop is not None
+                                                         and stop(row, tokens[row]))
+                    fed.append(token)
+                if all(finished):
                     break
                 if step + 1 < max_new_tokens:
                     positions = torch.tensor([[length + step]], device=device)
-                    hidden = text.embed_tokens(torch.tensor([[token]], device=device))
+                    hidden = text.embed_tokens(torch.tensor(fed, device=device)[:, None])
         return tokens
 
     def sample(self, input_ids: Any, pixel_values: Any, num_samples: int, max_new_tokens: int,
@@ -440,7 +481,11 @@ class LeanGreedyDecoder:
         return torch.tensor(rows, dtype=torch.long, device=device).reshape(k, -1)
 
     def _prefill(self, input_ids: Any, pixel_values: Any) -> tuple[Any, Any, list[Any], Any]:
-        """Return the prompt's embeddings (image scattered in), positions, empty cache, plans."""
+        """
+        Return the prompt's embeddings (image scattered in), positions, empty cache, plans.
+
+        One prompt ``(1, T)``; one row per image in ``pixel_values``.
+        """
         import torch
 
         model = self.model
@@ -448,6 +493,8 @@ class LeanGreedyDecoder:
         if input_ids.shape[0] != 1:
             raise ValueError(f'lean decoding takes one sequence, got {input_ids.shape[0]}')
         plans = [_Layer.of(layer) for layer in text.layers[:text.config.num_hidden_layers]]
+        if pixel_values.shape[0] > 1:
+            input_ids = input_ids.repeat(pixel_values.shape[0], 1)  # (B, T)
         embeds = text.embed_tokens(input_ids)
         image = self.image_features(pixel_values).to(embeds.device, embeds.dtype)
         mask = input_ids == model.config.image_token_id

@@ -40,7 +40,10 @@ With ``fast_path`` (the default) a batch of one pair to a LLaVA model takes
 ``spatialvlm_ros.model.fastpath``: the prompt is tokenized once per question, the image
 preprocessed without the processor's per-call machinery, and greedy answers decoded by a lean
 KV-cache loop instead of ``generate()`` (for a Llama text model under SDPA attention), with the
-same tokens as ``generate()`` (median decoding included). Everything else (batches, sampling,
+same tokens as ``generate()`` (median decoding included). So does a batch that asks one
+question of several images, decoded greedily (or median): the rows decode together, as
+``generate()`` decodes that unpadded batch (the node's ``mirror_average`` asks about a frame
+and its mirror image this way). Everything else (mixed questions, sampling over several pairs,
 other families) goes through the processor and ``generate()``; ``SpatialVLM.last_path`` says
 which decoded last.
 The model is checked for the lean loop once, when first asked: a ``generation_config``, hook or
@@ -268,19 +271,40 @@ class SpatialVLM:
         return DigitQuantile(*self._digits)
 
     def _inputs(self, images: Sequence[Any], questions: Sequence[str], prefix: str) -> Any:
-        """Return the inputs: the fast path's for one LLaVA pair, else the processor's."""
+        """
+        Return the inputs: the fast path's for one question to a LLaVA, else the processor's.
+
+        One question asked of several images: each image's fast inputs, stacked (the prompt
+        rows are equal, so nothing is padded).
+        """
+        import torch
+
         loaded = self.loaded
-        if not (self.config.fast_path and len(questions) == 1 and loaded.family == 'llava'):
+        if not (self.config.fast_path and len(set(questions)) == 1
+                and loaded.family == 'llava'):
             return build_inputs(loaded, images, questions, prefix)
         if self._fast_inputs is None or self._fast_inputs.processor is not loaded.processor:
             from spatialvlm_ros.model.fastpath import FastInputs
 
             self._fast_inputs = FastInputs(loaded)
-        return self._fast_inputs(images[0], questions[0], prefix)
+        parts = [self._fast_inputs(image, questions[0], prefix) for image in images]
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        if any(set(part) != set(first) or part['input_ids'].shape != first['input_ids'].shape
+               or not torch.equal(part['input_ids'], first['input_ids'])
+               or part['pixel_values'].shape != first['pixel_values'].shape for part in parts):
+            return build_inputs(loaded, images, questions, prefix)
+        return {key: torch.cat([part[key] for part in parts]) for key in first}
 
-    def _lean_decoder(self, kwargs: dict[str, Any], pairs: int) -> Any:
-        """Return the lean decoder when it reproduces ``generate`` here, else None."""
-        if not (self.config.fast_path and pairs == 1 and self.loaded.family == 'llava'):
+    def _lean_decoder(self, kwargs: dict[str, Any], pairs: int, one_question: bool) -> Any:
+        """
+        Return the lean decoder when it reproduces ``generate`` here, else None.
+
+        It takes one pair, or one question asked of several images when not sampling.
+        """
+        several = pairs > 1 and (not one_question or kwargs.get('do_sample'))
+        if not (self.config.fast_path and not several and self.loaded.family == 'llava'):
             return None
         from spatialvlm_ros.model.fastpath import (
             generation_blocker,
@@ -307,10 +331,10 @@ class SpatialVLM:
         inputs = self._inputs(images, questions, prefix)
         prompt_length = inputs['input_ids'].shape[1]
         generation = self.generation_kwargs()
-        lean = self._lean_decoder(generation, len(questions))
+        lean = self._lean_decoder(generation, len(questions), len(set(questions)) == 1)
         if lean is not None:
             self.last_path = 'lean'
-            return [self._lean_answers(lean, inputs, generation, prefix)]
+            return self._lean_answers(lean, inputs, generation, prefix)
         self.last_path = 'generate'
         kwargs = {**generation, **self._stopping(prompt_length)}
         if self.config.decoding == 'median':
@@ -332,8 +356,13 @@ class SpatialVLM:
         return [texts[i * k:(i + 1) * k] for i in range(len(questions))]  # samples per pair
 
     def _lean_answers(self, lean: Any, inputs: Any, generation: dict[str, Any],
-                      prefix: str) -> list[str]:
-        """Return one pair's answer texts from the lean decoder (greedy, or seeded samples)."""
+                      prefix: str) -> list[list[str]]:
+        """
+        Return the answer texts of each pair from the lean decoder.
+
+        Greedy (or median) answers, one per image of the one question; or one pair's seeded
+        samples.
+        """
         import torch
 
         reader = None
@@ -341,14 +370,14 @@ class SpatialVLM:
             reader = _DistanceRead(self.loaded.tokenizer, 0, self.parser, prefix)
         max_new, min_new = generation['max_new_tokens'], generation.get('min_new_tokens') or 0
         if not generation.get('do_sample'):
-            stop = None if reader is None else functools.partial(reader.read, 0)
             choose = None
             if self.config.decoding == 'median':
-                digits = self.median_digits()
-                choose = functools.partial(_choose_row, digits, 0)
-            tokens = lean.decode(inputs['input_ids'], inputs['pixel_values'], max_new, min_new,
-                                 stop, choose=choose)
-            sequences = torch.tensor([tokens], dtype=torch.long)
+                choose = functools.partial(_choose_row, self.median_digits())
+            rows = lean.decode_rows(inputs['input_ids'][:1], inputs['pixel_values'], max_new,
+                                    min_new, None if reader is None else reader.read,
+                                    choose=choose)
+            return [[_join(prefix, text) for text in decode_new_tokens(
+                self.loaded, torch.tensor([tokens], dtype=torch.long), 0)] for tokens in rows]
         else:
             with torch.random.fork_rng(devices=_cuda_devices(self.loaded.device)):
                 torch.manual_seed(self.config.seed)  # as generate() is seeded below
@@ -356,7 +385,7 @@ class SpatialVLM:
                     inputs['input_ids'], inputs['pixel_values'], self.config.num_samples,
                     max_new, generation['temperature'], generation['top_p'], min_new,
                     generation.get('pad_token_id'), None if reader is None else reader.read)
-        return [_join(prefix, text) for text in decode_new_tokens(self.loaded, sequences, 0)]
+        return [[_join(prefix, text) for text in decode_new_tokens(self.loaded, sequences, 0)]]
 
     def ask(self, images: Any, questions: Sequence[str] | str) -> list[Answer]:
         """

@@ -59,7 +59,7 @@ def register(subparsers: Any) -> None:
                              f'(default {DEFAULT_NUMBER_DECODING})')
     parser.add_argument('--mirror-average', action='store_true',
                         help="also ask about each frame's mirror image and average the two "
-                             "distances, as the node's mirror_average (two inferences a frame)")
+                             "distances, as the node's mirror_average (one batch of both images)")
     parser.add_argument('--question-template', default=DEFAULT_QUESTION_TEMPLATE,
                         help="the VLM's question, with {subject} and {target} (default: the "
                              f"node's, {DEFAULT_QUESTION_TEMPLATE!r})")

@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f'{DEFAULT_NUMBER_DECODING})')
     parser.add_argument('--mirror-average', action='store_true',
                         help="--reward vlm: also ask about each frame's mirror image and "
-                             'average the two distances (two inferences per step)')
+                             'average the two distances (one batch of both images per step)')
     parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
     parser.add_argument('--json', action='store_true')
     args = parser.parse_args(argv)

@@ -246,7 +246,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               'the likeliest tokens.', True, NUMBER_DECODINGS),
     ParamSpec('mirror_average', False,
               "Also ask about the frame's left-right mirror image and average the two distances "
-              '(two inferences a frame; for questions that do not depend on left and right).',
+              '(one batch of both images a frame, about 1.4x the time of one answer on a CPU; '
+              'for questions that do not depend on left and right).',
               True),
     ParamSpec('answer_prefix', DEFAULT_ANSWER_PREFIX,
               "VLM answers are made to start with this text ('' for none): the number comes "
