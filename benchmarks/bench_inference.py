@@ -13,7 +13,8 @@ gripper question, real answers: as the node asks (answer prefix 'The distance is
 the distance is read), without the prefix, and without either (the whole sentence); with
 ``--samples K ...`` also as the node asks with ``samples_per_frame: K`` (K answers sampled at
 ``--temperature`` and averaged: one pass over the image and prompt on the fast path, K through
-``generate()``).
+``generate()``); and as the node asks with ``mirror_average`` (the frame and its mirror image
+in one batch of two).
 
 Batch-1 rows are measured twice, interleaved call by call in the same process (so a busy
 machine slows both alike): through the fast path (``InferenceConfig.fast_path``: cached prompt,
@@ -91,10 +92,13 @@ def shipped(calls: int, threads: int, samples: list[int] | None = None,
                 ("the node's, greedy digits", {**node, 'decoding': 'greedy'}),
                 ('no prefix, stop at distance', {'stop_at_distance': True, 'answer_prefix': ''}),
                 ('no prefix, whole answer', {'stop_at_distance': False, 'answer_prefix': ''})]
+        mirror = "the node's with mirror_average (the frame and its mirror image, one batch)"
+        rows.append((mirror, {**node, 'batch_size': 2}))
         rows += [(f"the node's, {k} answers sampled at T {temperature} and averaged",
                   {**node, 'decoding': 'sample', 'num_samples': k, 'batch_size': k,
                    'temperature': temperature}) for k in samples or [] if k > 1]
         for label, overrides in rows:
+            estimator.mirror_average = label == mirror
             configs = {path: dataclasses.replace(vlm.config, fast_path=fast, **overrides)
                        for path, fast in (('fast', True), ('generate', False))}
             times: dict[str, list[float]] = {path: [] for path in configs}
