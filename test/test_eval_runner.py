@@ -165,6 +165,16 @@ def test_eval_command(data_dir, tmp_path, capsys, monkeypatch):
     assert report['sampled']['overall']['within_50_200'] == pytest.approx(1.0)
     assert set(report['greedy']['by_type']) >= {'distance', 'width', 'big_choice'}
     assert plot.read_bytes()[:4] == b'\x89PNG'
+    assert report['reasoning'] == 'direct' and report['decomposed'] is None
+    # --reasoning decompose: none of these questions is a template size comparison, so the
+    # answers and the metrics stay those of the direct pass
+    args = parser.parse_args(['eval', str(tmp_path / 'model'), str(data_dir), '--json',
+                              '--reasoning', 'decompose'])
+    assert args.func(args) == 0
+    decomposed = json.loads(capsys.readouterr().out)
+    assert decomposed['reasoning'] == 'decompose'
+    assert decomposed['decomposed'] == {'answered': 0, 'asked_directly': 0}
+    assert decomposed['greedy']['overall'] == report['greedy']['overall']
 
 
 def test_series_key_names_the_episode_and_the_objects():

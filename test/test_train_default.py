@@ -155,6 +155,17 @@ def test_model_card_reports_whether_gripper_answers_follow_the_distance():
     card = model_card(DefaultRecipe(eval_decoding='greedy'), result,
                       {'heldout': _report(), 'gripper_heldout': _report()}, {})
     assert 'Held-out evaluation (greedy decoding' in card
+    assert 'coordinator' not in card  # reports made before it existed
+    decomposed = _report()
+    decomposed['greedy']['overall']['qualitative_accuracy'] = 0.68
+    card = model_card(DefaultRecipe(), result, {'heldout': _report(),
+                                                'gripper_heldout': _report(),
+                                                'heldout_decomposed': decomposed}, {})
+    assert '| qualitative accuracy | 40.0% |' in card
+    assert ('| qualitative accuracy, size comparisons through the chain-of-thought coordinator '
+            '(`--reasoning decompose`) | 68.0% |') in card
+    assert '| qualitative accuracy with the coordinator | >= 90% | 68.0% | no |' in card
+    assert '`eval_heldout_decomposed.json`' in card
 
 
 def test_plain_stage_sits_between_the_two_stages(tmp_path):

@@ -27,6 +27,11 @@ def register(subparsers: Any) -> None:
                         help='the one-answer pass: greedy (default) or median (each number at '
                              "the median of the model's distribution, the reward node's "
                              'default)')
+    parser.add_argument('--reasoning', choices=('direct', 'decompose'), default='direct',
+                        help='decompose: answer size comparisons (taller, wider, bigger...) '
+                             'from metric questions about each object, as the paper '
+                             'coordinates chain-of-thought queries (by rule here; default '
+                             'direct)')
     parser.add_argument('--max-new-tokens', type=int, default=48, help='answer length limit')
     parser.add_argument('--batch-size', type=int, default=8, help='questions per batch')
     parser.add_argument('--limit', type=int, default=0, help='at most N questions (0: all)')
@@ -53,7 +58,7 @@ def _eval(args: argparse.Namespace) -> int:
         config = EvalConfig(samples=args.samples, temperature=args.temperature,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                             seed=args.seed, limit=args.limit, truth=args.truth,
-                            decoding=args.decoding)
+                            decoding=args.decoding, reasoning=args.reasoning)
         result = evaluate_model(args.model_dir, args.data, config,
                                 progress=not (args.no_progress or args.json),
                                 device=args.device)

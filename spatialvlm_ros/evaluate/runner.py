@@ -64,6 +64,9 @@ class EvalConfig:
     :ivar include_items: put the per-question answers and grading in the report.
     :ivar decoding: how the one-answer pass decodes: ``'greedy'`` or ``'median'`` (needs the
         model package's inference API and a tokenizer that spells digits one by one).
+    :ivar reasoning: ``'direct'`` (every question asked as it is) or ``'decompose'`` (size
+        comparisons answered from metric queries about each object, the paper's
+        chain-of-thought coordinator: ``evaluate.reasoning``).
     """
 
     samples: int = 1
@@ -75,6 +78,7 @@ class EvalConfig:
     truth: str = 'value_m'
     include_items: bool = False
     decoding: str = 'greedy'
+    reasoning: str = 'direct'
 
     def __post_init__(self) -> None:
         for name in ('samples', 'limit', 'seed'):
@@ -88,6 +92,10 @@ class EvalConfig:
         if self.truth not in TRUTH_SOURCES:
             raise ValueError(f'truth must be one of {TRUTH_SOURCES}, got {self.truth!r}')
         check_number_decoding(self.decoding, 'decoding')
+        from spatialvlm_ros.evaluate.reasoning import REASONINGS
+
+        if self.reasoning not in REASONINGS:
+            raise ValueError(f'reasoning must be one of {REASONINGS}, got {self.reasoning!r}')
 
 
 @dataclass
@@ -115,6 +123,9 @@ class EvalResult:
     :ivar questions: the questions asked.
     :ivar answers: per pass ('greedy', 'sampled'), the answers per question.
     :ivar decoding: how the one-answer ('greedy') pass was decoded.
+    :ivar reasoning: ``EvalConfig.reasoning``.
+    :ivar decomposed: with ``'decompose'``: questions answered from metric queries, and
+        comparisons asked directly because those did not decide them (None otherwise).
     """
 
     greedy: Any
@@ -123,13 +134,16 @@ class EvalResult:
     answers: dict[str, list[list[str]]] = field(default_factory=dict)
     samples: int = 1
     decoding: str = 'greedy'
+    reasoning: str = 'direct'
+    decomposed: dict[str, int] | None = None
 
     def to_dict(self, include_items: bool = False) -> dict[str, Any]:
         """Return a JSON-ready dict (per-question answers and grading only if asked)."""
         out: dict[str, Any] = {
             'n_images': len({q.image_id for q in self.questions}),
             'n_questions': len(self.questions), 'samples': self.samples,
-            'decoding': self.decoding,
+            'decoding': self.decoding, 'reasoning': self.reasoning,
+            'decomposed': self.decomposed,
             'greedy': self.greedy.to_dict(),
             'sampled': self.sampled.to_dict() if self.sampled is not None else None}
         if include_items:
@@ -453,6 +467,11 @@ def evaluate_questions(answerer: Answerer, questions: Sequence[Question],
     """Ask every question (greedy, and sampled when ``config.samples > 1``) and score."""
     cfg = config or EvalConfig()
     questions = list(questions)
+    decomposing = None
+    if cfg.reasoning == 'decompose':
+        from spatialvlm_ros.evaluate.reasoning import DecomposingAnswerer
+
+        answerer = decomposing = DecomposingAnswerer(answerer)
     greedy_answers = _ask(answerer, questions, 0, cfg, progress)
     greedy = evaluate_items(_items(questions, greedy_answers))
     answers = {'greedy': greedy_answers}
@@ -460,7 +479,11 @@ def evaluate_questions(answerer: Answerer, questions: Sequence[Question],
     if cfg.samples > 1:
         answers['sampled'] = _ask(answerer, questions, cfg.samples, cfg, progress)
         sampled = evaluate_items(_items(questions, answers['sampled']))
-    return EvalResult(greedy, sampled, questions, answers, max(1, cfg.samples), cfg.decoding)
+    counts = None
+    if decomposing is not None:
+        counts = {'answered': decomposing.decomposed, 'asked_directly': decomposing.fallbacks}
+    return EvalResult(greedy, sampled, questions, answers, max(1, cfg.samples), cfg.decoding,
+                      cfg.reasoning, counts)
 
 
 def evaluate_model(model_dir: str | Path, data: Sequence[str | Path],
@@ -482,6 +505,10 @@ def summary_lines(result: EvalResult) -> list[str]:
         return '-' if value is None else f'{value:.3f}'
 
     lines = [f'{result.to_dict()["n_images"]} images, {len(result.questions)} questions']
+    if result.decomposed is not None:
+        lines.append(f'reasoning decompose: {result.decomposed["answered"]} size comparisons '
+                     'answered from metric questions about each object, '
+                     f'{result.decomposed["asked_directly"]} asked directly (values undecided)')
     passes = [('greedy' if result.decoding == 'greedy' else f'{result.decoding}-decoded',
                result.greedy)]
     if result.sampled is not None:

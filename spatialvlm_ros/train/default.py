@@ -19,7 +19,9 @@ Steps, each resumable (re-running the command skips what is done):
    gripper episodes (``gripper_focus``) while keeping the engine's data in the mix (a stage on
    gripper data alone made the model forget the object-to-object questions), ``out/run_focus``;
 5. evaluation on the held-out sets against the simulator's truth (``out/eval_*.json`` and
-   predicted-vs-true plots), and a model card (``out/run/final/README.md``);
+   predicted-vs-true plots; the engine set also with size comparisons through the
+   chain-of-thought coordinator, ``eval_heldout_decomposed.json``), and a model card
+   (``out/run/final/README.md``);
 6. with ``--install``, the final model is copied into the package
    (``spatialvlm_ros/model/default_model``), which the reward node loads by default.
 
@@ -480,19 +482,29 @@ def run_training(recipe: DefaultRecipe, model: Path, folders: dict[str, Path],
 
 
 def evaluate(recipe: DefaultRecipe, model_dir: Path, folders: dict[str, Path]) -> dict[str, Any]:
-    """Evaluate on the held-out sets against the simulator's truth; write JSON and plots."""
+    """
+    Evaluate on the held-out sets against the simulator's truth; write JSON and plots.
+
+    Reports ``heldout`` and ``gripper_heldout`` (every question asked directly) and
+    ``heldout_decomposed``: the engine set again with size comparisons answered through the
+    chain-of-thought coordinator (``EvalConfig.reasoning='decompose'``).
+    """
     from spatialvlm_ros.evaluate.metrics import MetricsConfig
     from spatialvlm_ros.evaluate.plots import plot_predicted_vs_true
     from spatialvlm_ros.evaluate.runner import EvalConfig, evaluate_model
 
     out = Path(recipe.out)
     reports = {}
-    for name in ('heldout', 'gripper_heldout'):
-        _log(f'evaluating on {folders[name]}')
-        result = evaluate_model(model_dir, [folders[name]],
+    for name, folder, reasoning in (('heldout', 'heldout', 'direct'),
+                                    ('gripper_heldout', 'gripper_heldout', 'direct'),
+                                    ('heldout_decomposed', 'heldout', 'decompose')):
+        _log(f'evaluating on {folders[folder]}' + (' (decomposed size comparisons)'
+                                                   if reasoning != 'direct' else ''))
+        result = evaluate_model(model_dir, [folders[folder]],
                                 EvalConfig(truth='sim', limit=recipe.eval_limit,
                                            max_new_tokens=24, batch_size=16,
-                                           decoding=recipe.eval_decoding), progress=True)
+                                           decoding=recipe.eval_decoding,
+                                           reasoning=reasoning), progress=True)
         report = result.to_dict()
         truths, predictions, types = result.distance_pairs(sampled=False)
         report['plot'] = str(plot_predicted_vs_true(truths, predictions,
@@ -573,6 +585,10 @@ def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
             ('gripper: numeric answers', 'gripper_heldout', 'numeric_share'),
             ('gripper: within [50%, 200%]', 'gripper_heldout', 'within_50_200'),
             ('gripper: within [90%, 110%]', 'gripper_heldout', 'within_90_110')]
+    if 'heldout_decomposed' in reports:
+        rows.insert(1, ('qualitative accuracy, size comparisons through the chain-of-thought '
+                        'coordinator (`--reasoning decompose`)', 'heldout_decomposed',
+                        'qualitative_accuracy'))
     table = '\n'.join(f'| {label} | {metric(name, key)} |' for label, name, key in rows)
     mre = reports['gripper_heldout'].get('median_relative_error')
     steps = ', '.join(f'{name} {value / 60:.1f} min' for name, value in timings.items())
@@ -588,6 +604,14 @@ def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
                   + (' and the plain turns' if recipe.focus_steps > 0 and recipe.focus_mix_plain
                      else ''))
     gripper_mre = '-' if mre is None else f'{100 * mre:.1f}%'
+    decomposed_file = decomposed_text = ''
+    if 'heldout_decomposed' in reports:
+        decomposed_file = ', `eval_heldout_decomposed.json`'
+        decomposed_text = (
+            "\nThe coordinator (`spatialvlm eval --reasoning decompose`; the paper's "
+            'chain-of-thought spatial reasoning, by rule) asks the model how tall or wide each '
+            'object is and compares the answers, for the tall / short / wide / thin / big / '
+            'small comparisons; every other question is asked directly.')
     tracking = reports['gripper_heldout']['greedy'].get('tracking')
     follows = 'no episode series to measure' if tracking is None else (
         f"Spearman {_fmt(tracking['spearman_defined'])} over the {tracking['n_defined']} of "
@@ -664,7 +688,8 @@ Recipe (``DefaultRecipe``): `{json.dumps(asdict(recipe), sort_keys=True)}`
 
 Gripper-to-object distance, median relative error: {gripper_mre}. Whether the answers
 follow the distance over the frames of an episode (what a reward needs): {follows}.
-Full reports: `eval_heldout.json`, `eval_gripper_heldout.json` (beside this card).
+Full reports: `eval_heldout.json`, `eval_gripper_heldout.json`{decomposed_file} (beside this
+card).{decomposed_text}
 
 ## Against the project's goals
 
@@ -677,6 +702,8 @@ def _fmt(value: float | None) -> str:
 
 
 GOALS = (('qualitative accuracy', 'heldout', 'qualitative_accuracy', 0.90, True),
+         ('qualitative accuracy with the coordinator', 'heldout_decomposed',
+          'qualitative_accuracy', 0.90, True),
          ('numeric answers', 'heldout', 'numeric_share', 0.99, True),
          ('within [50%, 200%]', 'heldout', 'within_50_200', 0.90, True),
          ('within [90%, 110%]', 'heldout', 'within_90_110', 0.40, True),
@@ -688,6 +715,8 @@ def goals_table(reports: dict[str, Any]) -> str:
     """Return a markdown table of the held-out figures against the issue's goals."""
     lines = ['| metric | goal | measured | met |', '|---|---|---|---|']
     for label, name, key, goal, higher in GOALS:
+        if name not in reports:  # reports made before the coordinator existed
+            continue
         report = reports[name]
         value = report.get(key) if key == 'median_relative_error' else \
             report['greedy']['overall'].get(key)
@@ -817,7 +846,7 @@ def _run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     (final / 'README.md').write_text(model_card(recipe, result, reports, timings.seconds))
     shutil.copy(timings.path, final / 'timings.json')
-    for name in ('heldout', 'gripper_heldout'):
+    for name in reports:
         shutil.copy(Path(recipe.out) / f'eval_{name}.json', final / f'eval_{name}.json')
     if args.install:
         from spatialvlm_ros.model.estimator import DEFAULT_MODEL_DIR

@@ -1,0 +1,118 @@
+"""The chain-of-thought coordinator: size comparisons answered from metric queries."""
+
+import pytest
+
+from spatialvlm_ros.evaluate.metrics import EvalItem, score_item
+from spatialvlm_ros.evaluate.reasoning import Comparison, DecomposingAnswerer, SizeQuestions
+from spatialvlm_ros.evaluate.runner import _axis_words, EvalConfig
+from spatialvlm_ros.synth.templates import TemplateBank
+
+BANK = TemplateBank.load()
+SIZE_TYPES = sorted(t for t in BANK.types if t.rsplit('_', 1)[0] in (
+    'tall', 'short', 'wide', 'thin', 'big', 'small', 'tall_short', 'wide_thin', 'big_small')
+    and t.rsplit('_', 1)[1] in ('predicate', 'choice', 'classify'))
+# object phrase -> (height, width) in metres, as the fake VLM states them
+SIZES = {'the red mug': (0.12, 0.08), 'large rubber duck': (0.09, 0.15),
+         'green domino': (0.05, 0.02), 'the same box': (0.10, 0.10),
+         'a cube': (0.10, 0.10)}
+
+
+@pytest.fixture(scope='module')
+def finder():
+    return SizeQuestions(BANK)
+
+
+def test_every_size_template_is_found_with_its_objects(finder):
+    assert len(SIZE_TYPES) == 15  # 6 predicates, 6 choices, 3 classifications
+    for qa_type in SIZE_TYPES:
+        for template in BANK.get(qa_type, 'questions'):
+            question = template.replace('[A]', 'large rubber duck').replace('[B]', 'the red mug')
+            found = finder.parse(question)
+            assert found == Comparison(qa_type, qa_type.rsplit('_', 1)[1],
+                                       'large rubber duck', 'the red mug'), question
+    # position comparisons, metric questions and free text are not size comparisons
+    for other in ('left_predicate', 'behind_choice', 'above_below_classify', 'height',
+                  'distance'):
+        question = BANK.get(other, 'questions')[0].replace('[A]', 'a').replace('[B]', 'b')
+        assert finder.parse(question) is None
+    assert finder.parse('Describe the objects in this image.') is None
+
+
+def test_the_answer_follows_the_sizes_and_grades_as_the_truth(finder):
+    taller = finder.parse('Is the red mug taller than green domino?')
+    assert taller.measures == ('height',) and taller.sign == 1
+    assert finder.answer(taller, 0.12, 0.05) == BANK.get('tall_predicate', 'true')[0]
+    assert finder.answer(taller, 0.05, 0.12) == BANK.get('tall_predicate', 'false')[0]
+    assert finder.answer(taller, 0.1, 0.1) is None  # equal: no side
+    assert finder.answer(taller, float('nan'), 0.1) is None
+    thinner = finder.parse('Which is narrower, large rubber duck or green domino?')
+    assert thinner.sign == -1 and thinner.measures == ('width',)
+    text = finder.answer(thinner, 0.15, 0.02)
+    assert 'green domino' in text.lower() and 'large rubber duck' not in text.lower()
+    graded = score_item(EvalItem('thin_choice', 'choice', [text], 1,
+                                 ('large rubber duck', 'green domino')))
+    assert graded.correct is True
+    bigger = finder.parse(BANK.get('big_small_classify', 'questions')[0].replace(
+        '[A]', 'the red mug').replace('[B]', 'a cube'))
+    assert bigger.measures == ('height', 'width')
+    for first, second, word in ((2.0, 1.0, 'big'), (1.0, 2.0, 'small')):
+        text = finder.answer(bigger, first, second)
+        truth = _axis_words('big_small_classify').index(word)
+        options = (BANK.x_value('big_small_classify', True),
+                   BANK.x_value('big_small_classify', False))
+        assert score_item(EvalItem('big_small_classify', 'classify', [text], truth,
+                                   options)).correct is True
+
+
+class FakeVLM:
+    """Answers 'How tall/wide is X?' from SIZES; any other question with 'direct: <q>'."""
+
+    def __init__(self):
+        self.calls = []
+
+    def answer_batch(self, images, questions, num_samples, temperature, seed):
+        self.calls.append(list(questions))
+        out = []
+        for image, question in zip(images, questions, strict=True):
+            assert image == 'img'
+            for prefix, index in (('How tall is ', 0), ('How wide is ', 1)):
+                if question.startswith(prefix):
+                    name = question[len(prefix):-1]
+                    value = SIZES.get(name, (None, None))[index]
+                    text = 'I cannot tell.' if value is None else f'{name} is {value} m.'
+                    break
+            else:
+                text = f'direct: {question}'
+            out.append([text] * max(1, num_samples))
+        return out
+
+
+def test_the_answerer_decomposes_size_comparisons_only():
+    inner = FakeVLM()
+    answerer = DecomposingAnswerer(inner, SizeQuestions(BANK))
+    questions = ['Is the red mug taller than green domino?',  # 0.12 > 0.05: yes
+                 'Which is wider, the red mug or large rubber duck?',  # the duck
+                 'Is the red mug bigger than large rubber duck?',  # 0.0096 < 0.0135: no
+                 'Is the same box taller than a cube?',  # equal heights: asked directly
+                 'Is the red mug taller than an unknown thing?',  # unparsed: asked directly
+                 'Is the red mug to the left of green domino?']  # position: asked directly
+    answers = answerer.answer_batch(['img'] * len(questions), questions, 0, 0.7, 0)
+    assert answers[0] == [BANK.get('tall_predicate', 'true')[0]]
+    assert 'large rubber duck' in answers[1][0].lower()
+    assert answers[2] == [BANK.get('big_predicate', 'false')[0]]
+    assert answers[3:] == [[f'direct: {q}'] for q in questions[3:]]
+    assert (answerer.decomposed, answerer.fallbacks) == (3, 2)
+    # one batch of metric queries (each object and measure once per image), then one direct
+    assert len(inner.calls) == 2 and inner.calls[1] == questions[3:]
+    assert len(inner.calls[0]) == len(set(inner.calls[0]))
+    assert 'How tall is the red mug?' in inner.calls[0]
+    # sampled passes keep the sample count
+    sampled = answerer.answer_batch(['img'] * 2, questions[:1] + questions[-1:], 3, 0.7, 0)
+    assert [len(a) for a in sampled] == [3, 3]
+
+
+def test_eval_config_names_the_reasoning():
+    assert EvalConfig().reasoning == 'direct'
+    assert EvalConfig(reasoning='decompose').reasoning == 'decompose'
+    with pytest.raises(ValueError, match='reasoning'):
+        EvalConfig(reasoning='llm')
