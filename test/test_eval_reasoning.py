@@ -1,9 +1,13 @@
-"""The chain-of-thought coordinator: size comparisons answered from metric queries."""
+"""The chain-of-thought coordinator: comparisons answered from simpler queries."""
 
 import pytest
 
 from spatialvlm_ros.evaluate.metrics import EvalItem, score_item
-from spatialvlm_ros.evaluate.reasoning import Comparison, DecomposingAnswerer, SizeQuestions
+from spatialvlm_ros.evaluate.reasoning import (
+    Comparison,
+    ComparisonQuestions,
+    DecomposingAnswerer,
+)
 from spatialvlm_ros.evaluate.runner import _axis_words, EvalConfig
 from spatialvlm_ros.synth.templates import TemplateBank
 
@@ -19,7 +23,7 @@ SIZES = {'the red mug': (0.12, 0.08), 'large rubber duck': (0.09, 0.15),
 
 @pytest.fixture(scope='module')
 def finder():
-    return SizeQuestions(BANK)
+    return ComparisonQuestions(BANK)
 
 
 def test_every_size_template_is_found_with_its_objects(finder):
@@ -30,9 +34,19 @@ def test_every_size_template_is_found_with_its_objects(finder):
             found = finder.parse(question)
             assert found == Comparison(qa_type, qa_type.rsplit('_', 1)[1],
                                        'large rubber duck', 'the red mug'), question
-    # position comparisons, metric questions and free text are not size comparisons
-    for other in ('left_predicate', 'behind_choice', 'above_below_classify', 'height',
-                  'distance'):
+    positions = sorted(t for t in BANK.types if t.rsplit('_', 1)[0] in (
+        'left', 'right', 'front', 'behind', 'left_right', 'behind_front')
+        and t.rsplit('_', 1)[1] in ('predicate', 'choice', 'classify'))
+    assert len(positions) == 10
+    for qa_type in positions:
+        for template in BANK.get(qa_type, 'questions'):
+            question = template.replace('[A]', 'green domino').replace('[B]', 'a cube')
+            found = finder.parse(question)
+            assert found is not None and found.qa_type == qa_type and found.position, question
+            assert (found.first, found.second) == ('green domino', 'a cube'), question
+    # above / below, metric questions and free text are not comparisons it decomposes
+    for other in ('above_predicate', 'below_choice', 'above_below_classify', 'height',
+                  'distance', 'left_difference'):
         question = BANK.get(other, 'questions')[0].replace('[A]', 'a').replace('[B]', 'b')
         assert finder.parse(question) is None
     assert finder.parse('Describe the objects in this image.') is None
@@ -89,7 +103,7 @@ class FakeVLM:
 
 def test_the_answerer_decomposes_size_comparisons_only():
     inner = FakeVLM()
-    answerer = DecomposingAnswerer(inner, SizeQuestions(BANK))
+    answerer = DecomposingAnswerer(inner, ComparisonQuestions(BANK))
     questions = ['Is the red mug taller than green domino?',  # 0.12 > 0.05: yes
                  'Which is wider, the red mug or large rubber duck?',  # the duck
                  'Is the red mug bigger than large rubber duck?',  # 0.0096 < 0.0135: no
@@ -111,8 +125,44 @@ def test_the_answerer_decomposes_size_comparisons_only():
     assert [len(a) for a in sampled] == [3, 3]
 
 
+class FakeLocator:
+    """Places objects from a table of (column, row); counts its calls."""
+
+    PLACES = {'the red mug': (0.2, 0.7), 'green domino': (0.8, 0.3), 'a cube': (0.8, 0.7)}
+
+    def __init__(self):
+        self.calls = 0
+
+    def locate(self, image, question, phrases):
+        self.calls += 1
+        assert image == 'img' and all(p in question for p in phrases)
+        return [self.PLACES.get(p) for p in phrases]
+
+
+def test_position_comparisons_need_a_locator():
+    questions = ['Is the red mug to the left of green domino?',  # columns 0.2 < 0.8: yes
+                 'Which is closer to the camera, the red mug or green domino?',  # rows
+                 'Is green domino to the left of a cube?',  # the same column: asked directly
+                 'Is the red mug in front of an unknown thing?']  # not located: directly
+    inner = FakeVLM()
+    plain = DecomposingAnswerer(inner, ComparisonQuestions(BANK))
+    assert plain.answer_batch(['img'] * 4, questions, 0, 0.7, 0) == \
+        [[f'direct: {q}'] for q in questions]  # without a locator positions are asked
+    locator = FakeLocator()
+    answerer = DecomposingAnswerer(FakeVLM(), ComparisonQuestions(BANK), locator=locator)
+    answers = answerer.answer_batch(['img'] * 4, questions, 0, 0.7, 0)
+    found = ComparisonQuestions(BANK).parse(questions[1])
+    assert found is not None and found.measures == ('y',)
+    assert answers[0] == [BANK.get('left_predicate', 'true')[0]]
+    # the mug is lower in the image (row 0.7 > 0.3): in front, i.e. closer to the camera
+    assert 'the red mug' in answers[1][0].lower() and 'domino' not in answers[1][0].lower()
+    assert answers[2:] == [[f'direct: {q}'] for q in questions[2:]]
+    assert (answerer.decomposed, answerer.fallbacks, locator.calls) == (2, 2, 4)
+
+
 def test_eval_config_names_the_reasoning():
     assert EvalConfig().reasoning == 'direct'
     assert EvalConfig(reasoning='decompose').reasoning == 'decompose'
+    assert EvalConfig(reasoning='decompose_grounded').reasoning == 'decompose_grounded'
     with pytest.raises(ValueError, match='reasoning'):
         EvalConfig(reasoning='llm')

@@ -406,6 +406,58 @@ def test_lean_rows_equal_generate_rows(name, request, images):
     assert sampler.last_path == 'generate'
 
 
+@pytest.mark.parametrize('name', ['shipped', 'compact_gqa', 'llava15'])
+def test_attention_probs_equal_eager_output_attentions(name, request, images):
+    # the grounding locator reads one head's attention without switching the model from SDPA
+    loaded = request.getfixturevalue(name)
+    model = loaded.model
+    decoder = LeanGreedyDecoder(model)
+    inputs = build_inputs(loaded, [images[0]], [QUESTIONS[0]], '')
+    layers = model.config.text_config.num_hidden_layers
+    heads = model.config.text_config.num_attention_heads
+    text = model.model.language_model
+    text.set_attn_implementation('eager')  # the decoder only (a FocalNet tower has no SDPA)
+    try:
+        with torch.inference_mode():
+            reference = model(**inputs, output_attentions=True).attentions
+    finally:
+        text.set_attn_implementation('sdpa')
+    assert lean_blocker(model) is None  # back on SDPA: the lean loop still takes it
+    for layer, head in ((0, 0), (layers - 1, heads - 1), (layers // 2, 1)):
+        probs = decoder.attention_probs(inputs['input_ids'], inputs['pixel_values'], layer,
+                                        head)
+        torch.testing.assert_close(probs, reference[layer][0, head].float(), rtol=1e-4,
+                                   atol=1e-5)
+    with pytest.raises(ValueError, match='no layer'):
+        decoder.attention_probs(inputs['input_ids'], inputs['pixel_values'], layers, 0)
+
+
+def test_grounding_locator_places_the_named_objects(compact_gqa, paligemma, images):
+    from spatialvlm_ros.evaluate.reasoning import GroundingLocator
+    from spatialvlm_ros.train.grounding import find_subsequence
+
+    locator = GroundingLocator(compact_gqa)
+    question = 'Is the red mug to the left of the duck?'
+    places = locator.locate(images[0], question, ['the red mug', 'duck', 'a purple zebra'])
+    assert places[2] is None  # not in the question
+    inputs = build_inputs(compact_gqa, [images[0]], [question], '')
+    probs = LeanGreedyDecoder(compact_gqa.model).attention_probs(
+        inputs['input_ids'], inputs['pixel_values'], 0, 0).numpy()
+    ids = inputs['input_ids'][0].tolist()
+    patches = [p for p, t in enumerate(ids) if t == compact_gqa.model.config.image_token_id]
+    grid = int(len(patches) ** 0.5)
+    for place, words in zip(places[:2], ['red mug', 'duck'], strict=True):
+        name = compact_gqa.tokenizer(' ' + words, add_special_tokens=False)['input_ids']
+        at = find_subsequence(ids, name, patches[-1] + 1)
+        weights = probs[at:at + len(name)][:, patches].mean(axis=0)
+        column = ((np.arange(grid * grid) % grid + 0.5) / grid * weights).sum() / weights.sum()
+        row = ((np.arange(grid * grid) // grid + 0.5) / grid * weights).sum() / weights.sum()
+        assert place == pytest.approx((column, row))
+        assert all(0.0 < v < 1.0 for v in place)
+    with pytest.raises(ValueError, match='LLaVA'):
+        GroundingLocator(paligemma)
+
+
 def _sampled(loaded, image, question, fast, **config):
     vlm = SpatialVLM(loaded, InferenceConfig(decoding='sample', fast_path=fast, **config))
     answer = vlm.ask(image, [question])[0]

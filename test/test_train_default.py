@@ -162,8 +162,15 @@ def test_model_card_reports_whether_gripper_answers_follow_the_distance():
                                                 'gripper_heldout': _report(),
                                                 'heldout_decomposed': decomposed}, {})
     assert '| qualitative accuracy | 40.0% |' in card
-    assert ('| qualitative accuracy, size comparisons through the chain-of-thought coordinator '
+    assert ('| qualitative accuracy, comparisons through the chain-of-thought coordinator '
             '(`--reasoning decompose`) | 68.0% |') in card
+    assert 'grounding head' not in card
+    decomposed['reasoning'] = 'decompose_grounded'
+    card = model_card(DefaultRecipe(), result, {'heldout': _report(),
+                                                'gripper_heldout': _report(),
+                                                'heldout_decomposed': decomposed}, {})
+    assert '(`--reasoning decompose_grounded`) | 68.0% |' in card
+    assert 'where the grounding head points' in card
     assert '| qualitative accuracy with the coordinator | >= 90% | 68.0% | no |' in card
     assert '`eval_heldout_decomposed.json`' in card
 

@@ -9,6 +9,7 @@ from typing import Any
 def register(subparsers: Any) -> None:
     """Add the ``eval`` command."""
     from spatialvlm_ros.core.decoding import NUMBER_DECODINGS
+    from spatialvlm_ros.evaluate.reasoning import REASONINGS
 
     parser = subparsers.add_parser(
         'eval', help="evaluate a model on held-out spatial QA (the paper's metrics)",
@@ -27,11 +28,14 @@ def register(subparsers: Any) -> None:
                         help='the one-answer pass: greedy (default) or median (each number at '
                              "the median of the model's distribution, the reward node's "
                              'default)')
-    parser.add_argument('--reasoning', choices=('direct', 'decompose'), default='direct',
+    parser.add_argument('--reasoning', choices=REASONINGS, default='direct',
                         help='decompose: answer size comparisons (taller, wider, bigger...) '
                              'from metric questions about each object, as the paper '
-                             'coordinates chain-of-thought queries (by rule here; default '
-                             'direct)')
+                             'coordinates chain-of-thought queries (by rule here); '
+                             'decompose_grounded: also left / right / front / behind from '
+                             "where the model's grounding head points at each object (models "
+                             'trained with supervised grounding, such as the shipped default); '
+                             'default direct')
     parser.add_argument('--max-new-tokens', type=int, default=48, help='answer length limit')
     parser.add_argument('--batch-size', type=int, default=8, help='questions per batch')
     parser.add_argument('--limit', type=int, default=0, help='at most N questions (0: all)')

@@ -1,28 +1,34 @@
 """
-Chain-of-thought answers to size comparisons: a rule-based coordinator (paper section 3.3).
+Chain-of-thought answers to comparisons: a rule-based coordinator (paper section 3.3).
 
 SpatialVLM answers complex questions by having an LLM coordinator split them into simple spatial
 queries to the VLM and combine the answers. The compact model answers metric questions about
 one object far better than it compares two objects (session 22 in ``benchmarks/RESULTS.md``:
 on the held-out scenes it says how tall a named object is within [50%, 200%] 91% of the time,
 while it answers "Is A taller than B?" about as well as a coin). ``DecomposingAnswerer`` does
-the coordinator's job for the 18 size comparisons of the template bank, by rule instead of an
-LLM:
+the coordinator's job by rule instead of an LLM:
 
-- the question is matched against the bank's question templates of the ``tall`` / ``short`` /
-  ``wide`` / ``thin`` / ``big`` / ``small`` predicates and choices and the ``tall_short`` /
-  ``wide_thin`` / ``big_small`` classifications, which gives the type and the two object
-  phrases ``[A]`` and ``[B]``;
-- the VLM is asked "How tall is [A]?" and "How tall is [B]?" (``height``), "How wide is ...?"
-  (``width``), or both for ``big`` / ``small``, whose size is height times width (the engine
-  compares volumes; depth is not asked: the image shows it worst);
+- the question is matched against the template bank's question templates of the comparisons
+  (``ComparisonQuestions``), which gives the type and the two object phrases ``[A]`` and
+  ``[B]``;
+- size comparisons (``tall`` / ``short`` / ``wide`` / ``thin`` / ``big`` / ``small``
+  predicates and choices, ``tall_short`` / ``wide_thin`` / ``big_small`` classifications):
+  the VLM is asked "How tall is [A]?" and "How tall is [B]?" (``height``), "How wide is
+  ...?" (``width``), or both for ``big`` / ``small``, whose size is height times width (the
+  engine compares volumes; depth is not asked: the image shows it worst);
+- position comparisons (``left`` / ``right`` / ``front`` / ``behind`` and the ``left_right`` /
+  ``behind_front`` classifications), only with a ``GroundingLocator``: a model trained with
+  supervised grounding (``TrainConfig.grounding_weight``, the shipped default) has a head that
+  points from each object's name to that object's patches; the attention-weighted centre of
+  the patches each name points at places the object in the image (left is a smaller column,
+  in front of is lower in the image, for a camera looking down at a table). The metric
+  questions about positions cannot stand in: "How far to the left of B is A?" was only ever
+  trained where the relation holds, so its values do not tell the side;
 - the two values are compared and the answer is written with the bank's first answer template
   of that outcome ('Yes.', '[X] is taller.', '[A] is [X] [B].').
 
-Any other question, and a comparison whose values do not both parse or are equal, is asked
-directly. Position comparisons (left, right, front, behind, above, below) are always asked
-directly: the metric questions about them ("How far to the left of B is A?") were only ever
-trained where the relation holds, so their values do not tell the side.
+Any other question (``above`` / ``below`` among them), and a comparison whose values do not
+both exist or are equal, is asked directly.
 """
 
 from __future__ import annotations
@@ -32,19 +38,24 @@ import math
 import re
 from typing import Any, Sequence
 
-# family -> (measures compared, +1: the larger value satisfies it, -1: the smaller)
+# family -> (measures compared, +1: the larger value satisfies it (the classifications:
+# their positive word), -1: the smaller); 'x' / 'y' are the image column / row of the object
 _FAMILIES: dict[str, tuple[tuple[str, ...], int]] = {
     'tall': (('height',), 1), 'short': (('height',), -1),
     'wide': (('width',), 1), 'thin': (('width',), -1),
     'big': (('height', 'width'), 1), 'small': (('height', 'width'), -1),
     'tall_short': (('height',), 1), 'wide_thin': (('width',), 1),
     'big_small': (('height', 'width'), 1),
+    'left': (('x',), -1), 'right': (('x',), 1), 'left_right': (('x',), -1),
+    'front': (('y',), 1), 'behind': (('y',), -1), 'behind_front': (('y',), -1),
 }
+POSITION_MEASURES = ('x', 'y')
 MEASURE_QUESTIONS = {'height': 'How tall is [A]?', 'width': 'How wide is [A]?'}
-"""The simple query asked about one object for each measure."""
-REASONINGS = ('direct', 'decompose')
-"""How ``spatialvlm eval --reasoning`` answers: every question directly, or size comparisons
-through :class:`DecomposingAnswerer`."""
+"""The simple query asked about one object for each size measure."""
+REASONINGS = ('direct', 'decompose', 'decompose_grounded')
+"""How ``spatialvlm eval --reasoning`` answers: every question directly; size comparisons
+through :class:`DecomposingAnswerer`; or also position comparisons, from the model's grounding
+head (:class:`GroundingLocator`; for models trained with supervised grounding)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,11 @@ class Comparison:
         return _FAMILIES[_family(self.qa_type)][0]
 
     @property
+    def position(self) -> bool:
+        """Return whether the comparison is about positions (located, not asked)."""
+        return self.measures[0] in POSITION_MEASURES
+
+    @property
     def sign(self) -> int:
         """Return +1 when the larger measure satisfies the relation, -1 for the smaller."""
         return _FAMILIES[_family(self.qa_type)][1]
@@ -82,9 +98,9 @@ def _kind(qa_type: str) -> str:
     return qa_type.rsplit('_', 1)[1]
 
 
-class SizeQuestions:
+class ComparisonQuestions:
     """
-    Find size comparisons in question texts with the template bank's own templates.
+    Find size and position comparisons in question texts with the template bank's templates.
 
     :param bank: a ``synth.templates.TemplateBank`` (the package's when None).
     """
@@ -124,10 +140,11 @@ class SizeQuestions:
 
     def answer(self, comparison: Comparison, first: float, second: float) -> str | None:
         """
-        Return the answer text from the two objects' sizes, or None when they are equal.
+        Return the answer text from the two objects' values, or None when they are equal.
 
-        :param first: the ``[A]`` object's size (the product of its measures).
-        :param second: the ``[B]`` object's size.
+        :param first: the ``[A]`` object's value: its size (the product of its measures) or its
+            image column / row.
+        :param second: the ``[B]`` object's value.
         """
         if not (math.isfinite(first) and math.isfinite(second)) or first == second:
             return None  # no side can be told
@@ -137,36 +154,119 @@ class SizeQuestions:
             text = self.bank.get(qa_type, 'true' if holds else 'false')[0]
         elif comparison.kind == 'choice':
             text = self.bank.get(qa_type, 'answers')[0].replace('[X]', a if holds else b)
-        else:  # classify: the positive phrase ('taller than') when [A] is the larger
+        else:  # classify: the positive phrase ('taller than', 'to the left of') when it holds
             text = self.bank.get(qa_type, 'answers')[0].replace(
-                '[X]', self.bank.x_value(qa_type, first > second))
+                '[X]', self.bank.x_value(qa_type, holds))
         text = text.replace('[A]', a).replace('[B]', b)
         return text[:1].upper() + text[1:]
 
 
+class GroundingLocator:
+    """
+    Place the objects a question names where the model's grounding head points.
+
+    For a LLaVA whose decoder was trained with supervised grounding
+    (``TrainConfig.grounding_weight``; the name rows go to head 0 of
+    ``grounding_layers[0]``): one pass over the question's prompt, then, for each object
+    phrase, the attention of that head from the phrase's tokens (a leading 'the' / 'a' / 'an'
+    left out, as in training) over the image tokens, averaged over the tokens; its weighted
+    centre over the patch grid is the object's place. A model never trained so has such a head
+    too, but it points nowhere in particular: use this only with grounded models.
+
+    :param loaded: a ``model.loading.LoadedVLM`` of the LLaVA family whose text model the lean
+        decoder can run (``model.fastpath.lean_blocker``).
+    :param layer: the decoder layer of the name rows.
+    :param head: its head.
+    :raises ValueError: for another family or a model the lean decoder cannot run.
+    """
+
+    def __init__(self, loaded: Any, layer: int = 0, head: int = 0) -> None:
+        from spatialvlm_ros.model.fastpath import LeanGreedyDecoder, model_blocker
+
+        if loaded.family != 'llava':
+            raise ValueError(f'locating objects by attention needs a LLaVA model, not '
+                             f'{loaded.family!r}')
+        reason = model_blocker(loaded.model)
+        if reason is not None:
+            raise ValueError(f'locating objects by attention cannot run this model: {reason}')
+        self.loaded = loaded
+        self.layer = layer
+        self.head = head
+        self._decoder = LeanGreedyDecoder(loaded.model)
+
+    def locate(self, image: Any, question: str,
+               phrases: Sequence[str]) -> list[tuple[float, float] | None]:
+        """
+        Return each phrase's place as ``(column, row)`` in [0, 1] of the image, or None.
+
+        :param image: RGB uint8 HxWx3 (or PIL).
+        :param question: the question that names the objects (its prompt is what is read).
+        :param phrases: object phrases as the question writes them; a phrase whose tokens are
+            not found in the prompt gets None.
+        """
+        import numpy as np
+
+        from spatialvlm_ros.model.loading import build_inputs
+        from spatialvlm_ros.train.grounding import find_subsequence
+
+        loaded = self.loaded
+        inputs = build_inputs(loaded, [image], [question], '')
+        probs = self._decoder.attention_probs(inputs['input_ids'], inputs['pixel_values'],
+                                              self.layer, self.head).cpu().numpy()
+        ids = [int(v) for v in inputs['input_ids'][0].tolist()]
+        image_token = loaded.model.config.image_token_id
+        patches = [p for p, token in enumerate(ids) if token == image_token]
+        grid = int(round(len(patches) ** 0.5))
+        if not patches or grid * grid != len(patches):
+            raise ValueError(f'{len(patches)} image tokens are not a square patch grid')
+        cells = np.arange(grid * grid)
+        centres = ((cells % grid + 0.5) / grid, (cells // grid + 0.5) / grid)
+        out: list[tuple[float, float] | None] = []
+        for phrase in phrases:
+            words = phrase.split()
+            if len(words) > 1 and words[0].lower() in ('the', 'a', 'an'):
+                words = words[1:]
+            name = loaded.tokenizer(' ' + ' '.join(words), add_special_tokens=False)['input_ids']
+            at = find_subsequence(ids, name, patches[-1] + 1) if name else None
+            if at is None:
+                out.append(None)
+                continue
+            weights = probs[at:at + len(name)][:, patches].mean(axis=0)
+            total = float(weights.sum())
+            if not total > 0:
+                out.append(None)
+                continue
+            out.append((float((weights * centres[0]).sum() / total),
+                        float((weights * centres[1]).sum() / total)))
+        return out
+
+
 class DecomposingAnswerer:
     """
-    An evaluation answerer that splits size comparisons into metric queries (see the module).
+    An evaluation answerer that splits comparisons into simpler queries (see the module).
 
     :param inner: the answerer asked every query (``answer_batch(images, questions,
         num_samples, temperature, seed)``).
     :param questions: the comparison finder (the package's template bank when None).
     :param parser: answer text -> metres or None; ``core.answers.parse_distance``'s value when
         None.
+    :param locator: places objects for position comparisons (``locate(image, question,
+        phrases)``, as :class:`GroundingLocator`); without one they are asked directly.
     """
 
-    def __init__(self, inner: Any, questions: SizeQuestions | None = None,
-                 parser: Any = None) -> None:
+    def __init__(self, inner: Any, questions: ComparisonQuestions | None = None,
+                 parser: Any = None, locator: Any = None) -> None:
         self.inner = inner
-        self.questions = questions or SizeQuestions()
+        self.questions = questions or ComparisonQuestions()
         if parser is None:
             from spatialvlm_ros.core.answers import parse_distance
 
             def parser(text: str) -> float | None:
                 return parse_distance(text).value_m
         self.parser = parser
+        self.locator = locator
         self.decomposed = 0
-        """Questions answered from their metric queries so far."""
+        """Questions answered from their simpler queries so far."""
         self.fallbacks = 0
         """Comparisons asked directly because their values did not decide them."""
 
@@ -174,17 +274,16 @@ class DecomposingAnswerer:
         values = [v for v in (self.parser(t) for t in texts) if v is not None]
         return sum(values) / len(values) if values else None  # samples: their mean
 
-    def answer_batch(self, images: Sequence[Any], questions: Sequence[str], num_samples: int,
-                     temperature: float, seed: int) -> list[list[str]]:
-        """Return ``max(1, num_samples)`` answers per question, as the inner answerer does."""
-        count = max(1, num_samples)
-        found = [self.questions.parse(q) for q in questions]
+    def _values(self, images: Sequence[Any], questions: Sequence[str],
+                found: list[Comparison | None], num_samples: int, temperature: float,
+                seed: int) -> list[tuple[float | None, float | None] | None]:
+        """Return each comparison's two values (None where the question is not decomposed)."""
         # the same image object asked about the same object phrase gets one query
         first_of: dict[int, int] = {}
         same = [first_of.setdefault(id(image), i) for i, image in enumerate(images)]
         queries: dict[tuple[int, str], int] = {}  # (image index, query) -> position
         for i, comparison in enumerate(found):
-            if comparison is None:
+            if comparison is None or comparison.position:
                 continue
             for phrase in (comparison.first, comparison.second):
                 for measure in comparison.measures:
@@ -196,20 +295,42 @@ class DecomposingAnswerer:
             replies = self.inner.answer_batch([images[i] for i, _ in keys],
                                               [q for _, q in keys], num_samples, temperature,
                                               seed)
-        out: list[list[str] | None] = [None] * len(questions)
+        values: list[tuple[float | None, float | None] | None] = []
         for i, comparison in enumerate(found):
             if comparison is None:
+                values.append(None)
+            elif comparison.position:
+                axis = POSITION_MEASURES.index(comparison.measures[0])
+                places = self.locator.locate(images[i], questions[i],
+                                             [comparison.first, comparison.second])
+                values.append(tuple(None if place is None else place[axis]
+                                    for place in places))  # type: ignore[arg-type]
+            else:
+                sizes = []
+                for phrase in (comparison.first, comparison.second):
+                    size: float | None = 1.0
+                    for measure in comparison.measures:
+                        value = self._value(replies[queries[
+                            (same[i], MEASURE_QUESTIONS[measure].replace('[A]', phrase))]])
+                        size = None if value is None or size is None else size * value
+                    sizes.append(size)
+                values.append((sizes[0], sizes[1]))
+        return values
+
+    def answer_batch(self, images: Sequence[Any], questions: Sequence[str], num_samples: int,
+                     temperature: float, seed: int) -> list[list[str]]:
+        """Return ``max(1, num_samples)`` answers per question, as the inner answerer does."""
+        count = max(1, num_samples)
+        found = [self.questions.parse(q) for q in questions]
+        if self.locator is None:
+            found = [None if c is not None and c.position else c for c in found]
+        values = self._values(images, questions, found, num_samples, temperature, seed)
+        out: list[list[str] | None] = [None] * len(questions)
+        for i, (comparison, pair) in enumerate(zip(found, values, strict=True)):
+            if comparison is None or pair is None:
                 continue
-            sizes = []
-            for phrase in (comparison.first, comparison.second):
-                size: float | None = 1.0
-                for measure in comparison.measures:
-                    value = self._value(replies[queries[
-                        (same[i], MEASURE_QUESTIONS[measure].replace('[A]', phrase))]])
-                    size = None if value is None or size is None else size * value
-                sizes.append(size)
-            text = None if None in sizes else self.questions.answer(
-                comparison, float(sizes[0]), float(sizes[1]))  # type: ignore[arg-type]
+            text = None if None in pair else self.questions.answer(
+                comparison, float(pair[0]), float(pair[1]))  # type: ignore[arg-type]
             if text is None:
                 self.fallbacks += 1
             else:

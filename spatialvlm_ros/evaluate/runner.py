@@ -64,9 +64,11 @@ class EvalConfig:
     :ivar include_items: put the per-question answers and grading in the report.
     :ivar decoding: how the one-answer pass decodes: ``'greedy'`` or ``'median'`` (needs the
         model package's inference API and a tokenizer that spells digits one by one).
-    :ivar reasoning: ``'direct'`` (every question asked as it is) or ``'decompose'`` (size
+    :ivar reasoning: ``'direct'`` (every question asked as it is), ``'decompose'`` (size
         comparisons answered from metric queries about each object, the paper's
-        chain-of-thought coordinator: ``evaluate.reasoning``).
+        chain-of-thought coordinator: ``evaluate.reasoning``) or ``'decompose_grounded'``
+        (also position comparisons, from where the model's grounding head points; for models
+        trained with supervised grounding, such as the shipped default).
     """
 
     samples: int = 1
@@ -468,10 +470,17 @@ def evaluate_questions(answerer: Answerer, questions: Sequence[Question],
     cfg = config or EvalConfig()
     questions = list(questions)
     decomposing = None
-    if cfg.reasoning == 'decompose':
-        from spatialvlm_ros.evaluate.reasoning import DecomposingAnswerer
+    if cfg.reasoning != 'direct':
+        from spatialvlm_ros.evaluate.reasoning import DecomposingAnswerer, GroundingLocator
 
-        answerer = decomposing = DecomposingAnswerer(answerer)
+        locator = None
+        if cfg.reasoning == 'decompose_grounded':
+            loaded = getattr(answerer, 'loaded', None)
+            if loaded is None:
+                raise ValueError("reasoning 'decompose_grounded' reads the model's attention: "
+                                 'it needs a model loaded through the inference API')
+            locator = GroundingLocator(loaded)
+        answerer = decomposing = DecomposingAnswerer(answerer, locator=locator)
     greedy_answers = _ask(answerer, questions, 0, cfg, progress)
     greedy = evaluate_items(_items(questions, greedy_answers))
     answers = {'greedy': greedy_answers}
@@ -506,8 +515,8 @@ def summary_lines(result: EvalResult) -> list[str]:
 
     lines = [f'{result.to_dict()["n_images"]} images, {len(result.questions)} questions']
     if result.decomposed is not None:
-        lines.append(f'reasoning decompose: {result.decomposed["answered"]} size comparisons '
-                     'answered from metric questions about each object, '
+        lines.append(f'reasoning {result.reasoning}: {result.decomposed["answered"]} '
+                     'comparisons answered from simpler queries about each object, '
                      f'{result.decomposed["asked_directly"]} asked directly (values undecided)')
     passes = [('greedy' if result.decoding == 'greedy' else f'{result.decoding}-decoded',
                result.greedy)]

@@ -521,9 +521,51 @@ class LeanGreedyDecoder:
         features = llava.multi_modal_projector(hidden)
         return torch.cat(list(features), dim=0)
 
+    def attention_probs(self, input_ids: Any, pixel_values: Any, layer: int,
+                        head: int) -> Any:
+        """
+        Return one head's attention weights over a prompt: float32 ``(T, T)``, rows sum to 1.
+
+        What ``output_attentions`` gives under eager attention (softmax of the scaled,
+        causally masked query-key products of the layer's input), without switching the model
+        from SDPA: the layers before ``layer`` run as in decoding.
+
+        :param input_ids: ``(1, T)`` prompt ids (no padding).
+        :param pixel_values: ``(1, 3, H, W)`` on the model's device, in its dtype.
+        :param layer: decoder layer index.
+        :param head: query head index (grouped key/value heads are shared as in Llama).
+        """
+        import torch
+        import torch.nn.functional as F
+
+        text = self.model.model.language_model
+        with torch.inference_mode():
+            hidden, positions, _, plans = self._prefill(input_ids, pixel_values)
+            if not 0 <= layer < len(plans) or not 0 <= head < text.config.num_attention_heads:
+                raise ValueError(f'no layer {layer} / head {head} in a decoder of {len(plans)} '
+                                 f'layers and {text.config.num_attention_heads} heads')
+            if layer:
+                hidden = self._forward(text, plans[:layer], hidden, positions,
+                                       [None] * layer, final_norm=False)
+            p = plans[layer]
+            cos, sin = text.rotary_emb(hidden, position_ids=positions)
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+            shape = (*hidden.shape[:-1], -1, p.head_dim)
+            x = p.input_norm(hidden)
+            q = F.linear(x, p.q[0], p.q[1]).view(shape).transpose(1, 2)  # (1, heads, T, d)
+            k = F.linear(x, p.k[0], p.k[1]).view(shape).transpose(1, 2)  # (1, kv heads, T, d)
+            q = (q * cos) + (_rotate_half(q) * sin)
+            k = (k * cos) + (_rotate_half(k) * sin)
+            groups = q.shape[1] // k.shape[1]
+            scores = q[0, head] @ k[0, head // groups].transpose(0, 1) * p.scaling  # (T, T)
+            length = scores.shape[0]
+            future = torch.ones(length, length, dtype=torch.bool, device=scores.device).triu(1)
+            scores = scores.masked_fill(future, -math.inf)
+            return F.softmax(scores, dim=-1, dtype=torch.float32)
+
     @staticmethod
     def _forward(text: Any, plans: Sequence[_Layer], hidden: Any, positions: Any,
-                 cache: list[Any]) -> Any:
+                 cache: list[Any], final_norm: bool = True) -> Any:
         """Run the decoder layers and the final norm; extend ``cache`` in place."""
         import torch
         import torch.nn.functional as F
@@ -558,7 +600,7 @@ class LeanGreedyDecoder:
             x = p.post_norm(hidden)
             gate, up = F.linear(x, p.gate[0], p.gate[1]), F.linear(x, p.up[0], p.up[1])
             hidden = residual + F.linear(p.act(gate) * up, p.down[0], p.down[1])
-        return text.norm(hidden)
+        return text.norm(hidden) if final_norm else hidden
 
 
 class _Layer(NamedTuple):

@@ -486,8 +486,9 @@ def evaluate(recipe: DefaultRecipe, model_dir: Path, folders: dict[str, Path]) -
     Evaluate on the held-out sets against the simulator's truth; write JSON and plots.
 
     Reports ``heldout`` and ``gripper_heldout`` (every question asked directly) and
-    ``heldout_decomposed``: the engine set again with size comparisons answered through the
-    chain-of-thought coordinator (``EvalConfig.reasoning='decompose'``).
+    ``heldout_decomposed``: the engine set again with comparisons answered through the
+    chain-of-thought coordinator (``EvalConfig.reasoning``: ``'decompose_grounded'`` for a
+    model trained with supervised grounding, else ``'decompose'``).
     """
     from spatialvlm_ros.evaluate.metrics import MetricsConfig
     from spatialvlm_ros.evaluate.plots import plot_predicted_vs_true
@@ -495,9 +496,11 @@ def evaluate(recipe: DefaultRecipe, model_dir: Path, folders: dict[str, Path]) -
 
     out = Path(recipe.out)
     reports = {}
+    # a model trained with supervised grounding also locates objects with its grounding head
+    decompose = 'decompose_grounded' if recipe.grounding_weight > 0 else 'decompose'
     for name, folder, reasoning in (('heldout', 'heldout', 'direct'),
                                     ('gripper_heldout', 'gripper_heldout', 'direct'),
-                                    ('heldout_decomposed', 'heldout', 'decompose')):
+                                    ('heldout_decomposed', 'heldout', decompose)):
         _log(f'evaluating on {folders[folder]}' + (' (decomposed size comparisons)'
                                                    if reasoning != 'direct' else ''))
         result = evaluate_model(model_dir, [folders[folder]],
@@ -586,8 +589,9 @@ def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
             ('gripper: within [50%, 200%]', 'gripper_heldout', 'within_50_200'),
             ('gripper: within [90%, 110%]', 'gripper_heldout', 'within_90_110')]
     if 'heldout_decomposed' in reports:
-        rows.insert(1, ('qualitative accuracy, size comparisons through the chain-of-thought '
-                        'coordinator (`--reasoning decompose`)', 'heldout_decomposed',
+        reasoning = reports['heldout_decomposed'].get('reasoning', 'decompose')
+        rows.insert(1, ('qualitative accuracy, comparisons through the chain-of-thought '
+                        f'coordinator (`--reasoning {reasoning}`)', 'heldout_decomposed',
                         'qualitative_accuracy'))
     table = '\n'.join(f'| {label} | {metric(name, key)} |' for label, name, key in rows)
     mre = reports['gripper_heldout'].get('median_relative_error')
@@ -607,11 +611,15 @@ def model_card(recipe: DefaultRecipe, result: Any, reports: dict[str, Any],
     decomposed_file = decomposed_text = ''
     if 'heldout_decomposed' in reports:
         decomposed_file = ', `eval_heldout_decomposed.json`'
+        grounded = reports['heldout_decomposed'].get('reasoning') == 'decompose_grounded'
         decomposed_text = (
-            "\nThe coordinator (`spatialvlm eval --reasoning decompose`; the paper's "
-            'chain-of-thought spatial reasoning, by rule) asks the model how tall or wide each '
-            'object is and compares the answers, for the tall / short / wide / thin / big / '
-            'small comparisons; every other question is asked directly.')
+            "\nThe coordinator (`spatialvlm eval --reasoning`; the paper's chain-of-thought "
+            'spatial reasoning, by rule) asks the model how tall or wide each object is and '
+            'compares the answers, for the tall / short / wide / thin / big / small comparisons'
+            + ('; for left / right / front / behind it compares where the grounding head '
+               "points from each object's name (the attention-weighted centre of its patches)"
+               if grounded else '')
+            + '; every other question is asked directly.')
     tracking = reports['gripper_heldout']['greedy'].get('tracking')
     follows = 'no episode series to measure' if tracking is None else (
         f"Spearman {_fmt(tracking['spearman_defined'])} over the {tracking['n_defined']} of "
