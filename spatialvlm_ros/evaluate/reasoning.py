@@ -61,7 +61,7 @@ head (:class:`GroundingLocator`; for models trained with supervised grounding)."
 @dataclass(frozen=True)
 class Comparison:
     """
-    A size comparison found in a question.
+    A size or position comparison found in a question.
 
     :ivar qa_type: the template bank's type (``'tall_predicate'``, ``'big_small_classify'``...).
     :ivar kind: ``'predicate'``, ``'choice'`` or ``'classify'``.
@@ -148,7 +148,7 @@ class ComparisonQuestions:
         """
         if not (math.isfinite(first) and math.isfinite(second)) or first == second:
             return None  # no side can be told
-        holds = (first - second) * comparison.sign > 0  # [A] is the taller / shorter... one
+        holds = (first - second) * comparison.sign > 0  # [A] is the taller (left...) one
         qa_type, a, b = comparison.qa_type, comparison.first, comparison.second
         if comparison.kind == 'predicate':
             text = self.bank.get(qa_type, 'true' if holds else 'false')[0]
