@@ -226,6 +226,16 @@ def test_ablation_suite_decodes_as_asked_and_refuses_a_mixed_folder(data_dir, tm
     assert json.loads(capsys.readouterr().out)[0]['name'] == 'baseline'
     with pytest.raises(SystemExit):
         parser.parse_args(['train', '--ablations', '--eval-decoding', 'beam'])
+    # --eval-reasoning reaches the evaluation too: the direct suite is not reused for it
+    args = parser.parse_args(['train', '--model', 'unused', '--data', str(data_dir),
+                              '--eval-data', str(data_dir), '--out', str(tmp_path / 'suite'),
+                              '--ablations', 'baseline', '--eval-decoding', 'median',
+                              '--eval-reasoning', 'decompose', '--eval-limit', '8',
+                              '--no-progress', '--json'])
+    from spatialvlm_ros.cli import CommandError
+
+    with pytest.raises(CommandError, match='evaluated with direct reasoning, not decompose'):
+        args.func(args)
 
 
 @pytest.mark.parametrize('buckets, accum', [(2, 1), (3, 2), (8, 1)])

@@ -87,7 +87,8 @@ def run_ablations(base: TrainConfig, eval_data: Sequence[str | Path], out_dir: s
     :param out_dir: suite folder.
     :param names: variants to run (default: all of ``ABLATIONS``).
     :param eval_config: ``evaluate.runner.EvalConfig`` (default: greedy only); its
-        ``decoding`` decodes the one-answer pass ('median' as the reward node does).
+        ``decoding`` decodes the one-answer pass ('median' as the reward node does), its
+        ``reasoning`` says how comparisons are answered.
     :param model_factory: builds a fresh ``(model, processor)`` per variant instead of
         loading ``base.model``.
     :param progress: progress bars.
@@ -118,6 +119,10 @@ def run_ablations(base: TrainConfig, eval_data: Sequence[str | Path], out_dir: s
             if stored != eval_cfg.decoding:
                 raise ValueError(f'{done} was evaluated with {stored} decoding, not '
                                  f'{eval_cfg.decoding}: use another suite folder')
+            reasoning = result['eval'].get('reasoning', 'direct')
+            if reasoning != eval_cfg.reasoning:
+                raise ValueError(f'{done} was evaluated with {reasoning} reasoning, not '
+                                 f'{eval_cfg.reasoning}: use another suite folder')
         else:
             model, processor = model_factory() if model_factory is not None else (None, None)
             trainer = Trainer(config, model, processor)

@@ -72,6 +72,10 @@ def register(subparsers: Any) -> None:
                         help="ablations: how the one-answer pass decodes ('median': each "
                              "number at the median of the model's distribution, as the reward "
                              'node does; default greedy)')
+    parser.add_argument('--eval-reasoning', choices=('direct', 'decompose', 'decompose_grounded'),
+                        default='direct',
+                        help='ablations: how comparisons are answered (see spatialvlm eval '
+                             '--reasoning; default direct)')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     parser.add_argument('--json', action='store_true', help='print the result as JSON')
     parser.set_defaults(func=_train)
@@ -138,7 +142,8 @@ def _ablations(args: argparse.Namespace, config: Any) -> int:
         rows = run_ablations(config, config.eval_data, config.out_dir, args.ablations or None,
                              EvalConfig(samples=args.samples, limit=args.eval_limit,
                                         truth=args.eval_truth, max_new_tokens=24,
-                                        batch_size=16, decoding=args.eval_decoding),
+                                        batch_size=16, decoding=args.eval_decoding,
+                                        reasoning=args.eval_reasoning),
                              progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:
         raise CommandError(str(exc)) from exc
