@@ -168,10 +168,10 @@ class GroundingLocator:
     For a LLaVA whose decoder was trained with supervised grounding
     (``TrainConfig.grounding_weight``; the name rows go to head 0 of
     ``grounding_layers[0]``): one pass over the question's prompt, then, for each object
-    phrase, the attention of that head from the phrase's tokens (a leading 'the' / 'a' / 'an'
-    left out, as in training) over the image tokens, averaged over the tokens; its weighted
-    centre over the patch grid is the object's place. A model never trained so has such a head
-    too, but it points nowhere in particular: use this only with grounded models.
+    phrase, the attention of that head from the phrase's tokens (found as the training finds
+    them: ``train.grounding.find_name``) over the image tokens, averaged over the tokens; its
+    weighted centre over the patch grid is the object's place. A model never trained so has
+    such a head too, but it points nowhere in particular: use this only with grounded models.
 
     :param loaded: a ``model.loading.LoadedVLM`` of the LLaVA family whose text model the lean
         decoder can run (``model.fastpath.lean_blocker``).
@@ -207,7 +207,7 @@ class GroundingLocator:
         import numpy as np
 
         from spatialvlm_ros.model.loading import build_inputs
-        from spatialvlm_ros.train.grounding import find_subsequence
+        from spatialvlm_ros.train.grounding import find_name
 
         loaded = self.loaded
         inputs = build_inputs(loaded, [image], [question], '')
@@ -223,15 +223,11 @@ class GroundingLocator:
         centres = ((cells % grid + 0.5) / grid, (cells // grid + 0.5) / grid)
         out: list[tuple[float, float] | None] = []
         for phrase in phrases:
-            words = phrase.split()
-            if len(words) > 1 and words[0].lower() in ('the', 'a', 'an'):
-                words = words[1:]
-            name = loaded.tokenizer(' ' + ' '.join(words), add_special_tokens=False)['input_ids']
-            at = find_subsequence(ids, name, patches[-1] + 1) if name else None
-            if at is None:
+            found = find_name(ids, phrase, loaded.tokenizer, patches[-1] + 1)
+            if found is None:
                 out.append(None)
                 continue
-            weights = probs[at:at + len(name)][:, patches].mean(axis=0)
+            weights = probs[found[0]:found[1]][:, patches].mean(axis=0)
             total = float(weights.sum())
             if not total > 0:
                 out.append(None)

@@ -291,8 +291,7 @@ class SpatialVLM:
         if len(parts) == 1:
             return parts[0]
         first = parts[0]
-        if any(set(part) != set(first) or part['input_ids'].shape != first['input_ids'].shape
-               or not torch.equal(part['input_ids'], first['input_ids'])
+        if any(set(part) != set(first) or not torch.equal(part['input_ids'], first['input_ids'])
                or part['pixel_values'].shape != first['pixel_values'].shape for part in parts):
             return build_inputs(loaded, images, questions, prefix)
         return {key: torch.cat([part[key] for part in parts]) for key in first}

@@ -562,13 +562,13 @@ class ConversationEncoder:
         """
         Return the rendered chat as ``(text, trained)`` pieces whose join is the full text.
 
-        Rendering takes 1 + 2n template calls for n turns (a fifth of a compact-model training
-        step went there), so the pieces of an n-turn conversation of placeholders are rendered
-        once and the texts substituted into them. That holds only for a template that inserts
-        the texts verbatim. The placeholders carry characters that case changes, escaping or
-        trimming would alter, and must come out unchanged; the first conversation of each
-        length is also rendered in full and compared. Either failing turns the shortcut off
-        for that length. Texts a template might treat specially (surrounding whitespace,
+        Rendering takes 1 + 2n template calls for n turns (about a tenth of a compact-model
+        training step went there), so the pieces of an n-turn conversation of placeholders are
+        rendered once and the texts substituted into them. That holds only for a template that
+        inserts the texts verbatim. The placeholders carry characters that case changes,
+        escaping or trimming would alter, and must come out unchanged; the first conversation
+        of each length is also rendered in full and compared. Either failing turns the shortcut
+        off for that length. Texts a template might treat specially (surrounding whitespace,
         markup characters) always take the full rendering.
         """
         texts = [text for turn in turns for text in turn]

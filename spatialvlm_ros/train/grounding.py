@@ -190,6 +190,26 @@ def attention_mass_loss(attention: Any, targets: Sequence[AttentionTarget],
 _ARTICLES = frozenset(('the', 'a', 'an'))
 
 
+def find_name(ids: Sequence[int], caption: str, tokenizer: Any,
+              start: int = 0) -> tuple[int, int] | None:
+    """
+    Return the ``(first, end)`` positions of an object's name in ``ids``, or None.
+
+    The name is ``caption`` without a leading 'the' / 'a' / 'an' ('the orange torus' ->
+    'orange torus'), tokenized after a space as it follows a word in a question; it is looked
+    for at or after ``start``. The grounding rows are found this way, and so are the names the
+    evaluation's ``GroundingLocator`` reads.
+    """
+    words = str(caption).split()
+    if len(words) > 1 and words[0].lower() in _ARTICLES:
+        words = words[1:]
+    name = tokenizer(' ' + ' '.join(words), add_special_tokens=False)['input_ids']
+    if not name:
+        return None
+    at = find_subsequence(ids, name, start)
+    return None if at is None else (at, at + len(name))
+
+
 def answer_spans(labels: Sequence[int], ignore_index: int = -100) -> list[tuple[int, int]]:
     """
     Return the ``[start, end)`` positions of each trained (answer) run of ``labels``, in order.
@@ -278,14 +298,10 @@ def conversation_targets(example: int, input_ids: Sequence[int], labels: Sequenc
             stop = start if answer_positions == 'first' else end - 1  # query p predicts p + 1
             answers.extend(AttentionTarget(example, head, query, keys)
                            for query in range(start - 1, stop))
-            words = str(caption).split()
-            if len(words) > 1 and words[0].lower() in _ARTICLES:
-                words = words[1:]  # 'the orange torus': the rows go to 'orange torus'
-            name = tokenizer(' ' + ' '.join(words), add_special_tokens=False)['input_ids']
-            at = find_subsequence(ids, name, previous_end)
-            if at is None or at + len(name) > start:
+            found = find_name(ids, caption, tokenizer, previous_end)
+            if found is None or found[1] > start:
                 continue
-            for position in range(at, at + len(name)):
+            for position in range(*found):
                 if tokenizer.decode([ids[position]]).strip():  # not a bare space
                     names.append(AttentionTarget(example, 0, position, keys))
         previous_end = end
