@@ -1,12 +1,17 @@
 """The chain-of-thought coordinator: comparisons answered from simpler queries."""
 
+import math
+
+import numpy as np
 import pytest
 
+from spatialvlm_ros.core.answers import parse_distance
 from spatialvlm_ros.evaluate.metrics import EvalItem, score_item
 from spatialvlm_ros.evaluate.reasoning import (
     Comparison,
     ComparisonQuestions,
     DecomposingAnswerer,
+    image_size,
 )
 from spatialvlm_ros.evaluate.runner import _axis_words, EvalConfig
 from spatialvlm_ros.synth.templates import TemplateBank
@@ -44,9 +49,20 @@ def test_every_size_template_is_found_with_its_objects(finder):
             found = finder.parse(question)
             assert found is not None and found.qa_type == qa_type and found.position, question
             assert (found.first, found.second) == ('green domino', 'a cube'), question
-    # above / below, metric questions and free text are not comparisons it decomposes
+    offsets = sorted(t for t in BANK.types if t.endswith('_difference')
+                     and t.split('_')[0] in ('left', 'right', 'front', 'behind'))
+    assert len(offsets) == 4
+    for qa_type in offsets:
+        for template in BANK.get(qa_type, 'questions'):
+            question = template.replace('[A]', 'green domino').replace('[B]', 'a cube')
+            found = finder.parse(question)
+            assert found is not None and found.qa_type == qa_type, question
+            assert found.offset and found.kind == 'difference', question
+            assert (found.first, found.second) == ('green domino', 'a cube'), question
+    # above / below, other metric questions and free text are not comparisons it decomposes
     for other in ('above_predicate', 'below_choice', 'above_below_classify', 'height',
-                  'distance', 'left_difference'):
+                  'distance', 'horizontal_distance', 'gap', 'above_difference',
+                  'below_difference'):
         question = BANK.get(other, 'questions')[0].replace('[A]', 'a').replace('[B]', 'b')
         assert finder.parse(question) is None
     assert finder.parse('Describe the objects in this image.') is None
@@ -135,7 +151,8 @@ class FakeLocator:
 
     def locate(self, image, question, phrases):
         self.calls += 1
-        assert image == 'img' and all(p in question for p in phrases)
+        assert isinstance(image, np.ndarray) or image == 'img'
+        assert all(p in question for p in phrases)
         return [self.PLACES.get(p) for p in phrases]
 
 
@@ -158,6 +175,78 @@ def test_position_comparisons_need_a_locator():
     assert 'the red mug' in answers[1][0].lower() and 'domino' not in answers[1][0].lower()
     assert answers[2:] == [[f'direct: {q}'] for q in questions[2:]]
     assert (answerer.decomposed, answerer.fallbacks, locator.calls) == (2, 2, 4)
+
+
+class OffsetVLM:
+    """Answers the horizontal distance and the offsets from tables; records every query."""
+
+    SPANS = {('the red mug', 'green domino'): '0.5 m', ('green domino', 'a cube'): '30 cm',
+             ('the red mug', 'a cube'): 'no idea'}
+    DIRECT = {'How far to the left of green domino is the red mug?': 'About 0.32 m.',
+              'How much closer to the camera is the red mug than green domino?': 'Far.',
+              'By how much is green domino left of a cube?': '0.2 m.',
+              'How far to the left of a cube is the red mug?': '0.1 m.'}
+
+    def __init__(self):
+        self.calls = []
+
+    def answer_batch(self, images, questions, num_samples, temperature, seed):
+        self.calls.append(list(questions))
+        out = []
+        for question in questions:
+            text = self.DIRECT.get(question)
+            if question.startswith('What is the horizontal distance between '):
+                a, b = question[len('What is the horizontal distance between '):-1].split(' and ')
+                text = self.SPANS[(a, b)]
+            out.append([text or f'direct: {question}'] * max(1, num_samples))
+        return out
+
+
+def test_directed_offsets_split_the_horizontal_distance_along_the_located_places():
+    image = np.zeros((240, 320, 3), np.uint8)  # 320 x 240: a column is 320 px, a row 240
+    assert image_size(image) == (320, 240)
+    questions = ['How far to the left of green domino is the red mug?',
+                 'How much closer to the camera is the red mug than green domino?',
+                 'By how much is green domino left of a cube?',  # one column: no split
+                 'How far to the left of a cube is the red mug?']  # no distance: direct
+    locator = FakeLocator()
+    inner = OffsetVLM()
+    answerer = DecomposingAnswerer(inner, ComparisonQuestions(BANK), locator=locator)
+    answers = answerer.answer_batch([image] * 4, questions, 0, 0.7, 0)
+    # mug (0.2, 0.7), domino (0.8, 0.3): 192 px across, 96 px up; the distance is 0.5 m
+    du, dv = 0.6 * 320, 0.4 * 240
+    across = 0.5 * du / math.hypot(du, dv)
+    assert parse_distance(answers[0][0]).value_m == pytest.approx(math.sqrt(0.32 * across),
+                                                                  rel=1e-2)
+    # no number in the direct answer: the split alone
+    assert parse_distance(answers[1][0]).value_m == pytest.approx(
+        0.5 * dv / math.hypot(du, dv), rel=1e-2)
+    # undecided offsets keep their direct answers, which were asked once, in the first batch
+    assert answers[2:] == [['0.2 m.'], ['0.1 m.']]
+    assert (answerer.decomposed, answerer.fallbacks) == (2, 2)
+    assert len(inner.calls) == 1 and set(questions) <= set(inner.calls[0])
+    graded = score_item(EvalItem('left_difference', 'quantitative', answers[0], across))
+    assert graded.ratio == pytest.approx(math.sqrt(0.32 / across), rel=1e-2)
+    # without a locator every offset is asked directly; a bad image is refused clearly
+    plain = DecomposingAnswerer(OffsetVLM(), ComparisonQuestions(BANK))
+    assert plain.answer_batch([image] * 2, questions[:2], 0, 0.7, 0) == [
+        ['About 0.32 m.'], ['Far.']]
+    with pytest.raises(TypeError, match='pixel size'):
+        DecomposingAnswerer(OffsetVLM(), ComparisonQuestions(BANK),
+                            locator=FakeLocator()).answer_batch(
+            ['img'], questions[:1], 0, 0.7, 0)
+
+
+def test_an_offset_answer_is_a_positive_number_in_metres(finder):
+    offset = finder.parse('How far in front of a cube is green domino?')
+    text = finder.answer_offset(offset, 0.1234)
+    assert parse_distance(text).value_m == pytest.approx(0.123)
+    assert finder.answer_offset(offset, 0.0) is None
+    assert finder.answer_offset(offset, float('nan')) is None
+    with pytest.raises(ValueError, match='answer_offset'):
+        finder.answer(offset, 0.1, 0.2)
+    with pytest.raises(ValueError, match='offset'):
+        finder.answer_offset(finder.parse('Is a cube taller than green domino?'), 0.1)
 
 
 def test_eval_config_names_the_reasoning():

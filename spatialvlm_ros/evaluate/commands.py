@@ -32,10 +32,11 @@ def register(subparsers: Any) -> None:
                         help='decompose: answer size comparisons (taller, wider, bigger...) '
                              'from metric questions about each object, as the paper '
                              'coordinates chain-of-thought queries (by rule here); '
-                             'decompose_grounded: also left / right / front / behind from '
-                             "where the model's grounding head points at each object (models "
-                             'trained with supervised grounding, such as the shipped default); '
-                             'default direct')
+                             'decompose_grounded: also left / right / front / behind, and '
+                             '"how far to the left of B is A?" as a share of their horizontal '
+                             "distance, from where the model's grounding head points at each "
+                             'object (models trained with supervised grounding, such as the '
+                             'shipped default); default direct')
     parser.add_argument('--max-new-tokens', type=int, default=48, help='answer length limit')
     parser.add_argument('--batch-size', type=int, default=8, help='questions per batch')
     parser.add_argument('--limit', type=int, default=0, help='at most N questions (0: all)')

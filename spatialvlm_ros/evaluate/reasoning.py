@@ -25,10 +25,20 @@ the coordinator's job by rule instead of an LLM:
   questions about positions cannot stand in: "How far to the left of B is A?" was only ever
   trained where the relation holds, so its values do not tell the side;
 - the two values are compared and the answer is written with the bank's first answer template
-  of that outcome ('Yes.', '[X] is taller.', '[A] is [X] [B].').
+  of that outcome ('Yes.', '[X] is taller.', '[A] is [X] [B].');
+- directed offsets ("How far to the left of [B] is [A]?": ``left`` / ``right`` / ``front`` /
+  ``behind`` ``_difference``), also only with a locator: the VLM is asked the question itself
+  and "What is the horizontal distance between [A] and [B]?", which it answers far better (on
+  the held-out scenes within [50%, 200%] 97% of the time against 41-76% for the offsets). The
+  located places split that distance: the offset's share is the horizontal pixel offset
+  between the two places (left / right; the vertical one for front / behind) over their whole
+  pixel offset. The answer is the geometric mean of the direct answer and that share of the
+  horizontal distance (the share alone when the direct answer has no number), in metres with
+  the bank's first answer template ('[X].').
 
-Any other question (``above`` / ``below`` among them), and a comparison whose values do not
-both exist or are equal, is asked directly.
+Any other question (``above`` / ``below`` among them), a comparison whose values do not both
+exist or are equal, and an offset whose objects cannot be located apart or whose horizontal
+distance has no number, is asked directly.
 """
 
 from __future__ import annotations
@@ -52,10 +62,15 @@ _FAMILIES: dict[str, tuple[tuple[str, ...], int]] = {
 POSITION_MEASURES = ('x', 'y')
 MEASURE_QUESTIONS = {'height': 'How tall is [A]?', 'width': 'How wide is [A]?'}
 """The simple query asked about one object for each size measure."""
+SPAN_QUESTION = 'What is the horizontal distance between [A] and [B]?'
+"""The pair query that a directed offset ('How far to the left of [B] is [A]?') splits."""
+_KINDS = ('predicate', 'choice', 'classify', 'difference')
+_OFFSET_FAMILIES = ('left', 'right', 'front', 'behind')  # the '<family>_difference' types
 REASONINGS = ('direct', 'decompose', 'decompose_grounded')
 """How ``spatialvlm eval --reasoning`` answers: every question directly; size comparisons
-through :class:`DecomposingAnswerer`; or also position comparisons, from the model's grounding
-head (:class:`GroundingLocator`; for models trained with supervised grounding)."""
+through :class:`DecomposingAnswerer`; or also position comparisons and directed offsets, from
+the model's grounding head (:class:`GroundingLocator`; for models trained with supervised
+grounding)."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +78,10 @@ class Comparison:
     """
     A size or position comparison found in a question.
 
-    :ivar qa_type: the template bank's type (``'tall_predicate'``, ``'big_small_classify'``...).
-    :ivar kind: ``'predicate'``, ``'choice'`` or ``'classify'``.
+    :ivar qa_type: the template bank's type (``'tall_predicate'``, ``'big_small_classify'``,
+        ``'left_difference'``...).
+    :ivar kind: ``'predicate'``, ``'choice'``, ``'classify'`` or ``'difference'`` (a directed
+        offset in metres: "How far to the left of [B] is [A]?").
     :ivar first: the ``[A]`` phrase as the question writes it.
     :ivar second: the ``[B]`` phrase.
     """
@@ -85,6 +102,11 @@ class Comparison:
         return self.measures[0] in POSITION_MEASURES
 
     @property
+    def offset(self) -> bool:
+        """Return whether the question asks for a directed offset in metres."""
+        return self.kind == 'difference'
+
+    @property
     def sign(self) -> int:
         """Return +1 when the larger measure satisfies the relation, -1 for the smaller."""
         return _FAMILIES[_family(self.qa_type)][1]
@@ -95,7 +117,7 @@ def _family(qa_type: str) -> str:
 
 
 def _kind(qa_type: str) -> str:
-    return qa_type.rsplit('_', 1)[1]
+    return qa_type.rpartition('_')[2] if '_' in qa_type else ''
 
 
 class ComparisonQuestions:
@@ -113,8 +135,9 @@ class ComparisonQuestions:
         self.bank = bank
         self._patterns: list[tuple[re.Pattern[str], str]] = []
         for qa_type in sorted(bank.types):
-            if _family(qa_type) not in _FAMILIES or _kind(qa_type) not in (
-                    'predicate', 'choice', 'classify'):
+            family, kind = _family(qa_type), _kind(qa_type)
+            if family not in _FAMILIES or kind not in _KINDS or (
+                    kind == 'difference' and family not in _OFFSET_FAMILIES):
                 continue
             for template in bank.get(qa_type, 'questions'):
                 if '[A]' not in template or '[B]' not in template:
@@ -138,6 +161,16 @@ class ComparisonQuestions:
                                   match.group('B').strip())
         return None
 
+    def answer_offset(self, comparison: Comparison, metres: float) -> str | None:
+        """Return the answer text of a directed offset of ``metres`` (None unless positive)."""
+        if not comparison.offset:
+            raise ValueError(f'{comparison.qa_type} does not ask for an offset')
+        if not (math.isfinite(metres) and metres > 0):
+            return None
+        text = self.bank.get(comparison.qa_type, 'answers')[0].replace('[X]', f'{metres:.3g} m')
+        text = text.replace('[A]', comparison.first).replace('[B]', comparison.second)
+        return text[:1].upper() + text[1:]
+
     def answer(self, comparison: Comparison, first: float, second: float) -> str | None:
         """
         Return the answer text from the two objects' values, or None when they are equal.
@@ -146,6 +179,8 @@ class ComparisonQuestions:
             image column / row.
         :param second: the ``[B]`` object's value.
         """
+        if comparison.offset:
+            raise ValueError(f'{comparison.qa_type} asks for an offset: use answer_offset')
         if not (math.isfinite(first) and math.isfinite(second)) or first == second:
             return None  # no side can be told
         holds = (first - second) * comparison.sign > 0  # [A] is the taller (left...) one
@@ -246,8 +281,10 @@ class DecomposingAnswerer:
     :param questions: the comparison finder (the package's template bank when None).
     :param parser: answer text -> metres or None; ``core.answers.parse_distance``'s value when
         None.
-    :param locator: places objects for position comparisons (``locate(image, question,
-        phrases)``, as :class:`GroundingLocator`); without one they are asked directly.
+    :param locator: places objects for position comparisons and directed offsets
+        (``locate(image, question, phrases)``, as :class:`GroundingLocator`); without one they
+        are asked directly. Offsets need images whose pixel size can be told (PIL images or
+        RGB uint8 HxWx3 arrays).
     """
 
     def __init__(self, inner: Any, questions: ComparisonQuestions | None = None,
@@ -264,69 +301,109 @@ class DecomposingAnswerer:
         self.decomposed = 0
         """Questions answered from their simpler queries so far."""
         self.fallbacks = 0
-        """Comparisons asked directly because their values did not decide them."""
+        """Comparisons asked directly because their values did not decide them (an offset
+        that could not be split keeps its direct answer)."""
 
     def _value(self, texts: Sequence[str]) -> float | None:
         values = [v for v in (self.parser(t) for t in texts) if v is not None]
         return sum(values) / len(values) if values else None  # samples: their mean
 
-    def _values(self, images: Sequence[Any], questions: Sequence[str],
-                found: list[Comparison | None], num_samples: int, temperature: float,
-                seed: int) -> list[tuple[float | None, float | None] | None]:
-        """Return each comparison's two values (None where the question is not decomposed)."""
-        # the same image object asked about the same object phrase gets one query
+    def _ask_queries(self, images: Sequence[Any], questions: Sequence[str],
+                     found: list[Comparison | None], num_samples: int, temperature: float,
+                     seed: int) -> tuple[list[int], dict[tuple[int, str], list[str]]]:
+        """Ask every simpler query the comparisons need in one batch; return the replies."""
+        # the same image object asked the same query gets one answer
         first_of: dict[int, int] = {}
         same = [first_of.setdefault(id(image), i) for i, image in enumerate(images)]
         queries: dict[tuple[int, str], int] = {}  # (image index, query) -> position
         for i, comparison in enumerate(found):
-            if comparison is None or comparison.position:
-                continue
-            for phrase in (comparison.first, comparison.second):
-                for measure in comparison.measures:
-                    key = (same[i], MEASURE_QUESTIONS[measure].replace('[A]', phrase))
-                    queries.setdefault(key, len(queries))
-        replies: list[list[str]] = []
-        if queries:
-            keys = list(queries)
-            replies = self.inner.answer_batch([images[i] for i, _ in keys],
-                                              [q for _, q in keys], num_samples, temperature,
-                                              seed)
-        values: list[tuple[float | None, float | None] | None] = []
-        for i, comparison in enumerate(found):
             if comparison is None:
-                values.append(None)
-            elif comparison.position:
-                axis = POSITION_MEASURES.index(comparison.measures[0])
-                places = self.locator.locate(images[i], questions[i],
-                                             [comparison.first, comparison.second])
-                values.append(tuple(None if place is None else place[axis]
-                                    for place in places))  # type: ignore[arg-type]
-            else:
-                sizes = []
+                continue
+            if comparison.offset:  # the question itself and the distance it splits
+                for query in (questions[i], _pair_query(comparison)):
+                    queries.setdefault((same[i], query), len(queries))
+            elif not comparison.position:
                 for phrase in (comparison.first, comparison.second):
-                    size: float | None = 1.0
                     for measure in comparison.measures:
-                        value = self._value(replies[queries[
-                            (same[i], MEASURE_QUESTIONS[measure].replace('[A]', phrase))]])
-                        size = None if value is None or size is None else size * value
-                    sizes.append(size)
-                values.append((sizes[0], sizes[1]))
-        return values
+                        key = (same[i], MEASURE_QUESTIONS[measure].replace('[A]', phrase))
+                        queries.setdefault(key, len(queries))
+        if not queries:
+            return same, {}
+        keys = list(queries)
+        replies = self.inner.answer_batch([images[i] for i, _ in keys], [q for _, q in keys],
+                                          num_samples, temperature, seed)
+        return same, dict(zip(keys, replies, strict=True))
+
+    def _sizes(self, comparison: Comparison, replies: dict[str, list[str]]) -> list[float | None]:
+        """Return the two objects' sizes: the product of their measures' answers."""
+        sizes = []
+        for phrase in (comparison.first, comparison.second):
+            size: float | None = 1.0
+            for measure in comparison.measures:
+                value = self._value(replies[MEASURE_QUESTIONS[measure].replace('[A]', phrase)])
+                size = None if value is None or size is None else size * value
+            sizes.append(size)
+        return sizes
+
+    def _offset(self, image: Any, question: str, comparison: Comparison, direct: list[str],
+                span: list[str]) -> float | None:
+        """Return a directed offset's estimate in metres, or None when it cannot be split."""
+        distance = self._value(span)
+        places = self.locator.locate(image, question, [comparison.first, comparison.second])
+        if distance is None or None in places:
+            return None
+        width, height = image_size(image)
+        # pixel offsets between the two places (isotropic: the image's own geometry)
+        du = (places[1][0] - places[0][0]) * width
+        dv = (places[1][1] - places[0][1]) * height
+        whole = math.hypot(du, dv)
+        if not whole > 0:
+            return None  # one place for both: no direction to split the distance along
+        share = abs(du if comparison.measures[0] == 'x' else dv) / whole
+        estimate = distance * share
+        asked = self._value(direct)
+        if asked is not None and asked > 0 and estimate > 0:
+            return math.sqrt(asked * estimate)  # two estimates, combined on a log scale
+        return estimate
 
     def answer_batch(self, images: Sequence[Any], questions: Sequence[str], num_samples: int,
                      temperature: float, seed: int) -> list[list[str]]:
         """Return ``max(1, num_samples)`` answers per question, as the inner answerer does."""
         count = max(1, num_samples)
         found = [self.questions.parse(q) for q in questions]
-        if self.locator is None:
+        if self.locator is None:  # positions and offsets are read from a locator
             found = [None if c is not None and c.position else c for c in found]
-        values = self._values(images, questions, found, num_samples, temperature, seed)
+        same, replies = self._ask_queries(images, questions, found, num_samples, temperature,
+                                          seed)
+        by_image: dict[int, dict[str, list[str]]] = {}
+        for (index, query), texts in replies.items():
+            by_image.setdefault(index, {})[query] = texts
         out: list[list[str] | None] = [None] * len(questions)
-        for i, (comparison, pair) in enumerate(zip(found, values, strict=True)):
-            if comparison is None or pair is None:
+        for i, comparison in enumerate(found):
+            if comparison is None:
                 continue
-            text = None if None in pair else self.questions.answer(
-                comparison, float(pair[0]), float(pair[1]))  # type: ignore[arg-type]
+            mine = by_image.get(same[i], {})
+            text = None
+            if comparison.offset:
+                direct = mine[questions[i]]
+                metres = self._offset(images[i], questions[i], comparison, direct,
+                                      mine[_pair_query(comparison)])
+                text = None if metres is None else self.questions.answer_offset(comparison,
+                                                                                metres)
+                if text is None:  # its direct answers are already there
+                    self.fallbacks += 1
+                    out[i] = list(direct)
+                    continue
+            else:
+                if comparison.position:
+                    axis = POSITION_MEASURES.index(comparison.measures[0])
+                    places = self.locator.locate(images[i], questions[i],
+                                                 [comparison.first, comparison.second])
+                    pair = [None if place is None else place[axis] for place in places]
+                else:
+                    pair = self._sizes(comparison, mine)
+                if None not in pair:
+                    text = self.questions.answer(comparison, float(pair[0]), float(pair[1]))
             if text is None:
                 self.fallbacks += 1
             else:
@@ -341,3 +418,22 @@ class DecomposingAnswerer:
                 out[i] = texts
         assert all(answers is not None for answers in out)
         return [answers for answers in out if answers is not None]
+
+
+def _pair_query(comparison: Comparison) -> str:
+    return SPAN_QUESTION.replace('[A]', comparison.first).replace('[B]', comparison.second)
+
+
+def image_size(image: Any) -> tuple[int, int]:
+    """
+    Return ``(width, height)`` in pixels of a PIL image or an HxW(xC) array.
+
+    :raises TypeError: for anything else.
+    """
+    shape = getattr(image, 'shape', None)
+    if shape is not None and len(shape) >= 2:
+        return int(shape[1]), int(shape[0])
+    size = getattr(image, 'size', None)
+    if isinstance(size, tuple) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    raise TypeError(f'cannot tell the pixel size of a {type(image).__name__}')
