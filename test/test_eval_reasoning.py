@@ -24,11 +24,24 @@ SIZE_TYPES = sorted(t for t in BANK.types if t.rsplit('_', 1)[0] in (
 SIZES = {'the red mug': (0.12, 0.08), 'large rubber duck': (0.09, 0.15),
          'green domino': (0.05, 0.02), 'the same box': (0.10, 0.10),
          'a cube': (0.10, 0.10)}
+# object phrase -> height of its bottom above the floor (m)
+ELEVATIONS = {'the red mug': 0.0, 'green domino': 0.1, 'the same box': 0.0, 'a cube': 0.0}
 
 
 @pytest.fixture(scope='module')
 def finder():
     return ComparisonQuestions(BANK)
+
+
+def _every_template(finder, qa_types):
+    """Yield the comparison found in each template of ``qa_types``, checked for its objects."""
+    for qa_type in qa_types:
+        for template in BANK.get(qa_type, 'questions'):
+            question = template.replace('[A]', 'green domino').replace('[B]', 'a cube')
+            found = finder.parse(question)
+            assert found is not None and found.qa_type == qa_type, question
+            assert (found.first, found.second) == ('green domino', 'a cube'), question
+            yield found
 
 
 def test_every_size_template_is_found_with_its_objects(finder):
@@ -43,26 +56,23 @@ def test_every_size_template_is_found_with_its_objects(finder):
         'left', 'right', 'front', 'behind', 'left_right', 'behind_front')
         and t.rsplit('_', 1)[1] in ('predicate', 'choice', 'classify'))
     assert len(positions) == 10
-    for qa_type in positions:
-        for template in BANK.get(qa_type, 'questions'):
-            question = template.replace('[A]', 'green domino').replace('[B]', 'a cube')
-            found = finder.parse(question)
-            assert found is not None and found.qa_type == qa_type and found.position, question
-            assert (found.first, found.second) == ('green domino', 'a cube'), question
+    for found in _every_template(finder, positions):
+        assert found.position and not found.metric
     offsets = sorted(t for t in BANK.types if t.endswith('_difference')
                      and t.split('_')[0] in ('left', 'right', 'front', 'behind'))
     assert len(offsets) == 4
-    for qa_type in offsets:
-        for template in BANK.get(qa_type, 'questions'):
-            question = template.replace('[A]', 'green domino').replace('[B]', 'a cube')
-            found = finder.parse(question)
-            assert found is not None and found.qa_type == qa_type, question
-            assert found.offset and found.kind == 'difference', question
-            assert (found.first, found.second) == ('green domino', 'a cube'), question
-    # above / below, other metric questions and free text are not comparisons it decomposes
-    for other in ('above_predicate', 'below_choice', 'above_below_classify', 'height',
-                  'distance', 'horizontal_distance', 'gap', 'above_difference',
-                  'below_difference'):
+    for found in _every_template(finder, offsets):
+        assert found.metric and found.position and found.kind == 'difference'
+    heights = sorted(t for t in BANK.types if t.rsplit('_', 1)[0] in (
+        'above', 'below', 'above_below') and t.rsplit('_', 1)[1] in (
+        'predicate', 'choice', 'classify')) + ['vertical_distance']
+    assert len(heights) == 6
+    for found in _every_template(finder, heights):
+        assert found.measures == ('elevation', 'height') and not found.position
+        assert found.metric == (found.qa_type == 'vertical_distance')
+    # other metric questions and free text are not comparisons it decomposes
+    for other in ('height', 'distance', 'horizontal_distance', 'gap', 'above_difference',
+                  'below_difference', 'elevation', 'width'):
         question = BANK.get(other, 'questions')[0].replace('[A]', 'a').replace('[B]', 'b')
         assert finder.parse(question) is None
     assert finder.parse('Describe the objects in this image.') is None
@@ -95,7 +105,9 @@ def test_the_answer_follows_the_sizes_and_grades_as_the_truth(finder):
 
 
 class FakeVLM:
-    """Answers 'How tall/wide is X?' from SIZES; any other question with 'direct: <q>'."""
+    """Answers the measures from SIZES / ELEVATIONS, DIRECT's questions, others 'direct: <q>'."""
+
+    DIRECT = {'How far apart are a cube and the red mug vertically?': '0.1 m.'}
 
     def __init__(self):
         self.calls = []
@@ -105,14 +117,15 @@ class FakeVLM:
         out = []
         for image, question in zip(images, questions, strict=True):
             assert image == 'img'
-            for prefix, index in (('How tall is ', 0), ('How wide is ', 1)):
+            for prefix, index in (('How tall is ', 0), ('How wide is ', 1),
+                                  ('How high above the floor is ', 2)):
                 if question.startswith(prefix):
                     name = question[len(prefix):-1]
-                    value = SIZES.get(name, (None, None))[index]
+                    value = (SIZES.get(name, (None, None)) + (ELEVATIONS.get(name),))[index]
                     text = 'I cannot tell.' if value is None else f'{name} is {value} m.'
                     break
             else:
-                text = f'direct: {question}'
+                text = self.DIRECT.get(question, f'direct: {question}')
             out.append([text] * max(1, num_samples))
         return out
 
@@ -139,6 +152,30 @@ def test_the_answerer_decomposes_size_comparisons_only():
     # sampled passes keep the sample count
     sampled = answerer.answer_batch(['img'] * 2, questions[:1] + questions[-1:], 3, 0.7, 0)
     assert [len(a) for a in sampled] == [3, 3]
+
+
+def test_heights_compare_the_centres_and_give_the_vertical_distance():
+    inner = FakeVLM()
+    answerer = DecomposingAnswerer(inner, ComparisonQuestions(BANK))
+    # centres: mug 0 + 0.12 / 2 = 0.06, domino 0.1 + 0.025 = 0.125, cube and box 0.05
+    questions = ['Is the red mug above green domino?',  # no: it is taller but lower
+                 'Which is lower down, green domino or a cube?',  # the cube
+                 'What is the vertical distance between the red mug and green domino?',
+                 'How far apart are a cube and the red mug vertically?',
+                 'How far apart are a cube and the same box vertically?',  # equal: direct
+                 'Is large rubber duck below a cube?']  # no elevation: asked directly
+    answers = answerer.answer_batch(['img'] * len(questions), questions, 0, 0.7, 0)
+    assert answers[0] == [BANK.get('above_predicate', 'false')[0]]
+    assert 'a cube' in answers[1][0].lower() and 'domino' not in answers[1][0].lower()
+    # no number in the direct answer: the difference of the centres alone
+    assert parse_distance(answers[2][0]).value_m == pytest.approx(0.065)
+    # with one: their geometric mean
+    assert parse_distance(answers[3][0]).value_m == pytest.approx(math.sqrt(0.1 * 0.01),
+                                                                  rel=1e-2)
+    assert answers[4:] == [[f'direct: {q}'] for q in questions[4:]]
+    assert (answerer.decomposed, answerer.fallbacks) == (4, 2)
+    # the equal pair kept the direct answer of the first batch; only the duck was asked again
+    assert len(inner.calls) == 2 and inner.calls[1] == questions[5:]
 
 
 class FakeLocator:
@@ -237,16 +274,16 @@ def test_directed_offsets_split_the_horizontal_distance_along_the_located_places
             ['img'], questions[:1], 0, 0.7, 0)
 
 
-def test_an_offset_answer_is_a_positive_number_in_metres(finder):
+def test_a_metric_answer_is_a_positive_number_in_metres(finder):
     offset = finder.parse('How far in front of a cube is green domino?')
-    text = finder.answer_offset(offset, 0.1234)
+    text = finder.answer_metres(offset, 0.1234)
     assert parse_distance(text).value_m == pytest.approx(0.123)
-    assert finder.answer_offset(offset, 0.0) is None
-    assert finder.answer_offset(offset, float('nan')) is None
-    with pytest.raises(ValueError, match='answer_offset'):
+    assert finder.answer_metres(offset, 0.0) is None
+    assert finder.answer_metres(offset, float('nan')) is None
+    with pytest.raises(ValueError, match='answer_metres'):
         finder.answer(offset, 0.1, 0.2)
-    with pytest.raises(ValueError, match='offset'):
-        finder.answer_offset(finder.parse('Is a cube taller than green domino?'), 0.1)
+    with pytest.raises(ValueError, match='metres'):
+        finder.answer_metres(finder.parse('Is a cube taller than green domino?'), 0.1)
 
 
 def test_eval_config_names_the_reasoning():

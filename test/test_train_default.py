@@ -164,8 +164,8 @@ def test_model_card_reports_whether_gripper_answers_follow_the_distance():
     assert '| qualitative accuracy | 40.0% |' in card
     assert ('| qualitative accuracy, comparisons through the chain-of-thought coordinator '
             '(`--reasoning decompose`) | 68.0% |') in card
-    assert 'grounding head' not in card and 'offsets through the coordinator' not in card
-    assert 'within [50%, 200%] with the coordinator' not in card
+    assert 'grounding head' not in card and 'centre heights' in card
+    assert '| within [50%, 200%], through the coordinator | 70.0% |' in card
     decomposed['reasoning'] = 'decompose_grounded'
     decomposed['greedy']['overall']['within_50_200'] = 0.775
     card = model_card(DefaultRecipe(), result, {'heldout': _report(),
@@ -174,9 +174,9 @@ def test_model_card_reports_whether_gripper_answers_follow_the_distance():
     assert '(`--reasoning decompose_grounded`) | 68.0% |' in card
     assert 'where the grounding head points' in card
     assert '| qualitative accuracy with the coordinator | >= 90% | 68.0% | no |' in card
-    assert '| within [50%, 200%], offsets through the coordinator | 77.5% |' in card
+    assert '| within [50%, 200%], through the coordinator | 77.5% |' in card
     assert '| within [50%, 200%] with the coordinator | >= 90% | 77.5% | no |' in card
-    assert '| within [90%, 110%], offsets through the coordinator | 10.0% |' in card
+    assert '| within [90%, 110%], through the coordinator | 10.0% |' in card
     assert 'share of the pixel offset between their places' in card
     assert '`eval_heldout_decomposed.json`' in card
 

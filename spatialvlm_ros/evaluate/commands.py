@@ -29,8 +29,9 @@ def register(subparsers: Any) -> None:
                              "the median of the model's distribution, the reward node's "
                              'default)')
     parser.add_argument('--reasoning', choices=REASONINGS, default='direct',
-                        help='decompose: answer size comparisons (taller, wider, bigger...) '
-                             'from metric questions about each object, as the paper '
+                        help='decompose: answer size comparisons (taller, wider, bigger...), '
+                             'above / below and the vertical distance from metric questions '
+                             'about each object, as the paper '
                              'coordinates chain-of-thought queries (by rule here); '
                              'decompose_grounded: also left / right / front / behind, and '
                              '"how far to the left of B is A?" as a share of their horizontal '

@@ -16,6 +16,9 @@ the coordinator's job by rule instead of an LLM:
   the VLM is asked "How tall is [A]?" and "How tall is [B]?" (``height``), "How wide is
   ...?" (``width``), or both for ``big`` / ``small``, whose size is height times width (the
   engine compares volumes; depth is not asked: the image shows it worst);
+- height comparisons (``above`` / ``below`` predicates and choices, the ``above_below``
+  classification): each object's centre height is "How high above the floor is [A]?" plus half
+  of "How tall is [A]?" (the engine compares the centres' heights in the floor's frame);
 - position comparisons (``left`` / ``right`` / ``front`` / ``behind`` and the ``left_right`` /
   ``behind_front`` classifications), only with a ``GroundingLocator``: a model trained with
   supervised grounding (``TrainConfig.grounding_weight``, the shipped default) has a head that
@@ -36,9 +39,13 @@ the coordinator's job by rule instead of an LLM:
   horizontal distance (the share alone when the direct answer has no number), in metres with
   the bank's first answer template ('[X].').
 
-Any other question (``above`` / ``below`` among them), a comparison whose values do not both
-exist or are equal, and an offset whose objects cannot be located apart or whose horizontal
-distance has no number, is asked directly.
+- the vertical distance between two objects ("How far apart are [A] and [B] vertically?") is
+  the difference of their centre heights, asked as above; the answer is again the geometric
+  mean with the direct answer.
+
+Any other question, a comparison whose values do not both exist or are equal, and a metric
+question whose estimate is zero or cannot be made (objects not located apart, no number in the
+simpler answers) is asked directly.
 """
 
 from __future__ import annotations
@@ -49,7 +56,9 @@ import re
 from typing import Any, Sequence
 
 # family -> (measures compared, +1: the larger value satisfies it (the classifications:
-# their positive word), -1: the smaller); 'x' / 'y' are the image column / row of the object
+# their positive word), -1: the smaller); 'x' / 'y' are the image column / row of the object;
+# ('elevation', 'height') is the centre's height above the floor
+_CENTRE = ('elevation', 'height')
 _FAMILIES: dict[str, tuple[tuple[str, ...], int]] = {
     'tall': (('height',), 1), 'short': (('height',), -1),
     'wide': (('width',), 1), 'thin': (('width',), -1),
@@ -58,17 +67,22 @@ _FAMILIES: dict[str, tuple[tuple[str, ...], int]] = {
     'big_small': (('height', 'width'), 1),
     'left': (('x',), -1), 'right': (('x',), 1), 'left_right': (('x',), -1),
     'front': (('y',), 1), 'behind': (('y',), -1), 'behind_front': (('y',), -1),
+    'above': (_CENTRE, 1), 'below': (_CENTRE, -1), 'above_below': (_CENTRE, 1),
+    'vertical': (_CENTRE, 1),
 }
 POSITION_MEASURES = ('x', 'y')
-MEASURE_QUESTIONS = {'height': 'How tall is [A]?', 'width': 'How wide is [A]?'}
-"""The simple query asked about one object for each size measure."""
+MEASURE_QUESTIONS = {'height': 'How tall is [A]?', 'width': 'How wide is [A]?',
+                     'elevation': 'How high above the floor is [A]?'}
+"""The simple query asked about one object for each measure."""
 SPAN_QUESTION = 'What is the horizontal distance between [A] and [B]?'
 """The pair query that a directed offset ('How far to the left of [B] is [A]?') splits."""
-_KINDS = ('predicate', 'choice', 'classify', 'difference')
-_OFFSET_FAMILIES = ('left', 'right', 'front', 'behind')  # the '<family>_difference' types
+_KINDS = ('predicate', 'choice', 'classify', 'difference', 'distance')
+# the metric types it answers: '<family>_difference' (located) and 'vertical_distance' (asked)
+_METRIC_FAMILIES = {'difference': ('left', 'right', 'front', 'behind'), 'distance': ('vertical',)}
 REASONINGS = ('direct', 'decompose', 'decompose_grounded')
-"""How ``spatialvlm eval --reasoning`` answers: every question directly; size comparisons
-through :class:`DecomposingAnswerer`; or also position comparisons and directed offsets, from
+"""How ``spatialvlm eval --reasoning`` answers: every question directly; size and height
+comparisons and the vertical distance through :class:`DecomposingAnswerer`; or also position
+comparisons and directed offsets, from
 the model's grounding head (:class:`GroundingLocator`; for models trained with supervised
 grounding)."""
 
@@ -80,8 +94,9 @@ class Comparison:
 
     :ivar qa_type: the template bank's type (``'tall_predicate'``, ``'big_small_classify'``,
         ``'left_difference'``...).
-    :ivar kind: ``'predicate'``, ``'choice'``, ``'classify'`` or ``'difference'`` (a directed
-        offset in metres: "How far to the left of [B] is [A]?").
+    :ivar kind: ``'predicate'``, ``'choice'``, ``'classify'``, ``'difference'`` (a directed
+        offset in metres: "How far to the left of [B] is [A]?") or ``'distance'`` (the
+        vertical distance in metres).
     :ivar first: the ``[A]`` phrase as the question writes it.
     :ivar second: the ``[B]`` phrase.
     """
@@ -102,9 +117,9 @@ class Comparison:
         return self.measures[0] in POSITION_MEASURES
 
     @property
-    def offset(self) -> bool:
-        """Return whether the question asks for a directed offset in metres."""
-        return self.kind == 'difference'
+    def metric(self) -> bool:
+        """Return whether the question asks for metres (an offset or a distance)."""
+        return self.kind in _METRIC_FAMILIES
 
     @property
     def sign(self) -> int:
@@ -137,7 +152,7 @@ class ComparisonQuestions:
         for qa_type in sorted(bank.types):
             family, kind = _family(qa_type), _kind(qa_type)
             if family not in _FAMILIES or kind not in _KINDS or (
-                    kind == 'difference' and family not in _OFFSET_FAMILIES):
+                    kind in _METRIC_FAMILIES and family not in _METRIC_FAMILIES[kind]):
                 continue
             for template in bank.get(qa_type, 'questions'):
                 if '[A]' not in template or '[B]' not in template:
@@ -161,10 +176,10 @@ class ComparisonQuestions:
                                   match.group('B').strip())
         return None
 
-    def answer_offset(self, comparison: Comparison, metres: float) -> str | None:
-        """Return the answer text of a directed offset of ``metres`` (None unless positive)."""
-        if not comparison.offset:
-            raise ValueError(f'{comparison.qa_type} does not ask for an offset')
+    def answer_metres(self, comparison: Comparison, metres: float) -> str | None:
+        """Return the answer text of a metric question's ``metres`` (None unless positive)."""
+        if not comparison.metric:
+            raise ValueError(f'{comparison.qa_type} does not ask for metres')
         if not (math.isfinite(metres) and metres > 0):
             return None
         text = self.bank.get(comparison.qa_type, 'answers')[0].replace('[X]', f'{metres:.3g} m')
@@ -175,12 +190,12 @@ class ComparisonQuestions:
         """
         Return the answer text from the two objects' values, or None when they are equal.
 
-        :param first: the ``[A]`` object's value: its size (the product of its measures) or its
-            image column / row.
+        :param first: the ``[A]`` object's value: its size (the product of its measures), its
+            centre height, or its image column / row.
         :param second: the ``[B]`` object's value.
         """
-        if comparison.offset:
-            raise ValueError(f'{comparison.qa_type} asks for an offset: use answer_offset')
+        if comparison.metric:
+            raise ValueError(f'{comparison.qa_type} asks for metres: use answer_metres')
         if not (math.isfinite(first) and math.isfinite(second)) or first == second:
             return None  # no side can be told
         holds = (first - second) * comparison.sign > 0  # [A] is the taller (left...) one
@@ -301,8 +316,8 @@ class DecomposingAnswerer:
         self.decomposed = 0
         """Questions answered from their simpler queries so far."""
         self.fallbacks = 0
-        """Comparisons asked directly because their values did not decide them (an offset
-        that could not be split keeps its direct answer)."""
+        """Comparisons asked directly because their values did not decide them (a metric
+        question whose estimate could not be made keeps its direct answer)."""
 
     def _value(self, texts: Sequence[str]) -> float | None:
         values = [v for v in (self.parser(t) for t in texts) if v is not None]
@@ -319,14 +334,15 @@ class DecomposingAnswerer:
         for i, comparison in enumerate(found):
             if comparison is None:
                 continue
-            if comparison.offset:  # the question itself and the distance it splits
-                for query in (questions[i], _pair_query(comparison)):
-                    queries.setdefault((same[i], query), len(queries))
-            elif not comparison.position:
-                for phrase in (comparison.first, comparison.second):
-                    for measure in comparison.measures:
-                        key = (same[i], MEASURE_QUESTIONS[measure].replace('[A]', phrase))
-                        queries.setdefault(key, len(queries))
+            wanted = [questions[i]] if comparison.metric else []  # combined with its estimate
+            if comparison.position:
+                wanted += [_pair_query(comparison)] if comparison.metric else []
+            else:
+                wanted += [MEASURE_QUESTIONS[measure].replace('[A]', phrase)
+                           for phrase in (comparison.first, comparison.second)
+                           for measure in comparison.measures]
+            for query in wanted:
+                queries.setdefault((same[i], query), len(queries))
         if not queries:
             return same, {}
         keys = list(queries)
@@ -334,20 +350,24 @@ class DecomposingAnswerer:
                                           num_samples, temperature, seed)
         return same, dict(zip(keys, replies, strict=True))
 
-    def _sizes(self, comparison: Comparison, replies: dict[str, list[str]]) -> list[float | None]:
-        """Return the two objects' sizes: the product of their measures' answers."""
-        sizes = []
+    def _object_values(self, comparison: Comparison,
+                       replies: dict[str, list[str]]) -> list[float | None]:
+        """Return each object's size (measures' product) or centre height from the answers."""
+        out = []
         for phrase in (comparison.first, comparison.second):
-            size: float | None = 1.0
-            for measure in comparison.measures:
-                value = self._value(replies[MEASURE_QUESTIONS[measure].replace('[A]', phrase)])
-                size = None if value is None or size is None else size * value
-            sizes.append(size)
-        return sizes
+            values = [self._value(replies[MEASURE_QUESTIONS[measure].replace('[A]', phrase)])
+                      for measure in comparison.measures]
+            if None in values:
+                out.append(None)
+            elif comparison.measures == _CENTRE:
+                out.append(values[0] + values[1] / 2)
+            else:
+                out.append(math.prod(values))  # type: ignore[arg-type]
+        return out
 
-    def _offset(self, image: Any, question: str, comparison: Comparison, direct: list[str],
+    def _offset(self, image: Any, question: str, comparison: Comparison,
                 span: list[str]) -> float | None:
-        """Return a directed offset's estimate in metres, or None when it cannot be split."""
+        """Return a directed offset's estimate from the located places (None: cannot split)."""
         distance = self._value(span)
         places = self.locator.locate(image, question, [comparison.first, comparison.second])
         if distance is None or None in places:
@@ -359,10 +379,21 @@ class DecomposingAnswerer:
         whole = math.hypot(du, dv)
         if not whole > 0:
             return None  # one place for both: no direction to split the distance along
-        share = abs(du if comparison.measures[0] == 'x' else dv) / whole
-        estimate = distance * share
-        asked = self._value(direct)
-        if asked is not None and asked > 0 and estimate > 0:
+        return distance * abs(du if comparison.measures[0] == 'x' else dv) / whole
+
+    def _metres(self, image: Any, question: str, comparison: Comparison,
+                replies: dict[str, list[str]]) -> float | None:
+        """Return a metric question's answer in metres, or None when it cannot be made."""
+        if comparison.position:
+            estimate = self._offset(image, question, comparison,
+                                    replies[_pair_query(comparison)])
+        else:
+            centres = self._object_values(comparison, replies)
+            estimate = None if None in centres else abs(centres[0] - centres[1])  # type: ignore
+        if estimate is None or not estimate > 0:
+            return None
+        asked = self._value(replies[question])
+        if asked is not None and asked > 0:
             return math.sqrt(asked * estimate)  # two estimates, combined on a log scale
         return estimate
 
@@ -384,15 +415,13 @@ class DecomposingAnswerer:
                 continue
             mine = by_image.get(same[i], {})
             text = None
-            if comparison.offset:
-                direct = mine[questions[i]]
-                metres = self._offset(images[i], questions[i], comparison, direct,
-                                      mine[_pair_query(comparison)])
-                text = None if metres is None else self.questions.answer_offset(comparison,
+            if comparison.metric:
+                metres = self._metres(images[i], questions[i], comparison, mine)
+                text = None if metres is None else self.questions.answer_metres(comparison,
                                                                                 metres)
                 if text is None:  # its direct answers are already there
                     self.fallbacks += 1
-                    out[i] = list(direct)
+                    out[i] = list(mine[questions[i]])
                     continue
             else:
                 if comparison.position:
@@ -401,7 +430,7 @@ class DecomposingAnswerer:
                                                  [comparison.first, comparison.second])
                     pair = [None if place is None else place[axis] for place in places]
                 else:
-                    pair = self._sizes(comparison, mine)
+                    pair = self._object_values(comparison, mine)
                 if None not in pair:
                     text = self.questions.answer(comparison, float(pair[0]), float(pair[1]))
             if text is None:

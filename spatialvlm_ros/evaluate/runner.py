@@ -64,9 +64,10 @@ class EvalConfig:
     :ivar include_items: put the per-question answers and grading in the report.
     :ivar decoding: how the one-answer pass decodes: ``'greedy'`` or ``'median'`` (needs the
         model package's inference API and a tokenizer that spells digits one by one).
-    :ivar reasoning: ``'direct'`` (every question asked as it is), ``'decompose'`` (size
-        comparisons answered from metric queries about each object, the paper's
-        chain-of-thought coordinator: ``evaluate.reasoning``) or ``'decompose_grounded'``
+    :ivar reasoning: ``'direct'`` (every question asked as it is), ``'decompose'`` (size and
+        height comparisons and the vertical distance answered from metric queries about each
+        object, the paper's chain-of-thought coordinator: ``evaluate.reasoning``) or
+        ``'decompose_grounded'``
         (also position comparisons and directed offsets such as "How far to the left of B is
         A?", from where the model's grounding head points; for models trained with supervised
         grounding, such as the shipped default).
