@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     'train': 'spatialvlm_ros.train.commands',
     'train-default': 'spatialvlm_ros.train.default',
     'eval': 'spatialvlm_ros.evaluate.commands',
+    'ask': 'spatialvlm_ros.evaluate.ask',
     'replay': 'spatialvlm_ros.replay.commands',
 }
 

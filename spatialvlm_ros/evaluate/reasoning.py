@@ -449,6 +449,28 @@ class DecomposingAnswerer:
         return [answers for answers in out if answers is not None]
 
 
+def coordinator_for(answerer: Any, reasoning: str) -> DecomposingAnswerer:
+    """
+    Return ``answerer`` behind the coordinator that ``reasoning`` names.
+
+    :param answerer: as ``DecomposingAnswerer``'s ``inner``; ``'decompose_grounded'`` also
+        needs its ``loaded`` model (``evaluate.runner.SpatialVLMAnswerer``).
+    :param reasoning: ``'decompose'`` or ``'decompose_grounded'`` (see ``REASONINGS``).
+    :raises ValueError: for another reasoning, or a grounded one without a loaded model that
+        the locator can read.
+    """
+    if reasoning not in REASONINGS[1:]:
+        raise ValueError(f'a coordinator reasons by one of {REASONINGS[1:]}, not {reasoning!r}')
+    locator = None
+    if reasoning == 'decompose_grounded':
+        loaded = getattr(answerer, 'loaded', None)
+        if loaded is None:
+            raise ValueError("reasoning 'decompose_grounded' reads the model's attention: it "
+                             'needs a model loaded through the inference API')
+        locator = GroundingLocator(loaded)
+    return DecomposingAnswerer(answerer, locator=locator)
+
+
 def _pair_query(comparison: Comparison) -> str:
     return SPAN_QUESTION.replace('[A]', comparison.first).replace('[B]', comparison.second)
 

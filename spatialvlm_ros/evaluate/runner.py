@@ -473,16 +473,9 @@ def evaluate_questions(answerer: Answerer, questions: Sequence[Question],
     questions = list(questions)
     decomposing = None
     if cfg.reasoning != 'direct':
-        from spatialvlm_ros.evaluate.reasoning import DecomposingAnswerer, GroundingLocator
+        from spatialvlm_ros.evaluate.reasoning import coordinator_for
 
-        locator = None
-        if cfg.reasoning == 'decompose_grounded':
-            loaded = getattr(answerer, 'loaded', None)
-            if loaded is None:
-                raise ValueError("reasoning 'decompose_grounded' reads the model's attention: "
-                                 'it needs a model loaded through the inference API')
-            locator = GroundingLocator(loaded)
-        answerer = decomposing = DecomposingAnswerer(answerer, locator=locator)
+        answerer = decomposing = coordinator_for(answerer, cfg.reasoning)
     greedy_answers = _ask(answerer, questions, 0, cfg, progress)
     greedy = evaluate_items(_items(questions, greedy_answers))
     answers = {'greedy': greedy_answers}
