@@ -132,7 +132,8 @@ def summarize(records: list[dict[str, Any]], bag: Any, report: dict[str, Any]) -
         centre, surface = truth.get(r['stamp_ns'], (math.nan, math.nan))
         trace.append({'t_s': (r['stamp_ns'] - start) / 1e9, 'answer': r.get('answer', ''),
                       'distance_raw_m': r['distance_raw'], 'distance_m': r['distance'],
-                      'reward': r['reward'], 'valid': r['valid'], 'success': r['success'],
+                      'reward': r['reward'], 'valid': r['valid'], 'rejected': r['rejected'],
+                      'success': r['success'],
                       'true_centre_m': centre, 'true_surface_m': surface,
                       'latency_ms': r['latency_ms']})
     pairs = [(t['reward'], -t['true_centre_m']) for t in trace
@@ -162,7 +163,7 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     trace = summary['trace']
     records = [SimpleNamespace(
         distance_raw_m=None if not math.isfinite(t['distance_raw_m']) else t['distance_raw_m'],
-        distance_m=t['distance_m'], reward=t['reward'], valid=t['valid'],
+        distance_m=t['distance_m'], reward=t['reward'], rejected=t['rejected'],
         success=t['success']) for t in trace]
     stamps = [int(t['t_s'] * 1e9) for t in trace]
     return write_plot(path, f"reward node on {summary.get('model')}: {summary['target']}",

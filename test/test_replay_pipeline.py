@@ -76,6 +76,27 @@ def test_outlier_rejected_by_the_smoother_holds_the_reward():
     assert records[4].reward == records[3].reward
 
 
+def test_the_plot_tells_rejected_outliers_from_answers_without_a_number():
+    pytest.importorskip('matplotlib')
+    from spatialvlm_ros.replay.outputs import plot_figure
+
+    records = _run([0.5, 0.5, 0.5, 0.5, 3.0, None, 0.5], smoother='median_ema')
+    stamps = [int(1e8 * i) for i in range(len(records))]
+    truth = [0.5] * len(records)
+    figure = plot_figure('t', stamps, records, truth, truth)
+    top = figure.axes[0]
+    marks = {line.get_label(): line for line in top.get_lines()}
+    rejected, missing = marks['answer rejected as an outlier'], marks['no number in answer']
+    # the outlier is drawn where it was answered, the answer without a number on the axis
+    assert list(rejected.get_xdata()) == pytest.approx([0.4])
+    assert list(rejected.get_ydata()) == pytest.approx([3.0])
+    assert list(missing.get_xdata()) == pytest.approx([0.5])
+    assert list(missing.get_ydata()) == [0.0]
+    clean = plot_figure('t', stamps[:3], records[:3], truth[:3], truth[:3])
+    labels = {line.get_label() for line in clean.axes[0].get_lines()}
+    assert not labels & {'answer rejected as an outlier', 'no number in answer'}
+
+
 def test_reset_forgets_and_time_must_not_go_backwards():
     pipe = RewardPipeline(ScriptedEstimator([0.5, 0.4, 0.3]), 'a', 'b',
                           smoother_config('kalman'))

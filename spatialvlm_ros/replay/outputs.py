@@ -69,6 +69,24 @@ def write_plot(path: Path, title: str, stamps_ns: Sequence[int], records: Sequen
                truth_centre: Sequence[float | None],
                truth_surface: Sequence[float | None]) -> Path:
     """Plot predicted vs true distance and the reward over time into a PNG (matplotlib Agg)."""
+    fig = plot_figure(title, stamps_ns, records, truth_centre, truth_surface)
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png')
+    _write_atomic(path, buf.getvalue())
+    return path
+
+
+def plot_figure(title: str, stamps_ns: Sequence[int], records: Sequence[Any],
+                truth_centre: Sequence[float | None],
+                truth_surface: Sequence[float | None]) -> Any:
+    """
+    Return the matplotlib figure of :func:`write_plot`.
+
+    :param records: per frame ``distance_raw_m`` (None: the answer held no distance, drawn as
+        a red cross on the time axis), ``distance_m``, ``reward``, ``success`` and, when known,
+        ``rejected`` (the smoother rejected the answer as an outlier: a grey cross at its
+        value).
+    """
     import matplotlib
 
     matplotlib.use('Agg', force=False)
@@ -82,15 +100,20 @@ def write_plot(path: Path, title: str, stamps_ns: Sequence[int], records: Sequen
     raw = array([r.distance_raw_m for r in records])
     smoothed = array([r.distance_m for r in records])
     reward = array([r.reward for r in records])
-    invalid = np.array([not r.valid for r in records], dtype=bool)
+    no_number = ~np.isfinite(raw)
+    rejected = np.array([bool(getattr(r, 'rejected', False)) for r in records],
+                        dtype=bool) & ~no_number
     fig = Figure(figsize=(8, 6), dpi=100)
     top, bottom = fig.subplots(2, 1, sharex=True)
     top.plot(t, array(truth_centre), 'k-', lw=1.5, label='true centre distance')
     top.plot(t, array(truth_surface), 'k--', lw=1, label='true surface distance')
     top.plot(t, raw, 'o', ms=3, color='tab:orange', alpha=0.7, label='answer (parsed)')
     top.plot(t, smoothed, '-', color='tab:blue', lw=1.5, label='smoothed')
-    if invalid.any():
-        top.plot(t[invalid], np.zeros(int(invalid.sum())), 'x', color='tab:red', ms=5,
+    if rejected.any():
+        top.plot(t[rejected], raw[rejected], 'x', color='tab:gray', ms=6,
+                 label='answer rejected as an outlier')
+    if no_number.any():
+        top.plot(t[no_number], np.zeros(int(no_number.sum())), 'x', color='tab:red', ms=5,
                  label='no number in answer')
     top.set_ylabel('distance (m)')
     top.legend(loc='upper right', fontsize=7)
@@ -105,10 +128,7 @@ def write_plot(path: Path, title: str, stamps_ns: Sequence[int], records: Sequen
     bottom.legend(loc='lower right', fontsize=7)
     bottom.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png')
-    _write_atomic(path, buf.getvalue())
-    return path
+    return fig
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
