@@ -37,8 +37,7 @@ the coordinator's job by rule instead of an LLM:
   between the two places (left / right; the vertical one for front / behind) over their whole
   pixel offset. The answer is the geometric mean of the direct answer and that share of the
   horizontal distance (the share alone when the direct answer has no number), in metres with
-  the bank's first answer template ('[X].').
-
+  the bank's first answer template ('[X].');
 - the vertical distance between two objects ("How far apart are [A] and [B] vertically?") is
   the difference of their centre heights, asked as above; the answer is again the geometric
   mean with the direct answer.
@@ -82,15 +81,14 @@ _METRIC_FAMILIES = {'difference': ('left', 'right', 'front', 'behind'), 'distanc
 REASONINGS = ('direct', 'decompose', 'decompose_grounded')
 """How ``spatialvlm eval --reasoning`` answers: every question directly; size and height
 comparisons and the vertical distance through :class:`DecomposingAnswerer`; or also position
-comparisons and directed offsets, from
-the model's grounding head (:class:`GroundingLocator`; for models trained with supervised
-grounding)."""
+comparisons and directed offsets, from the model's grounding head (:class:`GroundingLocator`;
+for models trained with supervised grounding)."""
 
 
 @dataclass(frozen=True)
 class Comparison:
     """
-    A size or position comparison found in a question.
+    A comparison (size, height, position) or a metric question it answers, found in a question.
 
     :ivar qa_type: the template bank's type (``'tall_predicate'``, ``'big_small_classify'``,
         ``'left_difference'``...).

@@ -67,10 +67,9 @@ class EvalConfig:
     :ivar reasoning: ``'direct'`` (every question asked as it is), ``'decompose'`` (size and
         height comparisons and the vertical distance answered from metric queries about each
         object, the paper's chain-of-thought coordinator: ``evaluate.reasoning``) or
-        ``'decompose_grounded'``
-        (also position comparisons and directed offsets such as "How far to the left of B is
-        A?", from where the model's grounding head points; for models trained with supervised
-        grounding, such as the shipped default).
+        ``'decompose_grounded'`` (also position comparisons and directed offsets such as "How
+        far to the left of B is A?", from where the model's grounding head points; for models
+        trained with supervised grounding, such as the shipped default).
     """
 
     samples: int = 1
@@ -511,7 +510,7 @@ def summary_lines(result: EvalResult) -> list[str]:
     lines = [f'{result.to_dict()["n_images"]} images, {len(result.questions)} questions']
     if result.decomposed is not None:
         lines.append(f'reasoning {result.reasoning}: {result.decomposed["answered"]} '
-                     'comparisons and offsets answered from simpler queries, '
+                     'questions answered from simpler queries, '
                      f'{result.decomposed["asked_directly"]} asked directly (values undecided)')
     passes = [('greedy' if result.decoding == 'greedy' else f'{result.decoding}-decoded',
                result.greedy)]
