@@ -95,3 +95,20 @@ def test_bad_input_is_refused_with_a_reason(frame, tmp_path, capsys):
     assert 'no such model folder' in capsys.readouterr().err
     assert main(['ask', str(frame), '-q', 'How far?', '--samples', '0']) == 2
     assert 'samples must be >= 1' in capsys.readouterr().err
+
+
+def test_any_local_vlm_folder_answers_the_same_way(frame, tmp_path, capsys, monkeypatch):
+    from spatialvlm_ros.train.testing import build_tiny_vlm
+
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    model, processor = build_tiny_vlm()
+    model.save_pretrained(tmp_path / 'tiny')
+    processor.save_pretrained(tmp_path / 'tiny')
+    assert main(['ask', str(frame), str(frame), '-q', 'How far is the red mug from the box?',
+                 '--model', str(tmp_path / 'tiny'), '--decoding', 'greedy',
+                 '--max-new-tokens', '4', '--json']) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 2 and results[0]['answer'] == results[1]['answer']  # greedy
+    for result in results:  # a random model's text: a length or the reason it has none
+        assert (result['value_m'] is None) == (result['reason'] is not None)
+        assert result['n_numeric'] == (result['value_m'] is not None)
