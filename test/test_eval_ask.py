@@ -112,3 +112,52 @@ def test_any_local_vlm_folder_answers_the_same_way(frame, tmp_path, capsys, monk
     for result in results:  # a random model's text: a length or the reason it has none
         assert (result['value_m'] is None) == (result['reason'] is not None)
         assert result['n_numeric'] == (result['value_m'] is not None)
+
+
+@pytest.fixture(scope='module')
+def episode_bag(tmp_path_factory):
+    pytest.importorskip('pybullet')
+    from spatialvlm_ros.bags.writer import write_episode
+    from spatialvlm_ros.sim.episode import EpisodeConfig, generate_episode
+
+    episode = generate_episode(EpisodeConfig(seed=2, scenario='approach', num_frames=10,
+                                             width=64, height=48))
+    return episode, write_episode(episode, tmp_path_factory.mktemp('bags') / 'approach')
+
+
+def test_bag_frames_are_read_by_position_from_the_colour_topic(episode_bag):
+    from spatialvlm_ros.evaluate.ask import read_bag_frames
+
+    episode, bag = episode_bag
+    frames = read_bag_frames(bag, [0, -1, 3])
+    assert [name for name, _ in frames] == [f'{bag}[/camera/color/image_raw #{i}]'
+                                            for i in (0, 9, 3)]
+    for (_, rgb), index in zip(frames, (0, 9, 3), strict=True):
+        assert rgb.dtype == np.uint8 and rgb.shape == (48, 64, 3)
+        np.testing.assert_array_equal(rgb, episode.frames[index].rgb)
+    # another image topic is decoded for the model too: the depth image becomes grey RGB
+    depth = read_bag_frames(bag, [1], '/camera/depth/image_raw')[0][1]
+    assert depth.shape == (48, 64, 3) and depth.dtype == np.uint8
+    assert (depth[..., 0] == depth[..., 2]).all()
+    with pytest.raises(ValueError, match='frame 10 is out of range: .* holds 10 images'):
+        read_bag_frames(bag, [10])
+    with pytest.raises(ValueError, match="no image topic '/nope'; image topics present: "):
+        read_bag_frames(bag, [0], '/nope')
+    with pytest.raises(ValueError, match='does not exist'):
+        read_bag_frames(bag.parent / 'missing', [0])
+
+
+def test_the_command_asks_bag_frames_after_the_files(frame, episode_bag, capsys, monkeypatch):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    _, bag = episode_bag
+    question = 'What is the distance between the gripper and the red mug?'
+    assert main(['ask', str(frame), '--bag', str(bag), '--frames', '0,-1', '-q', question,
+                 '--json']) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [r['image'] for r in results] == [str(frame), f'{bag}[/camera/color/image_raw #0]',
+                                             f'{bag}[/camera/color/image_raw #9]']
+    assert all(r['value_m'] is not None for r in results)  # the shipped model states lengths
+    assert main(['ask', '-q', question]) == 2
+    assert 'give image files or --bag' in capsys.readouterr().err
+    assert main(['ask', str(frame), '--image-topic', '/x', '-q', question]) == 2
+    assert 'which is not given' in capsys.readouterr().err

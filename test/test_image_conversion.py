@@ -235,3 +235,23 @@ def test_rclpy_compressed() -> None:
     msgs = _rclpy_msgs()
     msg = msgs.CompressedImage(**compressed_to_fields(RGB, 'png', data_type='array'))
     np.testing.assert_array_equal(compressed_to_array(msg), RGB)
+
+
+def test_message_to_rgb_gives_the_model_rgb_uint8() -> None:
+    msg = _msg(**imageconv.image_to_fields(RGB, 'bgr8'))
+    np.testing.assert_array_equal(imageconv.message_to_rgb(msg, 'sensor_msgs/msg/Image'), RGB)
+    mono = np.array([[0, 128], [255, 7]], np.uint8)
+    out = imageconv.message_to_rgb(_msg(**imageconv.image_to_fields(mono, 'mono8')),
+                                   'sensor_msgs/msg/Image')
+    assert out.shape == (2, 2, 3) and (out == mono[:, :, None]).all()
+    deep = np.array([[0, 65535], [257, 1000]], np.uint16)
+    out = imageconv.message_to_rgb(_msg(**imageconv.image_to_fields(deep, 'mono16')),
+                                   'sensor_msgs/msg/Image')
+    assert out[..., 0].tolist() == [[0, 255], [1, 3]]
+    depth = np.array([[0.5, np.nan], [np.inf, -1.0]], np.float32)  # metres, nan: no reading
+    out = imageconv.message_to_rgb(_msg(**imageconv.image_to_fields(depth, '32FC1')),
+                                   'sensor_msgs/msg/Image')
+    assert out.dtype == np.uint8 and out[..., 0].tolist() == [[127, 0], [255, 0]]
+    png = _msg(**compressed_to_fields(RGB, 'png'))
+    np.testing.assert_array_equal(
+        imageconv.message_to_rgb(png, 'sensor_msgs/msg/CompressedImage'), RGB)

@@ -396,3 +396,29 @@ def metres_to_depth(depth: np.ndarray, encoding: str = '32FC1') -> np.ndarray:
         return np.clip(mm, 0, np.iinfo(np.uint16).max).astype(np.uint16)
     raise ImageConversionError(
         f'depth encoding must be 16UC1, mono16 or 32FC1, got {encoding!r}')
+
+
+IMAGE_MSGTYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
+"""The message types :func:`message_to_rgb` decodes."""
+
+
+def message_to_rgb(msg: Any, msgtype: str) -> np.ndarray:
+    """
+    Return an Image or CompressedImage message as RGB ``uint8`` ``(H, W, 3)``, for a model.
+
+    Mono images are repeated into three channels; integer images of more than 8 bits are scaled
+    to 8 bits by their type's range, float ones taken as [0, 1] (``nan``, no reading, as 0).
+
+    :param msgtype: ``'sensor_msgs/msg/Image'`` or ``'sensor_msgs/msg/CompressedImage'``.
+    :raises ImageConversionError: for a message that does not decode.
+    """
+    rgb = compressed_to_array(msg) if msgtype.endswith('CompressedImage') else image_to_array(msg)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[:, :, None], 3, axis=2)
+    if rgb.dtype != np.uint8:
+        scale = 255.0 / max(float(np.iinfo(rgb.dtype).max), 1.0) \
+            if np.issubdtype(rgb.dtype, np.integer) else 255.0
+        values = np.nan_to_num(rgb.astype(np.float64) * scale, nan=0.0, posinf=255.0,
+                               neginf=0.0)
+        rgb = np.clip(values, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(rgb)

@@ -1,12 +1,13 @@
 """
-``spatialvlm ask``: spatial questions about image files, answered by a model folder.
+``spatialvlm ask``: spatial questions about images, answered by a model folder.
 
 Every image is asked every question, directly or through the chain-of-thought coordinator
-(``evaluate.reasoning``). Each answer comes back with the length it states in metres
-(``core.answers.parse_distance``), or, when it states none, the reason; an answer without a
-readable length is never turned into a number. With ``--samples N`` (N > 1) the model samples N
-answers per question and the readable lengths are averaged, as the paper does for precise
-distances.
+(``evaluate.reasoning``). Images come from files, or from a rosbag2 bag's image topic
+(``--bag BAG --frames 0,-1``: frames by position, negative from the end). Each answer comes
+back with the length it states in metres (``core.answers.parse_distance``), or, when it states
+none, the reason; an answer without a readable length is never turned into a number. With
+``--samples N`` (N > 1) the model samples N answers per question and the readable lengths are
+averaged, as the paper does for precise distances.
 """
 
 from __future__ import annotations
@@ -58,6 +59,70 @@ def read_image(path: str | Path) -> Any:
         raise ValueError(f'{path}: not a readable image ({exc})') from exc
 
 
+def read_bag_frames(path: str | Path, indices: Sequence[int],
+                    topic: str | None = None) -> list[tuple[str, Any]]:
+    """
+    Return chosen images of a bag's image topic as ``(name, RGB uint8 HxWx3)`` pairs.
+
+    :param indices: positions among the topic's images in storage order (0 = first; negative
+        count from the end); returned in this order.
+    :param topic: a ``sensor_msgs`` Image or CompressedImage topic; None: the colour camera
+        topic of the package's episode bags when the bag has it, else the bag's only one.
+    :raises ValueError: for an unreadable bag, a missing or ambiguous topic, a position out of
+        range, or an image that does not decode.
+    """
+    from spatialvlm_ros.bags.errors import BagError
+    from spatialvlm_ros.bags.imageconv import (
+        IMAGE_MSGTYPES,
+        ImageConversionError,
+        message_to_rgb,
+    )
+    from spatialvlm_ros.bags.reader import open_bag
+    from spatialvlm_ros.bags.topics import TOPICS
+
+    try:
+        with open_bag(path) as bag:
+            images = sorted(n for n, t in bag.topics.items() if t.msgtype in IMAGE_MSGTYPES)
+            if topic is None and TOPICS['rgb'].name in images:
+                topic = TOPICS['rgb'].name
+            if topic is None and len(images) != 1:
+                raise ValueError(f'{path}: {len(images)} image topics {images}; choose one with '
+                                 '--image-topic')
+            topic = topic or images[0]
+            if topic not in images:
+                raise ValueError(f'{path}: no image topic {topic!r}; image topics present: '
+                                 f'{images or "none"}')
+            info = bag.topics[topic]
+            count = int(info.count_stored or info.count_metadata or 0)
+            positions = [i + count if i < 0 else i for i in indices]
+            for given, position in zip(indices, positions, strict=True):
+                if not 0 <= position < count:
+                    raise ValueError(f'{path}: frame {given} is out of range: {topic} holds '
+                                     f'{count} images')
+            found: dict[int, Any] = {}
+            for position, msg in enumerate(bag.messages([topic])):
+                if position in positions:
+                    found[position] = message_to_rgb(bag.deserialize(msg.data, msg.msgtype),
+                                                     msg.msgtype)
+                    if len(found) == len(set(positions)):
+                        break  # the rest is never decoded
+    except BagError as exc:
+        raise ValueError(str(exc)) from exc  # it names the bag
+    except ImageConversionError as exc:
+        raise ValueError(f'{path}: {topic}: {exc}') from exc
+    if len(found) < len(set(positions)):
+        raise ValueError(f'{path}: {topic} holds fewer images than its metadata says')
+    return [(f'{path}[{topic} #{position}]', found[position]) for position in positions]
+
+
+def _frames(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(',') if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'frames are comma-separated integers, got {text!r}') \
+            from None
+
+
 def ask(answerer: Any, images: Sequence[tuple[str, Any]], questions: Sequence[str],
         samples: int = 1, temperature: float = 0.7, seed: int = 0) -> list[AskResult]:
     """
@@ -97,7 +162,14 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         'ask', help='ask a model spatial questions about image files',
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('images', metavar='IMAGE', nargs='+', help='image files (PNG, JPEG...)')
+    parser.add_argument('images', metavar='IMAGE', nargs='*', help='image files (PNG, JPEG...)')
+    parser.add_argument('--bag', help='also ask frames of this rosbag2 bag (sqlite3 or mcap)')
+    parser.add_argument('--image-topic',
+                        help="the bag's Image / CompressedImage topic (default: "
+                             '/camera/color/image_raw when present, else its only one)')
+    parser.add_argument('--frames', type=_frames, default=[0],
+                        help='positions of the bag frames asked, comma-separated, negative from '
+                             'the end (default 0: the first; "0,-1": the first and the last)')
     parser.add_argument('-q', '--question', action='append', required=True, dest='questions',
                         help='a question; repeat for several (every image is asked each)')
     parser.add_argument('--model', help='local model folder (default: the shipped model)')
@@ -130,6 +202,12 @@ def _ask(args: argparse.Namespace) -> int:
     model = Path(args.model) if args.model else DEFAULT_MODEL_DIR
     try:
         images = [(name, read_image(name)) for name in args.images]  # all read before loading
+        if args.bag:
+            images += read_bag_frames(args.bag, args.frames, args.image_topic)
+        elif args.image_topic:
+            raise ValueError('--image-topic names a topic of --bag, which is not given')
+        if not images:
+            raise ValueError('give image files or --bag')
         if not model.is_dir():
             raise ValueError(f'{model}: no such model folder')
         answerer = load_answerer(model, args.max_new_tokens, args.device, args.decoding)

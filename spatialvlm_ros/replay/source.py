@@ -22,8 +22,9 @@ import numpy as np
 
 from spatialvlm_ros.bags import topics as layout
 from spatialvlm_ros.bags.errors import BagCorruptError, BagError, MissingTopicsError
+from spatialvlm_ros.bags.imageconv import IMAGE_MSGTYPES
 
-IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
+IMAGE_TYPES = IMAGE_MSGTYPES
 DEFAULT_IMAGE_TOPIC = layout.TOPICS['rgb'].name
 TRUTH_KEYS = ('distance_centre', 'distance_surface')
 
@@ -143,11 +144,7 @@ def iter_frames(source: BagSource) -> Iterator[ReplayFrame]:
     Images are decoded one at a time; mono images are repeated into three channels and 16-bit
     ones scaled to 8 bits.
     """
-    from spatialvlm_ros.bags.imageconv import (
-        compressed_to_array,
-        image_to_array,
-        ImageConversionError,
-    )
+    from spatialvlm_ros.bags.imageconv import ImageConversionError, message_to_rgb
     from spatialvlm_ros.bags.reader import open_bag
 
     with open_bag(source.path) as bag:
@@ -155,17 +152,8 @@ def iter_frames(source: BagSource) -> Iterator[ReplayFrame]:
             decoded = bag.deserialize(msg.data, msg.msgtype)
             stamp = _stamp(decoded.header)
             try:
-                if msg.msgtype.endswith('CompressedImage'):
-                    rgb = compressed_to_array(decoded)
-                else:
-                    rgb = image_to_array(decoded)
+                rgb = message_to_rgb(decoded, msg.msgtype)
             except ImageConversionError as exc:
                 raise BagCorruptError(f'{source.path}: image at {stamp} ns: {exc}') from exc
-            if rgb.ndim == 2:
-                rgb = np.repeat(rgb[:, :, None], 3, axis=2)
-            if rgb.dtype != np.uint8:
-                scale = 255.0 / max(float(np.iinfo(rgb.dtype).max), 1.0) \
-                    if np.issubdtype(rgb.dtype, np.integer) else 255.0
-                rgb = np.clip(rgb.astype(np.float64) * scale, 0, 255).astype(np.uint8)
-            yield ReplayFrame(stamp, str(decoded.header.frame_id), np.ascontiguousarray(rgb),
+            yield ReplayFrame(stamp, str(decoded.header.frame_id), rgb,
                               source.truth_centre.get(stamp), source.truth_surface.get(stamp))
