@@ -97,6 +97,19 @@ def test_bad_input_is_refused_with_a_reason(frame, tmp_path, capsys):
     assert 'samples must be >= 1' in capsys.readouterr().err
 
 
+def test_a_missing_gpu_is_a_clear_error(frame, capsys, monkeypatch):
+    import torch
+
+    from spatialvlm_ros.model.loading import DeviceUnavailableError, resolve_device
+
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    with pytest.raises(RuntimeError):  # what callers caught before, and now a ValueError too
+        resolve_device('cuda:1')
+    assert issubclass(DeviceUnavailableError, ValueError)
+    assert main(['ask', str(frame), '-q', 'How far?', '--device', 'cuda']) == 2
+    assert "device 'cuda' requested but CUDA is not available" in capsys.readouterr().err
+
+
 def test_any_local_vlm_folder_answers_the_same_way(frame, tmp_path, capsys, monkeypatch):
     from spatialvlm_ros.train.testing import build_tiny_vlm
 

@@ -129,14 +129,28 @@ def detect_family(folder: str | Path) -> str:
     return MODEL_TYPES[model_type]
 
 
+class DeviceUnavailableError(RuntimeError, ValueError):
+    """
+    A device was asked for that this machine does not have.
+
+    Bad input (a ``ValueError``, which the command line reports in one line), and still the
+    ``RuntimeError`` that callers caught before.
+    """
+
+
 def resolve_device(device: str = 'auto') -> str:
-    """Return ``'cuda'`` for ``'auto'`` when CUDA is available, else ``'cpu'``; check others."""
+    """
+    Return ``'cuda'`` for ``'auto'`` when CUDA is available, else ``'cpu'``; check others.
+
+    :raises DeviceUnavailableError: for ``'cuda[:N]'`` without CUDA.
+    :raises ValueError: for any other name.
+    """
     import torch
 
     if device == 'auto':
         return 'cuda' if torch.cuda.is_available() else 'cpu'
     if device.startswith('cuda') and not torch.cuda.is_available():
-        raise RuntimeError(f'device {device!r} requested but CUDA is not available')
+        raise DeviceUnavailableError(f'device {device!r} requested but CUDA is not available')
     if not (device == 'cpu' or device.startswith('cuda')):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
     return device
