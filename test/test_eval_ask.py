@@ -106,6 +106,10 @@ def test_a_missing_gpu_is_a_clear_error(frame, capsys, monkeypatch):
     with pytest.raises(RuntimeError):  # what callers caught before, and now a ValueError too
         resolve_device('cuda:1')
     assert issubclass(DeviceUnavailableError, ValueError)
+    from spatialvlm_ros.synth.hf import resolve_device as engine_device
+
+    with pytest.raises(ValueError, match='CUDA is not available'):  # the data engine's experts
+        engine_device('cuda')
     assert main(['ask', str(frame), '-q', 'How far?', '--device', 'cuda']) == 2
     assert "device 'cuda' requested but CUDA is not available" in capsys.readouterr().err
 

@@ -120,14 +120,15 @@ def check_model_dir(path: str | Path, role: str, require_weights: bool = True) -
 
 
 def resolve_device(device: str) -> str:
-    """Return the torch device for ``device`` (``'auto'`` = ``'cuda'`` if available, else CPU)."""
-    import torch
+    """
+    Return the torch device for ``device`` (``'auto'`` = ``'cuda'`` if available, else CPU).
 
-    if device == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise RuntimeError(f'device {device!r} requested but CUDA is not available')
-    return device
+    :raises DeviceUnavailableError: (``model.loading``; a ``ValueError`` and a ``RuntimeError``)
+        for ``'cuda[:N]'`` without CUDA.
+    """
+    from spatialvlm_ros.model.loading import resolve_device as resolve
+
+    return resolve(device)
 
 
 def _check_runtime(device: str, dtype: str, batch_size: int = 1) -> None:
