@@ -134,6 +134,7 @@ def ask(answerer: Any, images: Sequence[tuple[str, Any]], questions: Sequence[st
     :param samples: answers per question; 1 asks once with the answerer's decoding.
     """
     from spatialvlm_ros.core.answers import parse_distance
+    from spatialvlm_ros.evaluate.metrics import mean_of_samples
 
     if not images or not questions:
         raise ValueError('give at least one image and one question')
@@ -145,11 +146,9 @@ def ask(answerer: Any, images: Sequence[tuple[str, Any]], questions: Sequence[st
                                     samples if samples > 1 else 0, temperature, seed)
     out = []
     for (name, _, question), texts in zip(pairs, replies, strict=True):
-        parsed = [parse_distance(text) for text in texts]
-        values = [p.value_m for p in parsed if p.value_m is not None]
-        out.append(AskResult(name, question, texts[0], list(texts),
-                             sum(values) / len(values) if values else None, len(values),
-                             None if values else parsed[0].reason))
+        value, numeric = mean_of_samples(texts)  # as eval averages sampled answers
+        out.append(AskResult(name, question, texts[0], list(texts), value, numeric,
+                             None if numeric else parse_distance(texts[0]).reason))
     return out
 
 

@@ -155,7 +155,7 @@ def train_one(reward: str, algo: str, steps: int, n_envs: int, seed: int, smooth
     :param number_decoding: how one answer per step is decoded (the node's
         ``number_decoding``).
     :param mirror_average: also ask about each frame's mirror image and average the two
-        distances (the node's ``mirror_average``; two inferences per step).
+        distances (the node's ``mirror_average``; one batch of both images per step).
     """
     from stable_baselines3.common.vec_env import DummyVecEnv
 

@@ -20,6 +20,8 @@ _FLAGS: dict[str, str] = {
 
 def register(subparsers: Any) -> None:
     """Add the ``train`` command."""
+    from spatialvlm_ros.evaluate.reasoning import REASONINGS
+
     parser = subparsers.add_parser(
         'train', help='train / fine-tune a spatial VLM (accelerate, LoRA, exact resume)',
         description='Train the model in --model on spatial QA Parquet shards mixed with general '
@@ -72,7 +74,7 @@ def register(subparsers: Any) -> None:
                         help="ablations: how the one-answer pass decodes ('median': each "
                              "number at the median of the model's distribution, as the reward "
                              'node does; default greedy)')
-    parser.add_argument('--eval-reasoning', choices=('direct', 'decompose', 'decompose_grounded'),
+    parser.add_argument('--eval-reasoning', choices=REASONINGS,
                         default='direct',
                         help='ablations: how comparisons are answered (see spatialvlm eval '
                              '--reasoning; default direct)')
