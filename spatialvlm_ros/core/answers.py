@@ -16,6 +16,8 @@ Distance conventions (``parse_distance``):
   is a decimal comma (``1,5 m`` = 1.5 m, ``0,750 m`` = 0.75 m). With both ``.`` and ``,`` the
   later one is the decimal separator (``1.234,5``). A single dot is always decimal
   (``1.500 m`` = 1.5 m).
+- **Scientific notation**: ``2.5e-1 m`` and ``5 x 10^-2 m`` (also ``×`` or ``*``, and ``**``
+  for ``^``) are one number (0.25 m, 0.05 m), not a mantissa and a stray exponent.
 - **Ranges** (``between 2 and 3 feet``, ``2-3 m``, ``2 to 3 meters``, ``2 or 3 feet``) give the
   midpoint; ``range_m`` keeps both ends.
 - **Compounds**: a length followed by a smaller unit of the same system is summed
@@ -118,7 +120,8 @@ _QUALIFIERS: tuple[tuple[tuple[str, ...], str], ...] = tuple(sorted((
 ), key=lambda item: -len(item[0])))
 
 _TOKEN_RE = re.compile(r"""
-    (?P<num>\d+(?:[.,]\d+)*|(?<![\w.])\.\d+)
+    (?P<num>(?:\d+(?:[.,]\d+)*|(?<![\w.])\.\d+)
+      (?:[eE][+-]?\d+|\s*[x\u00d7*]\s*10\s*(?:\^|\*\*)\s*[+-]?\d+(?![\w.]))?)
   | (?P<vulgar>[\u00bd\u00bc\u00be\u2153\u2154])
   | (?P<word>[^\W\d_]+(?:'[^\W\d_]+)?)
   | (?P<sym>\S)
@@ -223,6 +226,14 @@ def parse_number_text(text: str) -> float | None:
     See the module docstring for the comma convention: ``'1,500'`` -> 1500, ``'1,5'`` -> 1.5,
     ``'1.234,5'`` -> 1234.5, ``'1.5'`` -> 1.5, ``'.5'`` -> 0.5.
     """
+    power = re.fullmatch(r'(.+?)(?:e|\s*[x\u00d7*]\s*10\s*(?:\^|\*\*)\s*)([+-]?\d+)',
+                         text.lower())
+    if power:  # '2.5e-1', '5 x 10^-2'
+        mantissa = parse_number_text(power.group(1))
+        exponent = int(power.group(2))
+        if mantissa is None or abs(exponent) > 30:
+            return None
+        return mantissa * 10.0 ** exponent
     if re.fullmatch(r'\.\d+', text):
         return float(text)  # '.5'
     if not re.fullmatch(r'\d+(?:[.,]\d+)*', text):
@@ -281,7 +292,7 @@ class _Reader:
         if value is None:
             return None
         j = i + 1
-        integer = value.is_integer() and '.' not in self.tokens[i].text
+        integer = value.is_integer() and not any(c in self.tokens[i].text for c in '.e^x*')
         if integer and self.word(j) == '/' and self._is_int(j + 1):
             denominator = float(self.word(j + 1))
             if denominator == 0:
