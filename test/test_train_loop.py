@@ -81,6 +81,41 @@ def test_loss_decreases_on_tiny_overfit_set(data_dir, tmp_path):
         assert torch.allclose(reloaded(**batch).loss, model(**batch).loss, atol=1e-5)
 
 
+def test_a_non_finite_loss_stops_training_before_the_update(data_dir, tmp_path):
+    from spatialvlm_ros.train.trainer import list_checkpoints, NonFiniteLossError
+
+    def poisoned(save_every):
+        model, processor = build_tiny_vlm()
+        config = _config(data_dir, tmp_path / f'run{save_every}', max_steps=4,
+                         save_every=save_every)
+
+        def poison(step, loss):
+            if step == 2:  # as a diverged update would leave a weight
+                with torch.no_grad():
+                    model.lm_head.weight[0, 0] = math.nan
+
+        return Trainer(config, model, processor), poison
+
+    trainer, poison = poisoned(0)
+    with pytest.raises(NonFiniteLossError, match='step 3: loss nan'):
+        trainer.train(on_step=poison)
+    trainer, poison = poisoned(1)  # the checkpoint of step 2 would hold the NaN
+    with pytest.raises(NonFiniteLossError, match='step 2: 1 trained weights hold NaN'):
+        trainer.train(on_step=poison)
+    checkpoints = list_checkpoints(tmp_path / 'run1')
+    assert [p.name for p in checkpoints] == ['step-00000001']
+    from safetensors.numpy import load_file
+
+    saved = load_file(str(checkpoints[0] / 'trainable.safetensors'))
+    assert saved and all(np.isfinite(v).all() for v in saved.values())
+    with pytest.raises(ValueError, match='lr must be a finite number > 0'):
+        _config(data_dir, tmp_path / 'x', lr=math.nan)
+    with pytest.raises(ValueError, match='label_noise_std must be a finite number >= 0'):
+        _config(data_dir, tmp_path / 'x', label_noise_std=math.inf)
+    with pytest.raises(ValueError, match='lora_dropout must be < 1'):
+        _config(data_dir, tmp_path / 'x', lora_dropout=1.5)
+
+
 @pytest.mark.parametrize('freeze_projector', [False, True])
 def test_freeze_policy(data_dir, tmp_path, freeze_projector):
     config = _config(data_dir, tmp_path / 'run', max_steps=2, freeze_vision=True,

@@ -132,7 +132,7 @@ def default_model_folder() -> Path:
     if not (DEFAULT_MODEL_DIR / 'config.json').is_file():
         raise FileNotFoundError(
             f'the shipped default model is missing from {DEFAULT_MODEL_DIR}; train it with '
-            '`spatialvlm train --config config/train_default.yaml` or pass a model folder')
+            '`spatialvlm train-default --out DIR --install` or pass a model folder')
     return DEFAULT_MODEL_DIR
 
 

@@ -26,13 +26,13 @@ DEFAULT_PROJECTOR_MODULES: tuple[str, ...] = ('multi_modal_projector', 'mm_proje
 
 
 def _non_negative(name: str, value: float) -> None:
-    if value < 0:
-        raise ValueError(f'{name} must be >= 0, got {value}')
+    if not (math.isfinite(value) and value >= 0):  # NaN and inf fail too
+        raise ValueError(f'{name} must be a finite number >= 0, got {value}')
 
 
 def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f'{name} must be > 0, got {value}')
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f'{name} must be a finite number > 0, got {value}')
 
 
 @dataclass
@@ -173,6 +173,8 @@ class TrainConfig:
         for name in ('min_lr', 'weight_decay', 'max_grad_norm', 'lora_dropout',
                      'label_noise_std'):
             _non_negative(name, getattr(self, name))
+        if not self.lora_dropout < 1:
+            raise ValueError(f'lora_dropout must be < 1, got {self.lora_dropout}')
         _non_negative('grounding_weight', self.grounding_weight)
         if not math.isfinite(self.grounding_weight):
             raise ValueError(f'grounding_weight must be finite, got {self.grounding_weight}')

@@ -255,8 +255,13 @@ class DefaultRecipe:
         for name in ('focus_steps', 'focus_gripper_episodes'):
             if getattr(self, name) < 0:
                 raise ValueError(f'{name} must be >= 0, got {getattr(self, name)}')
-        if not self.lr > 0:
-            raise ValueError(f'lr must be positive, got {self.lr}')
+        for name in ('lr', 'focus_lr', 'plain_lr'):  # NaN and inf fail too
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f'{name} must be a finite number > 0, got '
+                                 f'{getattr(self, name)}')
+        if self.eval_limit < 0:
+            raise ValueError(f'eval_limit must be >= 0 (0: every question), got '
+                             f'{self.eval_limit}')
 
 
 TRAIN_SEED = 1
@@ -875,10 +880,15 @@ def _run(args: argparse.Namespace) -> int:
         from spatialvlm_ros.model.estimator import DEFAULT_MODEL_DIR
 
         tmp = DEFAULT_MODEL_DIR.with_name(DEFAULT_MODEL_DIR.name + '.tmp')
+        old = DEFAULT_MODEL_DIR.with_name(DEFAULT_MODEL_DIR.name + '.old')
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(final, tmp)
-        shutil.rmtree(DEFAULT_MODEL_DIR, ignore_errors=True)
+        # two renames: at every moment a whole model sits at DEFAULT_MODEL_DIR or at .old
+        shutil.rmtree(old, ignore_errors=True)
+        if DEFAULT_MODEL_DIR.exists():
+            DEFAULT_MODEL_DIR.rename(old)
         tmp.rename(DEFAULT_MODEL_DIR)
+        shutil.rmtree(old, ignore_errors=True)
         _log(f'installed the model into {DEFAULT_MODEL_DIR}')
     summary = {'final': str(final), 'seconds': seconds,
                'reports': {k: v['greedy']['overall'] for k, v in reports.items()}}

@@ -67,6 +67,10 @@ CHECKPOINT_PREFIX = 'step-'
 STATE_FILE = 'trainer_state.json'
 
 
+class NonFiniteLossError(ValueError):
+    """The loss or the gradient became NaN or infinite; no update was made with it."""
+
+
 @dataclass
 class TrainResult:
     """
@@ -667,12 +671,19 @@ class Trainer:
                 tokens += used
                 micro_losses.append(loss)
                 micro_grounding.append(float(grounding))
-            max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float('inf')
-            grad_norm = float(acc.clip_grad_norm_([p for _, p in self.params], max_norm))
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
             step_loss = acc.reduce(torch.stack(micro_losses).mean(), reduction='mean')
             value = float(step_loss)
+            max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float('inf')
+            grad_norm = float(acc.clip_grad_norm_([p for _, p in self.params], max_norm))
+            if not (math.isfinite(value) and math.isfinite(grad_norm)):
+                # stop before the update: the weights and the checkpoints on disk stay finite
+                bar.close()
+                raise NonFiniteLossError(
+                    f'step {step + 1}: loss {value}, gradient norm {grad_norm} (lr {lr:.3g}); '
+                    f'training stopped before this update. Lower the learning rate or check '
+                    f'the data; resume from the last checkpoint in {self.out_dir}')
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
             losses.append(value)
             if self.grounding is not None:
                 grounding_losses.append(float(np.mean(micro_grounding)))
@@ -700,6 +711,7 @@ class Trainer:
                 if writer is not None:
                     writer.add_scalar('eval/loss', eval_loss, done)
             if cfg.save_every and done % cfg.save_every == 0:
+                self._check_finite_weights(done)  # a checkpoint never holds NaN
                 self.save_checkpoint(done, losses, eval_losses, grounding_losses)
         bar.close()
         if writer is not None:
@@ -719,6 +731,17 @@ class Trainer:
             result.final_dir = Path(self.out_dir) / 'final'  # a finished run, run again
         result.checkpoints = list_checkpoints(self.out_dir)
         return result
+
+    def _check_finite_weights(self, step: int) -> None:
+        """Raise :class:`NonFiniteLossError` when a trained weight is NaN or infinite."""
+        import torch
+
+        bad = [name for name, param in self.params if not bool(torch.isfinite(param).all())]
+        if bad:
+            raise NonFiniteLossError(
+                f'step {step}: {len(bad)} trained weights hold NaN or inf ({bad[0]}...); the '
+                f'checkpoint was not written. Lower the learning rate or check the data; '
+                f'resume from the last checkpoint in {self.out_dir}')
 
     def _writer(self) -> Any:
         if not self.accelerator.is_main_process:
