@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+from pathlib import Path
 import sys
 from typing import Any, Sequence
 
@@ -41,6 +43,49 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in COMMANDS.values():
         importlib.import_module(module_name).register(subparsers)
     return parser
+
+
+def output_file(path: str | os.PathLike[str], what: str) -> Path:
+    """
+    Return ``path`` as a file a command may write once its work is done, checked now.
+
+    Call it before the long work, so a bad ``--out`` never throws that work away: its folder is
+    created, and a path that is a folder, or whose parent is a file, is a :class:`CommandError`.
+
+    :param what: what the file is for, named in the error ('--out').
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CommandError(f'{what}: {path} is a folder, not a file')
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise CommandError(f'{what}: {path.parent} is a file, not a folder') from None
+    except OSError as exc:
+        raise CommandError(f'{what}: cannot create {path.parent}: {exc.strerror}') from None
+    return path
+
+
+def output_folder(path: str | os.PathLike[str], what: str) -> Path:
+    """
+    Return ``path`` as a folder a command may write into, checked before its work.
+
+    :raises CommandError: when ``path`` exists and is not a folder.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CommandError(f'{what}: {path} is a file, not a folder')
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it (never a half file)."""
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        tmp.write_text(text, encoding='utf-8')
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def print_result(result: Any, as_json: bool, text: str) -> None:

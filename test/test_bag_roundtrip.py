@@ -201,3 +201,22 @@ def test_rclpy_deserialises_every_topic(written: Path) -> None:
             if msg.msgtype == 'sensor_msgs/msg/Image':
                 np.testing.assert_array_equal(image_to_array(theirs), image_to_array(ours))
     assert seen == {spec.name for spec in layout.TOPICS.values()}
+
+
+def test_check_compares_the_storage_with_metadata_yaml(tmp_path: Path) -> None:
+    import sqlite3
+
+    from spatialvlm_ros.bags import commands
+
+    path = write_episode(make_episode(frames=5), tmp_path / 'bag', storage='sqlite3')
+    [row] = commands.check_bags([str(path)])
+    assert row['status'] == 'OK', row
+    db = next(path.glob('*.db3'))
+    with sqlite3.connect(db) as connection:  # rows lost from the storage, metadata unchanged
+        topic = connection.execute('SELECT id FROM topics WHERE name = ?',
+                                   (layout.TOPICS['rgb'].name,)).fetchone()[0]
+        connection.execute('DELETE FROM messages WHERE id IN (SELECT id FROM messages '
+                           'WHERE topic_id = ? LIMIT 2)', (topic,))
+    [row] = commands.check_bags([str(path)])
+    assert row['status'] == 'MISMATCH'
+    assert 'metadata.yaml lists' in row['reason'] and 'the storage holds' in row['reason']

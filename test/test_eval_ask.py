@@ -95,6 +95,8 @@ def test_bad_input_is_refused_with_a_reason(frame, tmp_path, capsys):
     assert 'no such model folder' in capsys.readouterr().err
     assert main(['ask', str(frame), '-q', 'How far?', '--samples', '0']) == 2
     assert 'samples must be >= 1' in capsys.readouterr().err
+    assert main(['ask', str(frame), '-q', 'How far?', '-q', '  ']) == 2
+    assert 'a question is empty' in capsys.readouterr().err
 
 
 def test_a_missing_gpu_is_a_clear_error(frame, capsys, monkeypatch):
@@ -152,10 +154,9 @@ def test_bag_frames_are_read_by_position_from_the_colour_topic(episode_bag):
     for (_, rgb), index in zip(frames, (0, 9, 3), strict=True):
         assert rgb.dtype == np.uint8 and rgb.shape == (48, 64, 3)
         np.testing.assert_array_equal(rgb, episode.frames[index].rgb)
-    # another image topic is decoded for the model too: the depth image becomes grey RGB
-    depth = read_bag_frames(bag, [1], '/camera/depth/image_raw')[0][1]
-    assert depth.shape == (48, 64, 3) and depth.dtype == np.uint8
-    assert (depth[..., 0] == depth[..., 2]).all()
+    # what the reward node would not take for colour is refused, not squeezed into grey
+    with pytest.raises(ValueError, match='depth/image_raw: cannot use a float32 .* as colour'):
+        read_bag_frames(bag, [1], '/camera/depth/image_raw')
     with pytest.raises(ValueError, match='frame 10 is out of range: .* holds 10 images'):
         read_bag_frames(bag, [10])
     with pytest.raises(ValueError, match="no image topic '/nope'; image topics present: "):

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import pytest
 torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
+from spatialvlm_ros.cli import CommandError  # noqa: E402
 from spatialvlm_ros.evaluate.plots import plot_predicted_vs_true  # noqa: E402
 from spatialvlm_ros.evaluate.runner import (  # noqa: E402
     EvalConfig,
@@ -177,6 +179,16 @@ def test_eval_command(data_dir, tmp_path, capsys, monkeypatch):
     assert decomposed['reasoning'] == 'decompose'
     assert decomposed['decomposed'] == {'answered': 0, 'asked_directly': 1}
     assert decomposed['greedy']['overall'] == report['greedy']['overall']
+    # a bad --out or --plot is refused before the evaluation, not after it
+    (tmp_path / 'a_file').write_text('x')
+    for flag, path, reason in (('--out', tmp_path, 'is a folder, not a file'),
+                               ('--plot', tmp_path / 'a_file' / 'p.png', 'is a file, not a')):
+        args = parser.parse_args(['eval', str(tmp_path / 'missing_model'), str(data_dir),
+                                  flag, str(path)])
+        with pytest.raises(CommandError, match=reason):
+            args.func(args)
+    with pytest.raises(ValueError, match='temperature must be a finite number'):
+        EvalConfig(temperature=math.inf)
 
 
 def test_series_key_names_the_episode_and_the_objects():

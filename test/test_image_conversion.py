@@ -244,14 +244,13 @@ def test_message_to_rgb_gives_the_model_rgb_uint8() -> None:
     out = imageconv.message_to_rgb(_msg(**imageconv.image_to_fields(mono, 'mono8')),
                                    'sensor_msgs/msg/Image')
     assert out.shape == (2, 2, 3) and (out == mono[:, :, None]).all()
+    # what the node refuses as colour: 16-bit and float images (depth, segmentation)
     deep = np.array([[0, 65535], [257, 1000]], np.uint16)
-    out = imageconv.message_to_rgb(_msg(**imageconv.image_to_fields(deep, 'mono16')),
-                                   'sensor_msgs/msg/Image')
-    assert out[..., 0].tolist() == [[0, 255], [1, 3]]
     depth = np.array([[0.5, np.nan], [np.inf, -1.0]], np.float32)  # metres, nan: no reading
-    out = imageconv.message_to_rgb(_msg(**imageconv.image_to_fields(depth, '32FC1')),
-                                   'sensor_msgs/msg/Image')
-    assert out.dtype == np.uint8 and out[..., 0].tolist() == [[127, 0], [255, 0]]
+    for array, encoding in ((deep, 'mono16'), (deep, '16UC1'), (depth, '32FC1')):
+        with pytest.raises(ImageConversionError, match='as colour'):
+            imageconv.message_to_rgb(_msg(**imageconv.image_to_fields(array, encoding)),
+                                     'sensor_msgs/msg/Image')
     png = _msg(**compressed_to_fields(RGB, 'png'))
     np.testing.assert_array_equal(
         imageconv.message_to_rgb(png, 'sensor_msgs/msg/CompressedImage'), RGB)

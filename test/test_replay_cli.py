@@ -2,6 +2,7 @@
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 
@@ -239,3 +240,54 @@ def test_unknown_number_decoding_is_refused(bags, tmp_path):
     with pytest.raises(SystemExit):  # argparse's choices
         replay(bags[0], '--number-decoding', 'beam', '--out', tmp_path / 'out')
     assert not (tmp_path / 'out').exists()
+
+
+def test_bags_with_the_same_name_never_overwrite_each_other(bags, tmp_path):
+    import shutil
+
+    copies = [tmp_path / 'a' / 'ep', tmp_path / 'b' / 'ep', tmp_path / 'c' / 'ep_1']
+    for source, copy in zip((bags[0], bags[1], bags[0]), copies, strict=True):
+        shutil.copytree(source, copy)
+    out = tmp_path / 'out'
+    assert replay(*copies, '--estimator', 'oracle', '--no-plot', '--out', out) == 0
+    summary = json.loads((out / 'summary.json').read_text())
+    names = [row['bag_name'] for row in summary['bags']]
+    assert names == ['ep', 'ep_1', 'ep_1_1']  # 'c/ep_1' does not take b/ep's name
+    for row in summary['bags']:
+        assert row['outputs']['csv'] == str(out / f'{row["bag_name"]}.csv')
+        with open(out / f'{row["bag_name"]}.csv', newline='') as f:
+            assert len(list(csv.reader(f))) == 1 + FRAMES
+
+
+@pytest.mark.parametrize('topic', ['/camera/depth/image_raw', '/ground_truth/segmentation'])
+def test_a_depth_or_segmentation_topic_is_not_taken_for_colour(bags, tmp_path, topic):
+    out = tmp_path / 'out'
+    with pytest.raises(CommandError, match=f'first image on {topic} cannot be used as colour'):
+        replay(bags[0], '--estimator', 'oracle', '--image-topic', topic, '--out', out)
+    assert not out.exists()
+
+
+def test_stamps_going_back_start_a_new_episode_as_in_the_node(bags, monkeypatch):
+    from spatialvlm_ros.replay import runner
+    from spatialvlm_ros.replay import source as source_module
+
+    frames = list(source_module.iter_frames(runner.open_source(bags[0])))
+    # the second half again, from the start: the stamps jump back once
+    looped = frames + [dataclasses.replace(f, stamp_ns=f.stamp_ns - frames[-1].stamp_ns
+                                           + frames[0].stamp_ns - 1) for f in frames[8:]]
+    monkeypatch.setattr(runner, 'iter_frames', lambda _source: iter(looped))
+    config = runner.ReplayConfig(estimator='oracle')
+    result = runner.replay_source(runner.open_source(bags[0]), config)
+    assert len(result.records) == len(looped) and result.metrics['stamp_resets'] == 1
+    # after the reset the reward is shaped afresh: the looped frames repeat the last half
+    restart = result.records[len(frames)]
+    assert restart.distance_m == pytest.approx(frames[8].truth_centre_m, abs=1e-3)
+
+
+def test_blank_phrases_and_a_file_for_out_are_refused_before_any_bag_is_scored(bags, tmp_path):
+    for flag in ('--target', '--subject'):
+        with pytest.raises(CommandError, match=f'{flag[2:]} must be non-empty'):
+            replay(bags[0], '--estimator', 'oracle', flag, '  ', '--out', tmp_path / 'o')
+    (tmp_path / 'a_file').write_text('x')
+    with pytest.raises(CommandError, match='--out: .*a_file is a file, not a folder'):
+        replay(bags[0], '--estimator', 'oracle', '--out', tmp_path / 'a_file')

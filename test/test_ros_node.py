@@ -248,6 +248,20 @@ def test_target_change_at_run_time_and_invalid_values_rejected(rig):
     assert r.last('reward').point.x == pytest.approx(math.exp(-0.9))
 
 
+def test_a_new_question_template_starts_a_new_filter(rig):
+    answers = iter([0.3, 0.9])
+    r = rig(estimator=FakeEstimator(lambda image, subject, target: next(answers))).start()
+    r.send(10, T0)
+    assert r.last('distance').point.x == pytest.approx(0.3)
+    template = 'How far is {subject} from {target}, in {{metres}}?'
+    assert r.node.set_parameters([Parameter('question_template', value=template)])[0].successful
+    # the question logged is the one the estimator is asked (its slots replaced, nothing else)
+    assert r.node.settings.question() == \
+        'How far is the gripper from the coke can, in {{metres}}?'
+    r.send(10, T0 + 10**8)
+    assert r.last('distance').point.x == pytest.approx(0.9)  # not blended with 0.3
+
+
 def test_invalid_answers_keep_the_reward_and_clear_validity(rig):
     def answer(image, subject, target):
         return None if image[0, 0, 0] == 255 else image[0, 0, 0] / 100

@@ -146,6 +146,8 @@ def test_named_target_and_duration():
     ({'standoff': (0.05, 0.01)}, 'standoff'),
     ({'width': 4}, 'image size'),
     ({'n_objects': (0, 3)}, 'n_objects'),
+    ({'n_objects': (8, 3)}, r'low <= high, got \(8, 3\)'),
+    ({'n_objects': (8, 3), 'scenario': 'distractor_first'}, 'low <= high'),
 ])
 def test_bad_episode_config(kwargs, message):
     """Invalid episode settings raise ValueError naming the problem."""
@@ -170,3 +172,20 @@ def test_cli_episode_summary(capsys):
     assert result['frames'] == 12 and result['bag'] is None
     assert result['distance_surface']['end'] < result['distance_surface']['start']
     assert main(['sim', 'episode', '--scenario', 'dance']) == 2
+
+
+@pytest.mark.parametrize('argv', [
+    ['sim', 'scene', '--seed', '1'],
+    ['sim', 'episode', '--frames', '12'],
+    ['synth', 'run', '--scenes', '1'],
+    ['synth', 'gripper', '--episodes', '1'],
+])
+def test_an_out_that_is_a_file_is_refused_before_the_work(argv, tmp_path, capsys):
+    """A file given as an output folder is a one-line error (exit 2), not a traceback."""
+    from spatialvlm_ros.cli import main
+
+    taken = tmp_path / 'notes.txt'
+    taken.write_text('keep me')
+    assert main([*argv, '--out', str(taken)]) == 2
+    assert f'--out: {taken} is a file, not a folder' in capsys.readouterr().err
+    assert taken.read_text() == 'keep me'

@@ -63,6 +63,9 @@ def check_bags(paths: list[str]) -> list[dict[str, Any]]:
             ok = info['messages_read'] == info['messages_stored']
             row['status'] = 'OK' if ok else 'MISMATCH'
             row['reason'] = '' if ok else 'fewer messages read than stored'
+            listed = metadata_mismatch(info)
+            if ok and listed:  # rows deleted from the storage, or a stale metadata.yaml
+                row['status'], row['reason'] = 'MISMATCH', listed
         except UnsupportedSerializationError as exc:
             # Messages we cannot decode are still read as raw bytes and counted, so the check
             # shows that none is lost; decoding them raises this error, as intended.
@@ -84,6 +87,24 @@ def check_bags(paths: list[str]) -> list[dict[str, Any]]:
                 pass
         rows.append(row)
     return rows
+
+
+def metadata_mismatch(info: dict[str, Any]) -> str:
+    """
+    Return how the storage's message counts differ from ``metadata.yaml``'s ('' if they agree).
+
+    :param info: a ``bags.reader.bag_info`` dict; counts the metadata does not list are not
+        compared.
+    """
+    listed, stored = info.get('messages_metadata'), info.get('messages_stored')
+    if listed is not None and stored is not None and listed != stored:
+        return f'metadata.yaml lists {listed} messages, the storage holds {stored}'
+    for name, topic in info.get('topics', {}).items():
+        if topic.get('count_metadata') is not None and \
+                topic['count_metadata'] != topic.get('count_stored'):
+            return (f'metadata.yaml lists {topic["count_metadata"]} messages on {name}, the '
+                    f'storage holds {topic.get("count_stored")}')
+    return ''
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -402,23 +402,33 @@ IMAGE_MSGTYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 """The message types :func:`message_to_rgb` decodes."""
 
 
+def colour_array(array: np.ndarray) -> np.ndarray:
+    """
+    Return a decoded image as RGB ``uint8`` ``(H, W, 3)`` for a model: what the node takes.
+
+    Colour encodings come decoded to RGB; mono8 is repeated into three channels. Anything else
+    (16-bit or float images: depth, segmentation) is refused rather than squeezed into colours
+    a model would answer about without complaint.
+
+    :raises ImageConversionError: for any other dtype or shape.
+    """
+    if array.ndim == 2 and array.dtype == np.uint8:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ImageConversionError(
+            f'cannot use a {array.dtype} {array.shape} image as colour (need rgb8/bgr8/mono8)')
+    return np.ascontiguousarray(array)
+
+
 def message_to_rgb(msg: Any, msgtype: str) -> np.ndarray:
     """
     Return an Image or CompressedImage message as RGB ``uint8`` ``(H, W, 3)``, for a model.
 
-    Mono images are repeated into three channels; integer images of more than 8 bits are scaled
-    to 8 bits by their type's range, float ones taken as [0, 1] (``nan``, no reading, as 0).
+    The reward node's rule (:func:`colour_array`): colour and mono8 images only; a depth or
+    segmentation image raises.
 
     :param msgtype: ``'sensor_msgs/msg/Image'`` or ``'sensor_msgs/msg/CompressedImage'``.
-    :raises ImageConversionError: for a message that does not decode.
+    :raises ImageConversionError: for a message that does not decode, or not as colour.
     """
     rgb = compressed_to_array(msg) if msgtype.endswith('CompressedImage') else image_to_array(msg)
-    if rgb.ndim == 2:
-        rgb = np.repeat(rgb[:, :, None], 3, axis=2)
-    if rgb.dtype != np.uint8:
-        scale = 255.0 / max(float(np.iinfo(rgb.dtype).max), 1.0) \
-            if np.issubdtype(rgb.dtype, np.integer) else 255.0
-        values = np.nan_to_num(rgb.astype(np.float64) * scale, nan=0.0, posinf=255.0,
-                               neginf=0.0)
-        rgb = np.clip(values, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(rgb)
+    return colour_array(rgb)

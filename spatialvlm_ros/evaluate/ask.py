@@ -138,6 +138,8 @@ def ask(answerer: Any, images: Sequence[tuple[str, Any]], questions: Sequence[st
 
     if not images or not questions:
         raise ValueError('give at least one image and one question')
+    if any(not str(question).strip() for question in questions):
+        raise ValueError('a question is empty')
     if samples < 1:
         raise ValueError(f'samples must be >= 1, got {samples}')
     pairs = [(name, image, question) for name, image in images for question in questions]
@@ -200,6 +202,8 @@ def _ask(args: argparse.Namespace) -> int:
 
     model = Path(args.model) if args.model else DEFAULT_MODEL_DIR
     try:
+        if any(not question.strip() for question in args.questions):
+            raise ValueError('a question is empty')
         images = [(name, read_image(name)) for name in args.images]  # all read before loading
         if args.bag:
             images += read_bag_frames(args.bag, args.frames, args.image_topic)

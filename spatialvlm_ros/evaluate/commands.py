@@ -55,11 +55,18 @@ def register(subparsers: Any) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
-    from spatialvlm_ros.cli import CommandError, print_result
+    from spatialvlm_ros.cli import (
+        CommandError,
+        output_file,
+        print_result,
+        write_text_atomic,
+    )
     from spatialvlm_ros.evaluate.runner import EvalConfig, evaluate_model, summary_lines
 
+    # checked before the evaluation, so that a bad path does not throw its answers away
+    out = output_file(args.out, '--out') if args.out else None
+    plot = output_file(args.plot, '--plot') if args.plot else None
     try:
         config = EvalConfig(samples=args.samples, temperature=args.temperature,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -72,14 +79,13 @@ def _eval(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
     report = result.to_dict(include_items=args.items)
     lines = summary_lines(result)
-    if args.plot:
+    if plot is not None:
         from spatialvlm_ros.evaluate.plots import plot_predicted_vs_true
 
         truths, predictions, types = result.distance_pairs(sampled=result.sampled is not None)
-        report['plot'] = str(plot_predicted_vs_true(truths, predictions, args.plot, types))
+        report['plot'] = str(plot_predicted_vs_true(truths, predictions, plot, types))
         lines.append(f'plot: {report["plot"]}')
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1, default=str), encoding='utf-8')
+    if out is not None:
+        write_text_atomic(out, json.dumps(report, indent=1, default=str))
     print_result(report, args.json, '\n'.join(lines))
     return 0

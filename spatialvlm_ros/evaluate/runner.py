@@ -31,6 +31,7 @@ builds family-specific prompts) as ``SpatialVLMAnswerer``; without that package 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import math
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence
 
@@ -90,8 +91,8 @@ class EvalConfig:
         for name in ('max_new_tokens', 'batch_size'):
             if getattr(self, name) < 1:
                 raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
-        if self.temperature <= 0:
-            raise ValueError(f'temperature must be > 0, got {self.temperature}')
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f'temperature must be a finite number > 0, got {self.temperature}')
         if self.truth not in TRUTH_SOURCES:
             raise ValueError(f'truth must be one of {TRUTH_SOURCES}, got {self.truth!r}')
         check_number_decoding(self.decoding, 'decoding')

@@ -103,8 +103,8 @@ class InferenceConfig:
             raise ValueError(f'max_new_tokens must be >= 1, got {self.max_new_tokens}')
         if self.decoding not in DECODINGS:
             raise ValueError(f'decoding must be one of {DECODINGS}, got {self.decoding!r}')
-        if not self.temperature > 0:
-            raise ValueError(f'temperature must be > 0, got {self.temperature}')
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f'temperature must be a finite number > 0, got {self.temperature}')
         if not 0 < self.top_p <= 1:
             raise ValueError(f'top_p must be in (0, 1], got {self.top_p}')
         if self.num_samples < 1:

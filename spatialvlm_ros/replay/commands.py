@@ -92,9 +92,10 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Replay the bags and print the summary table."""
     from spatialvlm_ros.bags.errors import BagError
-    from spatialvlm_ros.cli import CommandError, print_result
+    from spatialvlm_ros.cli import CommandError, output_folder, print_result
     from spatialvlm_ros.replay.runner import replay_bags, ReplayConfig
 
+    output_folder(args.out, '--out')  # before any bag is scored
     try:
         config = ReplayConfig(
             estimator=args.estimator, model_folder=args.model_folder,

@@ -112,8 +112,11 @@ class ReplayConfig:
             raise ValueError(f'truth must be one of {replay_metrics.TRUTHS}, got {self.truth!r}')
         if not (math.isfinite(self.true_success_m) and self.true_success_m >= 0):
             raise ValueError(f'true_success_m must be >= 0, got {self.true_success_m}')
-        if not self.subject:
+        if not self.subject.strip():
             raise ValueError('subject must be non-empty')
+        if self.target is not None and not self.target.strip():
+            raise ValueError('target must be non-empty when given (none: the target named in '
+                             'the bag metadata)')
         normalize_template(self.question_template)  # both slots, or a clear ValueError
         check_sampling(self.samples, self.temperature)  # the node's ranges
         check_number_decoding(self.number_decoding)
@@ -223,6 +226,7 @@ def replay_source(source: BagSource, config: ReplayConfig, estimator: Any = None
     centre: list[float | None] = []
     surface: list[float | None] = []
     frame_ids: list[str] = []
+    resets = 0  # image stamps that went back in time
     try:
         bar = tqdm(total=source.image_count, desc=name, unit='frame', disable=not progress,
                    leave=False)
@@ -230,8 +234,12 @@ def replay_source(source: BagSource, config: ReplayConfig, estimator: Any = None
             for frame in iter_frames(source):
                 probe.set_value(frame.truth_centre_m if config.truth == 'centre'
                                 else frame.truth_surface_m)
+                t = frame.stamp_ns / 1e9
+                if pipeline.last_stamp_s is not None and t < pipeline.last_stamp_s:
+                    pipeline.reset()  # as the node does: a new episode starts
+                    resets += 1
                 try:
-                    record = pipeline.step(frame.stamp_ns / 1e9, frame.rgb)
+                    record = pipeline.step(t, frame.rgb)
                 except ValueError as exc:
                     raise BagError(f'{source.path}: image at {frame.stamp_ns} ns: {exc}') \
                         from exc
@@ -248,6 +256,7 @@ def replay_source(source: BagSource, config: ReplayConfig, estimator: Any = None
         raise BagError(f'{source.path}: no images on {config.image_topic}')
     metrics = replay_metrics.episode_metrics(records, centre, surface, config.truth,
                                              config.true_success_m)
+    metrics['stamp_resets'] = resets
     return BagReplay(source.path, name, config.subject, target, stamps, records, centre, surface,
                      frame_ids, metrics)
 
@@ -328,10 +337,14 @@ def _config_dict(config: ReplayConfig) -> dict[str, Any]:
 
 
 def _unique_names(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
+    """Return ``names`` with repeats suffixed ``_1``, ``_2``... unlike every name already used."""
+    used: set[str] = set()
     out = []
     for name in names:
-        count = seen.get(name, 0)
-        seen[name] = count + 1
-        out.append(name if count == 0 else f'{name}_{count}')
+        unique, count = name, 0
+        while unique in used:  # 'ep', 'ep', 'ep_1' -> 'ep', 'ep_1', 'ep_1_1'
+            count += 1
+            unique = f'{name}_{count}'
+        used.add(unique)
+        out.append(unique)
     return out

@@ -103,8 +103,10 @@ def open_source(path: str | Path, image_topic: str = DEFAULT_IMAGE_TOPIC) -> Bag
 
     :raise MissingTopicsError: the image topic is absent (the message lists the image topics
         present).
-    :raise BagError: the bag cannot be read, or the image topic has another type.
+    :raise BagError: the bag cannot be read, the image topic has another type, or its first
+        image is not one the reward node takes as colour (a depth or segmentation topic).
     """
+    from spatialvlm_ros.bags.imageconv import ImageConversionError, message_to_rgb
     from spatialvlm_ros.bags.reader import open_bag
 
     with open_bag(path) as bag:
@@ -118,6 +120,13 @@ def open_source(path: str | Path, image_topic: str = DEFAULT_IMAGE_TOPIC) -> Bag
             raise BagError(f'{bag.path}: topic {image_topic} has type {info.msgtype}, '
                            f'expected one of {IMAGE_TYPES}')
         count = info.count_stored or info.count_metadata or 0
+        for msg in bag.messages([image_topic]):  # the first image: is it colour at all?
+            try:
+                message_to_rgb(bag.deserialize(msg.data, msg.msgtype), msg.msgtype)
+            except ImageConversionError as exc:
+                raise BagError(f'{bag.path}: the first image on {image_topic} cannot be used as '
+                               f'colour: {exc}') from exc
+            break
         meta = _metadata(bag)
         target = meta.get('target_id')
         source = BagSource(Path(path), image_topic, int(count), meta,
@@ -141,8 +150,9 @@ def iter_frames(source: BagSource) -> Iterator[ReplayFrame]:
     """
     Yield the bag's images in storage (time) order, decoded to RGB, with their true distances.
 
-    Images are decoded one at a time; mono images are repeated into three channels and 16-bit
-    ones scaled to 8 bits.
+    Images are decoded one at a time; mono8 images are repeated into three channels. Anything the
+    reward node would not take as colour (a depth or segmentation topic) raises
+    :class:`BagCorruptError` naming the frame.
     """
     from spatialvlm_ros.bags.imageconv import ImageConversionError, message_to_rgb
     from spatialvlm_ros.bags.reader import open_bag

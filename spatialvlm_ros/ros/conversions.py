@@ -25,6 +25,7 @@ from rclpy.qos import (
 )
 
 from spatialvlm_ros.bags.imageconv import (
+    colour_array,
     compressed_to_array,
     depth_to_metres,
     ENCODINGS,
@@ -137,12 +138,7 @@ def decode_colour(msg: Any, compressed: bool, max_bytes: int) -> np.ndarray:
     """
     array = (compressed_to_array(msg, max_bytes=max_bytes) if compressed
              else image_to_array(msg, max_bytes=max_bytes))
-    if array.ndim == 2 and array.dtype == np.uint8:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ImageConversionError(
-            f'cannot use a {array.dtype} {array.shape} image as colour (need rgb8/bgr8/mono8)')
-    return array
+    return colour_array(array)
 
 
 def decode_depth(msg: Any, max_bytes: int) -> np.ndarray:

@@ -104,6 +104,7 @@ from spatialvlm_ros.model.estimator import (
     DistanceEstimate,
     DistanceEstimator,
     MAX_SAMPLES,
+    normalize_template,
     NUMBER_DECODINGS,
     TEMPERATURE_RANGE,
 )
@@ -329,9 +330,9 @@ class Settings:
         return self.values[name]
 
     def question(self) -> str:
-        """Return the question for the current subject and target."""
-        return str(self['question_template']).format(subject=self['subject'],
-                                                     target=self['target'])
+        """Return the question for the current subject and target, as the estimator asks it."""
+        template = normalize_template(str(self['question_template']))
+        return template.replace('[A]', str(self['subject'])).replace('[B]', str(self['target']))
 
 
 def settings_from(values: dict[str, Any]) -> Settings:
@@ -545,7 +546,7 @@ class RewardNode(Node):
         names = {p.name for p in parameters}
         with self._lock:
             self._settings = settings_from(self._current_values())
-            if names & {'subject', 'target'} or any(
+            if names & {'subject', 'target', 'question_template'} or any(
                     n.startswith(('smoothing.', 'reward.')) or n == 'stale_after_s'
                     for n in names):
                 self._reset_filters()

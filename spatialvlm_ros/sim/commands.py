@@ -43,10 +43,12 @@ def _scene(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from spatialvlm_ros.cli import CommandError, print_result
+    from spatialvlm_ros.cli import CommandError, output_folder, print_result
     from spatialvlm_ros.sim.scene import sample_scene, SceneConfig, World
     from spatialvlm_ros.sim.truth import capture
 
+    if args.out:
+        output_folder(args.out, '--out')
     try:
         config = SceneConfig(width=args.width, height=args.height)
     except ValueError as exc:
@@ -87,10 +89,12 @@ def _scene(args: argparse.Namespace) -> int:
 
 
 def _episode(args: argparse.Namespace) -> int:
-    from spatialvlm_ros.cli import CommandError, print_result
+    from spatialvlm_ros.cli import CommandError, output_folder, print_result
     from spatialvlm_ros.configfile import load_config
     from spatialvlm_ros.sim.episode import EpisodeConfig, generate_episode
 
+    if args.out:
+        output_folder(args.out, '--out')
     overrides = {'seed': args.seed, 'scenario': args.scenario, 'rate_hz': args.rate,
                  'num_frames': args.frames, 'width': args.width, 'height': args.height,
                  'target_id': args.target}

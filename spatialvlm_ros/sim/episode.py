@@ -73,6 +73,9 @@ class EpisodeConfig:
             raise ValueError(f'standoff must be a range within (0, 0.1] m, got {self.standoff}')
         if self.start_ns < 0:
             raise ValueError(f'start_ns must be non-negative, got {self.start_ns}')
+        if len(self.n_objects) != 2 or self.n_objects[0] > self.n_objects[1]:
+            raise ValueError(f'n_objects must be a (low, high) range with low <= high, got '
+                             f'{tuple(self.n_objects)}')
         if self.scenario == 'distractor_first' and self.n_objects[1] < 2:
             raise ValueError('distractor_first needs at least two objects')
         self.scene_config()  # validates width, height, n_objects, robot_visual

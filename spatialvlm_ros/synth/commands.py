@@ -85,10 +85,11 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from spatialvlm_ros.cli import CommandError, print_result
+    from spatialvlm_ros.cli import CommandError, output_folder, print_result
     from spatialvlm_ros.synth.dataset import DatasetConfig, DatasetError, run_dataset
     from spatialvlm_ros.synth.pipeline import EngineConfig
 
+    output_folder(args.out, '--out')
     try:
         engine = EngineConfig(seed=args.seed, noise=args.noise, qa_per_image=args.qa_per_image)
         source_kwargs = {'width': args.width, 'height': args.height} if args.source == 'sim' \
@@ -121,9 +122,10 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _plain(args: argparse.Namespace) -> int:
-    from spatialvlm_ros.cli import CommandError, print_result
+    from spatialvlm_ros.cli import CommandError, output_folder, print_result
     from spatialvlm_ros.synth.plain import PlainConfig, write_plain_dataset
 
+    output_folder(args.out, '--out')
     try:
         config = PlainConfig(families=tuple(args.families), kinds=tuple(args.kinds))
         summary = write_plain_dataset(args.sources, args.out, config,
@@ -138,9 +140,10 @@ def _plain(args: argparse.Namespace) -> int:
 
 
 def _gripper(args: argparse.Namespace) -> int:
-    from spatialvlm_ros.cli import CommandError, print_result
+    from spatialvlm_ros.cli import CommandError, output_folder, print_result
     from spatialvlm_ros.synth.gripper import GripperDataConfig, write_gripper_dataset
 
+    output_folder(args.out, '--out')
     try:
         config = GripperDataConfig(
             out=args.out, episodes=args.episodes, seed=args.seed,
