@@ -2,9 +2,10 @@
 
 import math
 import os
+import threading
 import time
 
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PointStamped
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
@@ -260,6 +261,53 @@ def test_a_new_question_template_starts_a_new_filter(rig):
         'How far is the gripper from the coke can, in {{metres}}?'
     r.send(10, T0 + 10**8)
     assert r.last('distance').point.x == pytest.approx(0.9)  # not blended with 0.3
+
+
+def test_an_answer_in_flight_when_the_target_changes_never_feeds_the_new_filter(rig):
+    started, release = threading.Event(), threading.Event()
+
+    def by_target(image, subject, target):
+        if target == 'the coke can':
+            started.set()
+            assert release.wait(10)
+            return 1.0
+        return 0.2
+
+    r = rig(estimator=FakeEstimator(by_target)).start()
+    r.send(10, T0, wait=False)
+    assert started.wait(10)  # the coke can's answer is being computed
+    assert r.node.set_parameters([Parameter('target', value='the red mug')])[0].successful
+    release.set()
+    counts = r.node.stats.counts
+    assert r.ros.wait_for(lambda: counts['superseded_results_dropped'] == 1, 10), counts
+    r.send(10, T0 + 10**8)
+    assert r.last('distance/raw').point.x == pytest.approx(0.2)
+    assert r.last('distance').point.x == pytest.approx(0.2)  # not a blend with 1.0
+    assert result_values(r.last('result'))['target'] == 'the red mug'
+
+
+def test_diagnostics_report_a_failing_or_stopped_estimator_as_an_error(rig):
+    class Failing(FakeEstimator):
+        alive = True
+
+        def estimate(self, image, subject, target):
+            raise RuntimeError('the estimator process is gone (exit code -9)')
+
+    fake = Failing()
+    r = rig(estimator=fake, params={'diagnostics_period_s': 0.2}).start()
+
+    def ours():
+        return [m.status[0] for m in r.out.get('/diagnostics')
+                if m.status and m.status[0].name.startswith(NODE_NAME)]
+
+    r.send(50, T0)
+    assert r.ros.wait_for(lambda: any(s.level == DiagnosticStatus.ERROR and 'failed 1 times'
+                                      in s.message for s in ours()), 5)
+    fake.alive = False
+    assert r.ros.wait_for(lambda: any('process stopped' in s.message for s in ours()), 5)
+    assert ours()[-1].level == DiagnosticStatus.ERROR
+    values = {kv.key: kv.value for kv in ours()[-1].values}
+    assert values['estimator_alive'] == 'False'
 
 
 def test_invalid_answers_keep_the_reward_and_clear_validity(rig):

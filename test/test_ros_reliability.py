@@ -182,7 +182,10 @@ def test_single_threaded_executor_stays_responsive_while_the_model_runs():
             assert node.settings['target'] == 'the red mug'
             assert counts['frames_processed'] == 0 and not gate.answered
             gate.release.set()
-            assert ros.wait_for(lambda: counts['frames_processed'] == 2, 10), counts
+            # the first answer was asked about the old target: dropped, never fed to the new
+            # target's filter; the second frame is asked about the red mug
+            assert ros.wait_for(lambda: counts['frames_processed'] == 1, 10), counts
+            assert ros.wait_for(lambda: counts['superseded_results_dropped'] == 1, 10), counts
             assert gate.answered == [10, 20]
             # deactivate waits for the model's thread and stops it
             assert node.trigger_deactivate().name == 'SUCCESS'

@@ -150,9 +150,9 @@ DIAGNOSTIC_KEYS = (
     'state', 'input_rate_hz', 'processed_rate_hz', 'latency_p50_ms', 'latency_p99_ms',
     'stamp_age_p50_ms', 'stamp_age_p99_ms', 'last_inference_ms', 'inference_p50_ms',
     'inference_p99_ms', 'frames_received', 'frames_processed', 'frames_dropped',
-    'late_results_dropped', 'invalid_answers', 'rejected_outliers', 'estimator_errors',
-    'malformed_messages', 'warnings_logged', 'stale', 'model', 'device', 'estimator',
-    'inference_workers', 'subject', 'target',
+    'late_results_dropped', 'superseded_results_dropped', 'invalid_answers',
+    'rejected_outliers', 'estimator_errors', 'malformed_messages', 'warnings_logged', 'stale',
+    'model', 'device', 'estimator', 'inference_workers', 'estimator_alive', 'subject', 'target',
 )
 """Key/values of the node's ``/diagnostics`` status (rates over the last period)."""
 
@@ -418,8 +418,8 @@ class _Stats:
     """Counters and latency windows, shared by the callbacks (thread-safe)."""
 
     COUNTERS = ('frames_received', 'frames_processed', 'frames_dropped', 'late_results_dropped',
-                'invalid_answers', 'rejected_outliers', 'estimator_errors',
-                'malformed_messages', 'warnings_logged')
+                'superseded_results_dropped', 'invalid_answers', 'rejected_outliers',
+                'estimator_errors', 'malformed_messages', 'warnings_logged')
 
     def __init__(self, window: int) -> None:
         self._lock = threading.Lock()
@@ -514,6 +514,9 @@ class RewardNode(Node):
         self._workers: list[threading.Thread] = []
         self._arrivals = 0  # frames stored so far (sequence numbers)
         self._published_seq = -1  # newest frame whose outputs were published
+        self._generation = 0  # bumped by every filter reset
+        self._last_estimator_error = ''
+        self._errors_at_last_diagnostics = 0
         self._stop_worker_flag = False
         self._active = False
         self._inputs: list[Any] = []
@@ -571,6 +574,7 @@ class RewardNode(Node):
                                                 settings.smoother, settings.reward,
                                                 clock=time.monotonic)
             self._stale = False
+            self._generation += 1  # answers asked before this belong to the old filter
 
     # -- lifecycle -----------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -724,6 +728,7 @@ class RewardNode(Node):
         self._depth, self._intrinsics = None, None
         with self._truth_cond:
             self._truth.clear()
+            self._truth_cond.notify_all()  # an oracle waiting for truth stops waiting
 
     def _close_estimator(self) -> None:
         # callers stop the workers first (_stop_workers joins them), so none is in use
@@ -773,6 +778,8 @@ class RewardNode(Node):
     def destroy_node(self) -> None:
         """Stop the model's thread and close the estimator (its process), then destroy."""
         self._active = False
+        with self._truth_cond:
+            self._truth_cond.notify_all()
         self._stop_workers()
         self._close_estimator()
         super().destroy_node()
@@ -902,12 +909,14 @@ class RewardNode(Node):
                                               **kwargs)
         except Exception as exc:  # a failing model gives 'no answer'
             self.stats.add('estimator_errors')
+            self._last_estimator_error = str(exc) or type(exc).__name__
             self._warn(f'estimator failed: {exc!r}')
             return DistanceEstimate(None, '', [], time.perf_counter() - start,
                                     f'estimator error: {exc}')
 
     def _process(self, item: _Pending, index: int = 0) -> None:
-        settings = self._settings
+        with self._lock:  # the query asked and the filter it feeds, as one
+            settings, generation = self._settings, self._generation
         if settings is None:
             return
         msg = item.msg
@@ -926,6 +935,9 @@ class RewardNode(Node):
         if result is None:
             return
         with self._lock:  # outputs leave in arrival order: a result older than one out is late
+            if generation != self._generation:  # asked of the old target / template / filter
+                self.stats.add('superseded_results_dropped')
+                return
             if item.seq < self._published_seq:
                 self.stats.add('late_results_dropped')
                 return
@@ -960,15 +972,16 @@ class RewardNode(Node):
     def _check_stale(self) -> None:
         if not self._active:
             return
-        with self._lock:
+        with self._lock:  # published under the lock: a fresh result cannot slip in between
             stale = self._pipeline.stale_at(time.monotonic())
             changed = stale != self._stale
             self._stale = stale
-        if changed:
-            self._publish_flag('stale', stale)
-            if stale:
-                self._publish_flag('valid', False)
-                self.get_logger().info('no accepted estimate for stale_after_s: stale')
+            if changed:
+                self._publish_flag('stale', stale)
+                if stale:
+                    self._publish_flag('valid', False)
+        if changed and stale:
+            self.get_logger().info('no accepted estimate for stale_after_s: stale')
 
     def _publish_flag(self, name: str, value: bool) -> None:
         publisher = self._outputs.get(name)
@@ -1043,6 +1056,7 @@ class RewardNode(Node):
             'device': self.device_name,
             'estimator': settings['estimator'] if settings is not None else '',
             'inference_workers': len(self._estimators),
+            'estimator_alive': all(getattr(e, 'alive', True) for e in self._estimators),
             'subject': settings['subject'] if settings is not None else '',
             'target': settings['target'] if settings is not None else '',
         })
@@ -1053,11 +1067,21 @@ class RewardNode(Node):
         publisher = getattr(self, '_diagnostics', None)
         if publisher is None:
             return
+        errors = snap['estimator_errors'] - self._errors_at_last_diagnostics
+        self._errors_at_last_diagnostics = snap['estimator_errors']
         if snap['state'] != 'active':
             level, message = DiagnosticStatus.STALE, snap['state']
+        elif not snap['estimator_alive']:  # every later frame would fail too
+            level, message = DiagnosticStatus.ERROR, (
+                f'the estimator process stopped ({self._last_estimator_error}); deactivate and '
+                'activate the node to start it again')
+        elif errors:
+            level, message = DiagnosticStatus.ERROR, (
+                f'the estimator failed {errors} times since the last report: '
+                f'{self._last_estimator_error}')
         elif snap['stale']:
             level, message = DiagnosticStatus.WARN, 'no accepted estimate (stale)'
-        elif snap['malformed_messages'] or snap['estimator_errors']:
+        elif snap['malformed_messages']:
             level, message = DiagnosticStatus.OK, 'running; some input was malformed'
         else:
             level, message = DiagnosticStatus.OK, 'running'
