@@ -238,6 +238,33 @@ def test_missing_folder_and_config_are_named(tmp_path):
         load_vlm(tmp_path)
 
 
+def test_pickled_weights_corrupt_configs_and_bad_devices_are_refused(tmp_path):
+    from spatialvlm_ros.model.loading import DeviceUnavailableError, resolve_device
+    from spatialvlm_ros.train.testing import build_tiny_vlm
+
+    model, processor = build_tiny_vlm()
+    model.save_pretrained(tmp_path / 'bin')
+    processor.save_pretrained(tmp_path / 'bin')
+    for weights in (tmp_path / 'bin').glob('*.safetensors'):  # a pickled checkpoint instead
+        weights.unlink()
+    torch.save(model.state_dict(), tmp_path / 'bin' / 'pytorch_model.bin')
+    with pytest.raises(ValueError, match='no safetensors weights; only safetensors are loaded'):
+        load_vlm(tmp_path / 'bin', device='cpu')
+    (tmp_path / 'broken').mkdir()
+    (tmp_path / 'broken' / 'config.json').write_text('{"model_type": ')
+    with pytest.raises(ValueError, match=r'broken/config.json is not valid JSON'):
+        load_vlm(tmp_path / 'broken')
+    for bad in ('cudax', 'gpu', 'cuda:', 'cuda:-1'):
+        with pytest.raises(ValueError, match='device must be'):
+            resolve_device(bad)
+    if torch.cuda.is_available():
+        with pytest.raises(DeviceUnavailableError, match='CUDA device'):
+            resolve_device(f'cuda:{torch.cuda.device_count()}')
+    else:
+        with pytest.raises(DeviceUnavailableError, match='CUDA is not available'):
+            resolve_device('cuda:0')
+
+
 def test_unsupported_model_type_is_named(tmp_path):
     (tmp_path / 'config.json').write_text(json.dumps({'model_type': 'bert'}))
     with pytest.raises(ValueError, match="unsupported model_type 'bert'"):

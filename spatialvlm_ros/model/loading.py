@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import gc
 import json
 from pathlib import Path
+import re
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -113,8 +114,12 @@ def read_model_type(folder: str | Path) -> str:
     if not config.is_file():
         raise FileNotFoundError(f'model folder {str(path)!r} has no config.json; expected a '
                                 'folder written by save_pretrained')
-    with open(config, encoding='utf-8') as f:
-        model_type = json.load(f).get('model_type')
+    try:
+        with open(config, encoding='utf-8') as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f'{config} is not valid JSON: {exc}') from None
+    model_type = data.get('model_type') if isinstance(data, dict) else None
     if not model_type:
         raise ValueError(f'{config} has no model_type')
     return str(model_type)
@@ -149,10 +154,14 @@ def resolve_device(device: str = 'auto') -> str:
 
     if device == 'auto':
         return 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise DeviceUnavailableError(f'device {device!r} requested but CUDA is not available')
-    if not (device == 'cpu' or device.startswith('cuda')):
+    name = re.fullmatch(r'cuda(?::(\d+))?', device)
+    if not (device == 'cpu' or name):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    if name and not torch.cuda.is_available():
+        raise DeviceUnavailableError(f'device {device!r} requested but CUDA is not available')
+    if name and name.group(1) is not None and int(name.group(1)) >= torch.cuda.device_count():
+        raise DeviceUnavailableError(f'device {device!r} requested but this machine has '
+                                     f'{torch.cuda.device_count()} CUDA device(s)')
     return device
 
 
@@ -178,7 +187,11 @@ def resolve_dtype(dtype: str, device: str) -> Any:
 def _load_model(folder: Path, dtype: Any, trust_remote_code: bool) -> Any:
     import transformers
 
-    kwargs = {'local_files_only': True, 'trust_remote_code': trust_remote_code, 'dtype': dtype}
+    if not any(folder.glob('*.safetensors')):  # never unpickle a checkpoint (pytorch_model.bin)
+        raise ValueError(f'{folder}: no safetensors weights; only safetensors are loaded (convert '
+                         'a pickled checkpoint with save_pretrained(safe_serialization=True))')
+    kwargs = {'local_files_only': True, 'trust_remote_code': trust_remote_code, 'dtype': dtype,
+              'use_safetensors': True}
     errors = []
     for name in ('AutoModelForImageTextToText', 'AutoModelForVision2Seq'):
         auto = getattr(transformers, name, None)
