@@ -118,8 +118,10 @@ def test_resume_after_crash_mid_run(reference, tmp_path, monkeypatch):
     assert list(manifest['shards']) == ['0']
     monkeypatch.setattr(dataset, 'process_shard', real)
     (tmp_path / shard_name(2)).write_bytes(b'partial garbage')  # a half-written leftover
+    stray = tmp_path / f'.{shard_name(1)}.4242.tmp'  # atomic_write's file, the rename not done
+    stray.write_bytes(b'half')
     summary = run_dataset(config, progress=False)
-    assert summary['last_run']['scenes'] == 4
+    assert summary['last_run']['scenes'] == 4 and not stray.exists()
     assert _shards(tmp_path) == _shards(out) and summary['rows'] == 6
 
 
@@ -136,6 +138,16 @@ def test_corrupt_manifest_and_foreign_folder_are_clear_errors(tmp_path):
         run_dataset(config, progress=False)
     assert main(['synth', 'run', '--scenes', '2', '--out', str(tmp_path),
                  '--no-progress']) == 2
+
+
+def test_a_bad_source_option_does_not_claim_the_folder(tmp_path, capsys):
+    out = tmp_path / 'run'
+    assert main(['synth', 'run', '--scenes', '1', '--out', str(out), '--width', '0',
+                 '--no-progress']) == 2
+    assert 'image size must be within 16..4096 px, got 0x240' in capsys.readouterr().err
+    assert not (out / 'manifest.json').exists()
+    assert main(['synth', 'run', '--scenes', '1', '--out', str(out), '--width', '64',
+                 '--height', '48', '--no-progress', '--json']) == 0
 
 
 def test_cli_run(tmp_path, capsys):

@@ -131,3 +131,11 @@ def test_config_validation_and_round_trip():
     a, b = scene_generators(1, 2)
     assert a.random() != b.random()
     assert scene_generators(1, 2)[1].random() == scene_generators(1, 2)[1].random()
+
+
+def test_depth_normals_surface_reads_the_depth_stage_without_sensor_depth(scenes):
+    """A camera without depth: the surface backend finds the floor in the estimated depth."""
+    engine = Engine(EngineConfig(seed=SEED, surface='depth_normals'))
+    result = engine.process(replace(scenes[0], depth=None), scene_generators(SEED, 0)[1])
+    assert result.counts['regions'] > 0 and 'surface' in result.timings
+    assert result.canonical_reason.startswith('horizontal-surface') or result.canonical_ok

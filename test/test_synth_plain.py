@@ -203,6 +203,25 @@ def test_output_inside_the_source_is_not_read_back(tmp_path):
     assert again['rows'] == first['rows'] and again['shards_skipped'] == 1
 
 
+def test_an_interrupted_run_resumes_only_with_its_own_config(tmp_path):
+    _engine_shard(tmp_path / 'engine' / 'shard-00000.parquet')
+    out = tmp_path / 'plain'
+    write_plain_dataset([tmp_path / 'engine'], out, PlainConfig(kinds=('predicate',)),
+                        progress=False)
+    (out / 'plain_summary.json').unlink()  # as if interrupted before the summary
+    with pytest.raises(ValueError, match='another config'):
+        write_plain_dataset([tmp_path / 'engine'], out, PlainConfig(kinds=('choice',)),
+                            progress=False)
+    again = write_plain_dataset([tmp_path / 'engine'], out, PlainConfig(kinds=('predicate',)),
+                                progress=False)
+    assert again['shards_skipped'] == 1 and again['turns']['predicate'] > 0
+    (out / 'plain_run.json').unlink()  # shards whose config nothing records
+    (out / 'plain_summary.json').unlink()
+    with pytest.raises(ValueError, match='without a record of their config'):
+        write_plain_dataset([tmp_path / 'engine'], out, PlainConfig(kinds=('predicate',)),
+                            progress=False)
+
+
 def test_write_plain_dataset_errors(tmp_path):
     _engine_shard(tmp_path / 'engine' / 'shard-00000.parquet')
     out = tmp_path / 'plain'

@@ -206,6 +206,19 @@ def get_source(name: str) -> Callable[..., Iterator[Any]]:
     return getattr(importlib.import_module(module), function)
 
 
+def check_source(config: DatasetConfig) -> None:
+    """
+    Raise a ValueError naming the problem when ``config``'s source options are not valid.
+
+    Opens the source for no scenes: a source checks its options before its first scene (and
+    renders nothing for none).
+    """
+    try:
+        list(get_source(config.source)(config.engine.seed, 0, start=0, **config.source_kwargs))
+    except TypeError as exc:  # an option the source does not take
+        raise ValueError(f'source {config.source!r}: {exc}') from None
+
+
 _ENGINES: dict[str, Engine] = {}
 
 
@@ -341,7 +354,10 @@ def prepare_run(config: DatasetConfig) -> tuple[dict[str, Any], dict[str, Any], 
     :func:`run_dataset` and ``synth.ray_runner.run_dataset_ray``.
     """
     out = Path(config.out)
+    check_source(config)  # a bad source option must not claim the folder for its run
     out.mkdir(parents=True, exist_ok=True)
+    for leftover in out.glob('.*.tmp'):  # half-written files of a killed run (atomic_write)
+        leftover.unlink(missing_ok=True)
     run = json.loads(dumps(config.run_dict()))
     manifest = load_manifest(out)
     shards: dict[str, Any] = {}

@@ -18,7 +18,7 @@ number of workers or the order in which scenes are processed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 import inspect
 import time
 from typing import Any
@@ -298,6 +298,9 @@ class Engine:
         start = time.perf_counter()
         depth = self.depth.run(scene, rng_depth)
         timings['depth'] = time.perf_counter() - start
+        if scene.depth is None and 'depth' not in scene.extras:
+            # surface backends that need depth (depth_normals) read the depth stage's result
+            scene = replace(scene, extras={**scene.extras, 'depth': depth})
 
         start = time.perf_counter()
         surface = self.surface.run(scene)

@@ -36,6 +36,8 @@ from spatialvlm_ros.synth.templates import render, TemplateBank
 
 SIZE_FAMILIES = ('tall', 'short', 'wide', 'thin', 'big', 'small')
 SUMMARY = 'plain_summary.json'
+RUN = 'plain_run.json'
+"""The config of a plain restatement, written before its first shard."""
 
 
 @dataclass
@@ -170,12 +172,21 @@ def write_plain_dataset(sources: Iterable[str | Path], out: str | Path,
     bank = TemplateBank.load()
     run = {'families': list(config.families), 'kinds': list(config.kinds),
            'sources': [str(source.resolve()) for source in sources]}
-    summary_path = out / SUMMARY
-    if summary_path.is_file():
-        recorded = json.loads(summary_path.read_text(encoding='utf-8')).get('config')
-        if recorded != run:
-            raise ValueError(f'{out} holds a plain restatement with another config or other '
-                             f'sources ({recorded}); use another --out')
+    summary_path, run_path = out / SUMMARY, out / RUN
+    # the config is recorded before the first shard, so an interrupted run resumes only with
+    # the same config and sources, never mixing two
+    for path in (run_path, summary_path):
+        if path.is_file():
+            recorded = json.loads(path.read_text(encoding='utf-8')).get('config')
+            if recorded != run:
+                raise ValueError(f'{out} holds a plain restatement with another config or '
+                                 f'other sources ({recorded}); use another --out')
+            break
+    else:
+        if any((out / name).is_file() for _, name in pairs):
+            raise ValueError(f'{out} holds plain shards without a record of their config; '
+                             'use another --out')
+        atomic_write(run_path, json.dumps({'config': run}, indent=1).encode('utf-8'))
     counts: dict[str, Any] = {'rows': 0, 'turns': dict.fromkeys(config.kinds, 0),
                               'shards_written': 0, 'shards_skipped': 0}
     for file, name in tqdm(pairs, desc='plain shards', disable=not progress):
