@@ -116,6 +116,18 @@ def test_wrapper_replaces_the_reward_and_keeps_the_true_one():
         plain.close()
 
 
+def test_the_same_seed_and_actions_give_the_same_noisy_rewards():
+    base = PandaReachEnv(render_mode='rgb_array', **SMALL)
+    wrapped = SpatialVLMReward(base, make_estimator('noisy_oracle', base, seed=3))
+    try:
+        first, again = _rollout(wrapped, 5), _rollout(wrapped, 5)
+        assert [step[1] for step in first[1:]] == [step[1] for step in again[1:]]
+        other = _rollout(wrapped, 6)
+        assert [step[1] for step in first[1:]] != [step[1] for step in other[1:]]
+    finally:
+        wrapped.close()
+
+
 def test_wrapper_with_the_oracle_and_no_smoothing_gives_the_true_reward():
     base = PandaReachEnv(render_mode='rgb_array', **SMALL)
     wrapped = SpatialVLMReward(base, make_estimator('oracle', base), smoother_cfg=None,

@@ -103,6 +103,10 @@ class NoisyOracleDistanceEstimator:
         self.config = config or NoisyOracleConfig()
         self.rng = rng if rng is not None else np.random.default_rng(seed)
 
+    def reseed(self, seed: int) -> None:
+        """Start the noise again from ``seed`` (an RL wrapper's ``reset(seed=...)`` does)."""
+        self.rng = np.random.default_rng(seed)
+
     def answer_text(self, truth_m: float) -> str:
         """Return a noisy answer for a true distance (draws from the generator)."""
         cfg, rng = self.config, self.rng

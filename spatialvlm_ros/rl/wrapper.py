@@ -99,8 +99,17 @@ class SpatialVLMReward(gym.Wrapper):
 
     def reset(self, *, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-        """Reset the env and the pipeline and score the first frame."""
+        """
+        Reset the env and the pipeline and score the first frame.
+
+        With a ``seed``, an estimator that draws random numbers (``reseed``, as the noisy
+        oracle) starts again from it too, so the same seed and actions give the same rewards.
+        The VLM estimator seeds each call itself.
+        """
         obs, info = self.env.reset(seed=seed, options=options)
+        reseed = getattr(self.pipeline.estimator, 'reseed', None)
+        if seed is not None and reseed is not None:
+            reseed(int(seed))
         target = self.fixed_target or getattr(self.env.unwrapped, 'target_phrase', None)
         if not target:
             raise ValueError('no target phrase: pass target= or use an env with '
