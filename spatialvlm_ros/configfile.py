@@ -54,8 +54,16 @@ def build_config(cls: type[T], values: dict[str, Any], source: str = 'config') -
         default = fields[name].default
         if isinstance(default, tuple) and isinstance(value, list):
             value = tuple(value)
+        elif isinstance(default, bool):  # before int: a bool is an int
+            if not isinstance(value, bool):
+                raise ConfigError(f'{source}: {name} must be true or false, got {value!r}')
         elif isinstance(default, float) and not isinstance(value, float):
             value = _as_float(value, name, source)
+        elif isinstance(default, int) and (isinstance(value, bool)
+                                           or not isinstance(value, int)):
+            raise ConfigError(f'{source}: {name} must be an integer, got {value!r}')
+        elif isinstance(default, str) and value is not None and not isinstance(value, str):
+            raise ConfigError(f'{source}: {name} must be text, got {value!r}')
         kwargs[name] = value
     try:
         return cls(**kwargs)

@@ -48,6 +48,19 @@ def test_float_fields_take_yaml_exponents_and_reject_words(tmp_path):
         load_config(TrainConfig, None, None, {'min_lr': True, 'data': ['d']})
 
 
+@pytest.mark.parametrize('key, value, message', [
+    ('freeze_vision', 'maybe', "freeze_vision must be true or false, got 'maybe'"),
+    ('max_steps', True, 'max_steps must be an integer, got True'),
+    ('max_steps', 2.5, 'max_steps must be an integer, got 2.5'),
+    ('out_dir', 5, 'out_dir must be text, got 5'),
+])
+def test_values_of_the_wrong_type_are_refused(key, value, message):
+    from spatialvlm_ros.train.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, None, None, {key: value, 'data': ['d']})
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match='cannot read config file'):
         load_config(EpisodeConfig, tmp_path / 'nope.yaml')

@@ -250,15 +250,22 @@ def test_ablation_suite_decodes_as_asked_and_refuses_a_mixed_folder(data_dir, tm
         run_ablations(base, [data_dir], tmp_path / 'suite', ['baseline'],
                       dataclasses.replace(median, decoding='greedy'),
                       model_factory=lambda: pytest.fail('retrained'))
-    # the CLI passes --eval-decoding through: the finished median suite is reused as is
+    # nor one trained or evaluated with other settings (the CLI's defaults differ from base)
     parser = argparse.ArgumentParser()
     commands.register(parser.add_subparsers(dest='command'))
     args = parser.parse_args(['train', '--model', 'unused', '--data', str(data_dir),
                               '--eval-data', str(data_dir), '--out', str(tmp_path / 'suite'),
                               '--ablations', 'baseline', '--eval-decoding', 'median',
                               '--eval-limit', '8', '--no-progress', '--json'])
-    assert args.func(args) == 0
-    assert json.loads(capsys.readouterr().out)[0]['name'] == 'baseline'
+    from spatialvlm_ros.cli import CommandError
+
+    with pytest.raises(CommandError, match='made with other settings'):
+        args.func(args)
+    # an unknown variant is refused before any trains
+    with pytest.raises(ValueError, match=r"unknown ablation\(s\) \['nosuch'\]"):
+        run_ablations(base, [data_dir], tmp_path / 'fresh', ['baseline', 'nosuch'], median,
+                      model_factory=lambda: pytest.fail('trained'))
+    assert not (tmp_path / 'fresh' / 'baseline').exists()
     with pytest.raises(SystemExit):
         parser.parse_args(['train', '--ablations', '--eval-decoding', 'beam'])
     # --eval-reasoning reaches the evaluation too: the direct suite is not reused for it
@@ -267,8 +274,6 @@ def test_ablation_suite_decodes_as_asked_and_refuses_a_mixed_folder(data_dir, tm
                               '--ablations', 'baseline', '--eval-decoding', 'median',
                               '--eval-reasoning', 'decompose', '--eval-limit', '8',
                               '--no-progress', '--json'])
-    from spatialvlm_ros.cli import CommandError
-
     with pytest.raises(CommandError, match='evaluated with direct reasoning, not decompose'):
         args.func(args)
 

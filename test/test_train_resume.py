@@ -109,3 +109,31 @@ def test_checkpoints_hold_no_pickle_and_rotate(data_dir, tmp_path):
         assert len(state['losses']) == state['step']
         optimizer = load_file(str(folder / 'optimizer.safetensors'))
         assert any(k.endswith('.exp_avg_sq') for k in optimizer)
+
+
+def test_a_used_run_folder_is_never_mixed_with_another_run(data_dir, tmp_path):
+    out = tmp_path / 'run'
+    Trainer(_config(data_dir, out, max_steps=4, save_every=2, grad_accum=1),
+            *build_tiny_vlm()).train()
+    # a fresh run would prune the earlier run's higher steps away, then resume from them
+    with pytest.raises(ValueError, match='holds checkpoints of an earlier run'):
+        Trainer(_config(data_dir, out, max_steps=4, save_every=1, grad_accum=1),
+                *build_tiny_vlm()).train()
+    # resuming with other data or settings would mix two runs into one
+    changed = _config(data_dir, out, max_steps=6, save_every=2, grad_accum=1, lr=1e-3,
+                      general_ratio=0.0)
+    with pytest.raises(ValueError, match=r'other settings \(general_ratio 0.3 -> 0.0; lr'):
+        Trainer(changed, *build_tiny_vlm()).train(resume=True)
+    # a finished run resumed with fewer steps says so (it has no model for them)
+    fewer = _config(data_dir, out, max_steps=2, save_every=2, grad_accum=1)
+    with pytest.raises(ValueError, match='is at step 4, past max_steps 2'):
+        Trainer(fewer, *build_tiny_vlm()).train(resume=True)
+    # more steps is a resume: the run goes on
+    more = Trainer(_config(data_dir, out, max_steps=6, save_every=2, grad_accum=1),
+                   *build_tiny_vlm()).train(resume=True)
+    assert more.resumed_from == 4 and more.step == 6
+    # another base model's shapes: a clear error, not a torch traceback
+    wider = Trainer(_config(data_dir, out, max_steps=8, save_every=2, grad_accum=1),
+                    *build_tiny_vlm(hidden=48))
+    with pytest.raises(ValueError, match='does not fit this model'):
+        wider.train(resume=True)

@@ -56,12 +56,8 @@ def register(subparsers: Any) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from spatialvlm_ros.cli import (
-        CommandError,
-        output_file,
-        print_result,
-        write_text_atomic,
-    )
+    from spatialvlm_ros.cli import CommandError, output_file, print_result
+    from spatialvlm_ros.core.files import write_text_atomic
     from spatialvlm_ros.evaluate.runner import EvalConfig, evaluate_model, summary_lines
 
     # checked before the evaluation, so that a bad path does not throw its answers away

@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from spatialvlm_ros.core.files import write_text_atomic
 from spatialvlm_ros.train.config import TrainConfig
 
 ABLATIONS: dict[str, dict[str, Any]] = {
@@ -99,19 +100,26 @@ def run_ablations(base: TrainConfig, eval_data: Sequence[str | Path], out_dir: s
         evaluate_questions,
         load_questions,
     )
-    from spatialvlm_ros.train.trainer import Trainer
+    from spatialvlm_ros.train.trainer import RESUME_MAY_CHANGE, Trainer
 
+    names = list(names or ABLATIONS)
+    unknown = [name for name in names if name not in ABLATIONS]
+    if unknown:  # before any variant trains
+        raise ValueError(f'unknown ablation(s) {unknown}; known: {sorted(ABLATIONS)}')
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     eval_cfg = eval_config or EvalConfig(samples=1)
+    settings = json.loads(json.dumps(dataclasses.asdict(eval_cfg)))
     questions = load_questions(eval_data, eval_cfg.truth, eval_cfg.limit)
     if not questions:
         raise ValueError(f'no gradable questions in {list(map(str, eval_data))}')
     rows = []
-    for name in names or list(ABLATIONS):
+    for name in names:
         config = variant_config(base, name, out)
         if progress is False:
             config = dataclasses.replace(config, progress=False)
+        training = {k: v for k, v in json.loads(json.dumps(config.to_dict())).items()
+                    if k not in RESUME_MAY_CHANGE}
         done = Path(config.out_dir) / 'eval.json'
         if done.is_file():
             result = json.loads(done.read_text(encoding='utf-8'))
@@ -123,6 +131,13 @@ def run_ablations(base: TrainConfig, eval_data: Sequence[str | Path], out_dir: s
             if reasoning != eval_cfg.reasoning:
                 raise ValueError(f'{done} was evaluated with {reasoning} reasoning, not '
                                  f'{eval_cfg.reasoning}: use another suite folder')
+            for key, now in (('eval_settings', settings), ('train_settings', training)):
+                before = result.get(key)
+                if before is not None and before != now:  # older files lack them
+                    differ = sorted(k for k in set(before) | set(now)
+                                    if before.get(k) != now.get(k))
+                    raise ValueError(f'{done} was made with other settings ({differ}): use '
+                                     'another suite folder')
         else:
             model, processor = model_factory() if model_factory is not None else (None, None)
             trainer = Trainer(config, model, processor)
@@ -132,10 +147,12 @@ def run_ablations(base: TrainConfig, eval_data: Sequence[str | Path], out_dir: s
             evaluated = evaluate_questions(answerer, questions, eval_cfg, progress)
             result = {'name': name, 'changes': ABLATIONS[name],
                       'final_loss': trained.losses[-1] if trained.losses else None,
-                      'steps': trained.step, 'eval': evaluated.to_dict()}
+                      'steps': trained.step, 'eval': evaluated.to_dict(),
+                      'eval_settings': settings, 'train_settings': training}
             done.parent.mkdir(parents=True, exist_ok=True)
-            done.write_text(json.dumps(result, indent=1), encoding='utf-8')
+            write_text_atomic(done, json.dumps(result, indent=1))
         rows.append(_row(name, result))
-    (out / 'results.json').write_text(json.dumps(rows, indent=1), encoding='utf-8')
-    (out / 'results.md').write_text(markdown_table(rows), encoding='utf-8')
+        # the table so far, after every variant: a later failure keeps the finished rows
+        write_text_atomic(out / 'results.json', json.dumps(rows, indent=1))
+        write_text_atomic(out / 'results.md', markdown_table(rows))
     return rows

@@ -35,7 +35,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument('--general-data', nargs='+', help='general description Parquet folders '
                         '(default: generated from the spatial rows)')
     parser.add_argument('--general-ratio', type=float, help='share of general examples, 0..1')
-    parser.add_argument('--eval-data', nargs='+', help='held-out Parquet folders')
+    parser.add_argument('--eval-data', nargs='+',
+                        help='held-out Parquet folders: the eval loss every eval_every steps '
+                             '(max-steps / 10 unless --set eval_every=N), or the ablation '
+                             "suite's evaluation")
     parser.add_argument('--out', help='run folder')
     parser.add_argument('--max-steps', type=int, help='optimizer steps')
     parser.add_argument('--batch-size', type=int, help='examples per micro-batch per process')
@@ -112,6 +115,10 @@ def _train(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
     if args.ablations is not None:
         return _ablations(args, config)
+    if config.eval_data and not config.eval_every:  # else the held-out data is never read
+        import dataclasses
+
+        config = dataclasses.replace(config, eval_every=max(1, config.max_steps // 10))
     from spatialvlm_ros.train.trainer import train
 
     try:

@@ -20,10 +20,14 @@ Steps, each resumable (re-running the command skips what is done):
    gripper data alone made the model forget the object-to-object questions), ``out/run_focus``;
 5. evaluation on the held-out sets against the simulator's truth (``out/eval_*.json`` and
    predicted-vs-true plots; the engine set also with size comparisons through the
-   chain-of-thought coordinator, ``eval_heldout_decomposed.json``), and a model card
-   (``out/run/final/README.md``);
-6. with ``--install``, the final model is copied into the package
-   (``spatialvlm_ros/model/default_model``), which the reward node loads by default.
+   chain-of-thought coordinator, ``eval_heldout_decomposed.json``), and a model card in the
+   final model's folder (``out/run_focus/final/README.md``; ``out/run/final`` without the
+   second stage);
+6. with ``--install``, the final model is copied into the package that is running
+   (``model.estimator.DEFAULT_MODEL_DIR``), which the reward node loads by default: the
+   checkout's ``spatialvlm_ros/model/default_model`` when run from the checkout
+   (``PYTHONPATH=.``), the installed package's copy otherwise (which a reinstall replaces).
+   The command prints the folder.
 
 Each step's wall time is kept in ``out/timings.json`` when it runs, so the model card reports
 the cost of the whole recipe even when the command was resumed.
@@ -453,6 +457,11 @@ def run_training(recipe: DefaultRecipe, model: Path, folders: dict[str, Path],
         keep_last=2, eval_every=0, length_buckets=recipe.length_buckets)
     result = _train_stage(config, 'training', 'train_stage1', timings)
     start_model = str(result.final_dir or run / 'final')
+    if result.step > result.resumed_from:  # stage 1 trained now: later stages start over
+        for stale in ('run_plain', 'run_focus'):
+            if (Path(recipe.out) / stale).exists():
+                _log(f'{stale} was trained from the earlier stage 1: starting it over')
+                shutil.rmtree(Path(recipe.out) / stale)
     if recipe.plain_steps > 0:
         plain_run = Path(recipe.out) / 'run_plain'
         plain = _train_stage(dataclasses.replace(
@@ -858,15 +867,22 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         recipe = recipe_from_args(args)
+        # the starting model is checked before hours of data (a wrong --init-from or --out)
+        init = Path(recipe.init_from or Path(recipe.out) / 'init')
+        if recipe.init_from or (init / 'config.json').is_file():
+            init_model(init, recipe.image_size, recipe.vision_tower, create=False)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     start = time.perf_counter()
     timings = Timings(recipe.out)
-    folders = build_data(recipe, timings)
-    model = init_model(Path(recipe.init_from or Path(recipe.out) / 'init'), recipe.image_size,
-                       recipe.vision_tower, create=not recipe.init_from)
-    model = pretrain_tower(recipe, model, timings)
-    result = run_training(recipe, model, folders, timings)
+    try:
+        folders = build_data(recipe, timings)
+        model = init_model(init, recipe.image_size, recipe.vision_tower,
+                           create=not recipe.init_from)
+        model = pretrain_tower(recipe, model, timings)
+        result = run_training(recipe, model, folders, timings)
+    except ValueError as exc:  # a stage refused to resume: say which, without a traceback
+        raise CommandError(str(exc)) from exc
     final = Path(result.final_dir)
     tick = time.perf_counter()
     reports = evaluate(recipe, final, folders)

@@ -64,6 +64,10 @@ from spatialvlm_ros.train.data import (
 
 LOG = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = 'step-'
+RESUME_MAY_CHANGE = frozenset({'max_steps', 'out_dir', 'progress', 'log_every', 'save_every',
+                               'keep_last', 'eval_every', 'eval_batches', 'eval_data',
+                               'save_final'})
+"""Settings a resumed run may change; any other change is refused (it would mix two runs)."""
 STATE_FILE = 'trainer_state.json'
 
 
@@ -456,18 +460,30 @@ class Trainer:
                         'differs from an uninterrupted run', state.get('world_size'),
                         acc.num_processes)
         saved = state.get('config', {})
-        for key in ('seed', 'batch_size', 'grad_accum', 'general_ratio', 'max_steps', 'lr',
-                    'label_noise_std', 'lora_r', 'freeze_vision', 'freeze_projector'):
-            if key in saved and saved[key] != getattr(self.config, key):
-                LOG.warning('resuming with %s=%r; the checkpoint used %r', key,
-                            getattr(self.config, key), saved[key])
+        current = json.loads(json.dumps(self.config.to_dict()))  # tuples as the JSON's lists
+        changed = [f'{key} {saved[key]!r} -> {current[key]!r}' for key in sorted(saved)
+                   if key in current and key not in RESUME_MAY_CHANGE
+                   and saved[key] != current[key]]
+        if changed:
+            raise ValueError(f'{folder} was trained with other settings ({"; ".join(changed)}); '
+                             'resume with the same ones, or train into another out_dir')
+        if saved.get('max_steps', self.config.max_steps) != self.config.max_steps:
+            LOG.warning('resuming with max_steps=%d; the checkpoint used %d (the learning-rate '
+                        'schedule changes)', self.config.max_steps, saved['max_steps'])
+        if int(state['step']) > self.config.max_steps:
+            raise ValueError(f'{folder} is at step {state["step"]}, past max_steps '
+                             f'{self.config.max_steps}; train into another out_dir')
         model = acc.unwrap_model(self.model)
         weights = load_file(str(folder / 'trainable.safetensors'))
         names = {n for n, _ in model.named_parameters() if _.requires_grad}
         missing = sorted(names - set(weights))
         if missing:
             raise ValueError(f'{folder}: checkpoint lacks trainable parameters {missing[:5]}')
-        model.load_state_dict(weights, strict=False)
+        try:
+            model.load_state_dict(weights, strict=False)
+        except RuntimeError as exc:  # other shapes: another base model
+            raise ValueError(f'{folder}: the checkpoint does not fit this model: '
+                             f'{str(exc).splitlines()[0]}') from None
         self.optimizer.load_state_dict(_load_optimizer(folder))
         rng_file = folder / f'rng-{acc.process_index}.safetensors'
         if rng_file.is_file():
@@ -643,6 +659,10 @@ class Trainer:
         eval_losses: list[tuple[int, float]] = []
         grounding_losses: list[float] = []
         start = 0
+        if not resume and list_checkpoints(self.out_dir):  # never prune another run's steps
+            raise ValueError(f'{self.out_dir} holds checkpoints of an earlier run '
+                             f'({list_checkpoints(self.out_dir)[-1].name}); resume it, or train '
+                             'into another out_dir')
         if resume:
             folder = Path(resume) if not isinstance(resume, bool) else \
                 (list_checkpoints(self.out_dir) or [None])[-1]
