@@ -54,7 +54,7 @@ setup(
                 'ament-lint-flake8', 'ament-lint-pep257', 'flake8-quotes', 'flake8-import-order',
                 'flake8-builtins', 'flake8-comprehensions', 'flake8-docstrings'],
     },
-    zip_safe=True,
+    zip_safe=False,  # data files (launch, config, the default model) are read from disk
     maintainer='spatialvlm_ros maintainers',
     maintainer_email='maintainers@spatialvlm-ros.invalid',
     description='SpatialVLM reproduction for ROS 2: data engine, spatial VLM, reward node.',

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 from pathlib import Path
 import sys
@@ -78,22 +79,26 @@ def output_folder(path: str | os.PathLike[str], what: str) -> Path:
     return path
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file beside it (never a half file)."""
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        tmp.write_text(text, encoding='utf-8')
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def print_result(result: Any, as_json: bool, text: str) -> None:
     """Print ``result`` as JSON (``--json``) or the human-readable ``text``."""
-    if as_json:
-        print(json.dumps(result, indent=2, sort_keys=True, default=_json_default))
+    if as_json:  # strict JSON: a NaN or infinite number (no value) is null
+        print(json.dumps(_finite(result), indent=2, sort_keys=True, default=_json_default,
+                         allow_nan=False))
     else:
         print(text)
+
+
+def _finite(value: Any) -> Any:
+    """Return ``value`` with every non-finite float (in dicts, lists, tuples) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if hasattr(value, 'tolist') and not hasattr(value, '__fspath__'):  # numpy scalars, arrays
+        return _finite(value.tolist())
+    return value
 
 
 def _json_default(value: Any) -> Any:

@@ -63,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo and print its summary."""
     from spatialvlm_ros.bags.reader import read_episode
     from spatialvlm_ros.bags.writer import write_episode
-    from spatialvlm_ros.cli import CommandError, print_result
+    from spatialvlm_ros.cli import CommandError, output_folder, print_result
     from spatialvlm_ros.sim.episode import EpisodeConfig, generate_episode
 
+    output_folder(args.out, '--out')  # before the episode is rendered
     try:
         config = EpisodeConfig(seed=args.seed, scenario=args.scenario, num_frames=args.frames,
                                width=args.width, height=args.height)
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f'the reward node run failed:\n{done.stderr[-2000:]}')
     bag = read_episode(bag_path)
     summary = summarize(read_records(csv_path), bag, json.loads(report_path.read_text()))
-    summary.update({'bag': str(bag_path), 'csv': str(csv_path), 'target': target})
+    summary.update({'bag': str(bag_path), 'csv': str(csv_path), 'node_report': str(report_path),
+                    'target': target})
     summary['plot'] = str(plot(summary, args.out / f'{name}_reward.png'))
     print_result(summary, args.json, format_summary(summary))
     return 0
@@ -199,5 +201,6 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{summary['device']}, latency p50 {_ms(summary['latency_p50_ms'])} ms",
         f"reward vs true negative distance, Spearman: {'-' if rho is None else f'{rho:.3f}'}; "
         f"median relative distance error: {'-' if mre is None else f'{100 * mre:.1f}%'}",
-        f"bag:  {summary['bag']}", f"csv:  {summary['csv']}", f"plot: {summary['plot']}"]
+        f"bag:  {summary['bag']}", f"csv:  {summary['csv']}", f"plot: {summary['plot']}",
+        f"node: {summary['node_report']} (the node's diagnostics at the end)"]
     return '\n'.join(lines)

@@ -20,6 +20,7 @@ def test_package_xml_is_format_3_with_real_dependency_keys():
     assert root.findtext('name') == 'spatialvlm_ros'
     depends = {e.text for e in root if e.tag in ('depend', 'exec_depend', 'build_depend')}
     assert REQUIRED_DEPENDS <= depends, REQUIRED_DEPENDS - depends
+    assert 'rclpy_lifecycle' not in depends  # no such key: rclpy.lifecycle is part of rclpy
     pip_keys = {d for d in depends if d.endswith('-pip')}
     assert {'python3-torch-pip', 'python3-transformers-pip'} <= pip_keys
     assert root.find('export/build_type').text == 'ament_python'
@@ -69,3 +70,19 @@ def test_cli_reports_user_errors_without_traceback(tmp_path):
     assert result.returncode == 2
     assert 'Traceback' not in result.stderr
     assert 'nope' in result.stderr
+
+
+def test_json_output_is_strict_json(capsys):
+    """``--json`` prints null for a number that has no value (NaN), never a bare NaN token."""
+    import json
+
+    import numpy as np
+
+    from spatialvlm_ros.cli import print_result
+
+    print_result({'rho': float('nan'), 'trace': [{'d': float('inf')}, {'d': 0.5}],
+                  'array': np.array([1.0, np.nan]), 'n': np.int64(3)}, True, '')
+    text = capsys.readouterr().out
+    assert 'NaN' not in text and 'Infinity' not in text
+    assert json.loads(text) == {'rho': None, 'trace': [{'d': None}, {'d': 0.5}],
+                                'array': [1.0, None], 'n': 3}

@@ -179,6 +179,7 @@ def test_cli_episode_summary(capsys):
     ['sim', 'episode', '--frames', '12'],
     ['synth', 'run', '--scenes', '1'],
     ['synth', 'gripper', '--episodes', '1'],
+    ['demo', '--frames', '10'],
 ])
 def test_an_out_that_is_a_file_is_refused_before_the_work(argv, tmp_path, capsys):
     """A file given as an output folder is a one-line error (exit 2), not a traceback."""
