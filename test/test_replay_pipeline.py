@@ -164,6 +164,26 @@ def test_rank_correlations_and_detection():
     det = replay_metrics.detection([True, True, False, False], [True, False, True, False])
     assert (det['tp'], det['fp'], det['fn']) == (1, 1, 1)
     assert det['success_precision'] == 0.5 and det['success_recall'] == 0.5
+    # never flagged although there was a success: F1 0, not undefined
+    never = replay_metrics.detection([False, False], [True, False])
+    assert never['success_precision'] is None and never['success_f1'] == 0.0
+    assert replay_metrics.detection([False], [False])['success_f1'] is None
+
+
+def test_a_perfect_estimator_scores_perfect_metrics_in_every_reward_mode():
+    from spatialvlm_ros.core.reward import RewardConfig
+    from spatialvlm_ros.replay.pipeline import RewardPipeline
+
+    centre = np.linspace(0.6, 0.02, 40)  # a steady approach, ending 2 cm from the centre
+    surface = np.maximum(centre - 0.08, 0.0)  # a tall object: touched while 8 cm from it
+    for mode in ('negative_distance', 'progress', 'exp'):
+        pipeline = RewardPipeline(ScriptedEstimator(list(centre)), 'the gripper', 'the mug',
+                                  None, RewardConfig(mode=mode))
+        records = [pipeline.step(0.1 * i, IMAGE) for i in range(len(centre))]
+        m = replay_metrics.episode_metrics(records, list(centre), list(surface), 'centre',
+                                           0.05, mode)
+        assert m['spearman'] == pytest.approx(1.0), mode
+        assert m['success_recall'] == 1.0 and m['success_precision'] == 1.0, mode
 
 
 def test_oracle_replay_of_an_approach_is_exact(approach_bag):

@@ -76,7 +76,7 @@ def register(subparsers: Any) -> None:
                         help='true distance the estimates are compared with (default centre: '
                              'the gripper-to-target centre distance the question asks)')
     parser.add_argument('--true-success', type=float, default=0.05,
-                        help='true success: surface distance at most this (m, default 0.05)')
+                        help='true success: the --truth distance at most this (m, default 0.05)')
     parser.add_argument('--image-topic', default=DEFAULT_IMAGE_TOPIC,
                         help=f'image topic (default {DEFAULT_IMAGE_TOPIC})')
     parser.add_argument('--seed', type=int, default=0, help='noisy oracle seed (default 0)')

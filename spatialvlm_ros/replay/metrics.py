@@ -4,8 +4,11 @@ How well a replayed reward stream matches a bag's ground truth.
 Truth: the question asks "how far is the gripper from the target?", which the data engine
 answers with the distance between the grasp point and the target's centroid, so distance errors
 are measured against ``/ground_truth/distance/centre`` (``truth='centre'``); ``'surface'``
-(grasp point to the target's surface) can be chosen instead. Success is always judged against
-the surface distance: the robot touches the object when it is within ``success_threshold_m``.
+(grasp point to the target's surface) can be chosen instead. True success is judged on that
+same distance (within ``success_threshold_m``), the one the estimator and the shaper's success
+flag work on: a perfect estimator then scores precision and recall 1. (Judged on the surface
+distance while the centre distance is estimated, contact with an object taller than about twice
+the threshold could never be detected, however good the estimates.)
 
 Per episode (:func:`episode_metrics`):
 
@@ -16,9 +19,12 @@ Per episode (:func:`episode_metrics`):
   with a positive truth;
 - ``spearman`` / ``kendall_tau``: rank correlations of the reward with the true *negative*
   distance over frames with a finite reward (1: the reward orders frames exactly as closeness
-  does; Kendall's tau-b counts concordant pairs and handles ties from held rewards);
+  does; Kendall's tau-b counts concordant pairs and handles ties from held rewards). For the
+  ``progress`` reward, a per-step change of the distance, the running sum of the rewards is
+  correlated (the closeness it adds up to);
 - ``success_precision`` / ``success_recall`` / ``success_f1``: the shaper's success flag per
-  frame against ``true surface distance <= success_threshold_m``.
+  frame against ``true distance <= success_threshold_m`` (F1 is 0 when nothing was detected
+  right, None when there is nothing to detect and nothing was flagged).
 
 A metric with nothing to compute over (no valid frame, a constant series, no positives) is
 None, so the output is plain JSON. :func:`summarize` aggregates episodes (means and medians of
@@ -80,16 +86,14 @@ def detection(predicted: Sequence[bool], actual: Sequence[bool]) -> dict[str, An
 def _prf(tp: int, fp: int, fn: int) -> dict[str, float | None]:
     precision = tp / (tp + fp) if tp + fp else None
     recall = tp / (tp + fn) if tp + fn else None
-    f1 = (2 * precision * recall / (precision + recall)
-          if precision is not None and recall is not None and precision + recall > 0 else None)
-    if precision is not None and recall is not None and precision + recall == 0:
-        f1 = 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None  # 0 when no flag was right
     return {'success_precision': precision, 'success_recall': recall, 'success_f1': f1}
 
 
 def episode_metrics(records: Sequence[Any], truth_centre: Sequence[float | None],
                     truth_surface: Sequence[float | None], truth: str = 'centre',
-                    success_threshold_m: float = 0.05) -> dict[str, Any]:
+                    success_threshold_m: float = 0.05,
+                    reward_mode: str = 'negative_distance') -> dict[str, Any]:
     """
     Return the metrics of one replayed episode (see the module docstring).
 
@@ -97,7 +101,9 @@ def episode_metrics(records: Sequence[Any], truth_centre: Sequence[float | None]
     :param truth_centre: per frame, the true centre distance (None: unknown).
     :param truth_surface: per frame, the true surface distance (None: unknown).
     :param truth: which distance the estimates are compared with, ``'centre'`` or ``'surface'``.
-    :param success_threshold_m: true success is ``surface distance <= this``.
+    :param success_threshold_m: true success is ``truth distance <= this``.
+    :param reward_mode: the shaper's ``RewardConfig.mode``; for ``'progress'`` the running sum
+        of the rewards is what is correlated with closeness.
     """
     if truth not in TRUTHS:
         raise ValueError(f'truth must be one of {TRUTHS}, got {truth!r}')
@@ -115,10 +121,12 @@ def episode_metrics(records: Sequence[Any], truth_centre: Sequence[float | None]
     reward = array([r.reward for r in records])
     mae, rel = _errors(raw, ref)
     smae, srel = _errors(smoothed, ref)
+    if reward_mode == 'progress':  # per-step changes: their running sum follows closeness
+        reward = np.where(np.isfinite(reward), np.cumsum(np.nan_to_num(reward)), np.nan)
     rho, tau = rank_correlations(reward, ref)
-    has_surface = np.isfinite(surface)
-    det = detection([r.success for r, ok in zip(records, has_surface, strict=True) if ok],
-                    surface[has_surface] <= success_threshold_m)
+    has_truth = np.isfinite(ref)
+    det = detection([r.success for r, ok in zip(records, has_truth, strict=True) if ok],
+                    ref[has_truth] <= success_threshold_m)
     return {
         'frames': n,
         'truth': truth,

@@ -75,7 +75,7 @@ class ReplayConfig:
     :ivar success_threshold_m: the shaper's success threshold on the *estimated* distance.
     :ivar truth: the true distance the estimates are compared with ('centre' or 'surface');
         also what the oracles answer.
-    :ivar true_success_m: true success is a surface distance at most this (m).
+    :ivar true_success_m: true success is a true distance (``truth``) at most this (m).
     :ivar image_topic: the topic scored.
     :ivar seed: seeds the noisy oracle (mixed with each bag's name).
     :ivar noise: the noisy oracle's settings.
@@ -255,7 +255,7 @@ def replay_source(source: BagSource, config: ReplayConfig, estimator: Any = None
     if not records:
         raise BagError(f'{source.path}: no images on {config.image_topic}')
     metrics = replay_metrics.episode_metrics(records, centre, surface, config.truth,
-                                             config.true_success_m)
+                                             config.true_success_m, config.reward_mode)
     metrics['stamp_resets'] = resets
     return BagReplay(source.path, name, config.subject, target, stamps, records, centre, surface,
                      frame_ids, metrics)
