@@ -288,6 +288,31 @@ def test_live_replay_of_a_bag_records_the_node_outputs(tmp_path):
     assert lines[0].startswith('stamp_ns,frame_id,answer') and len(lines) == len(records) + 1
 
 
+def test_a_live_replay_that_breaks_off_is_an_error_and_keeps_its_results(tmp_path,
+                                                                         monkeypatch):
+    pytest.importorskip('pybullet')
+    from spatialvlm_ros.bags.writer import write_episode
+    from spatialvlm_ros.ros import bag_player
+    from spatialvlm_ros.sim.episode import EpisodeConfig, generate_episode
+
+    episode = generate_episode(EpisodeConfig(seed=3, num_frames=12, width=64, height=48,
+                                             rate_hz=20.0, n_objects=(2, 3)))
+    bag = write_episode(episode, tmp_path / 'episode', storage='mcap')
+    real = bag_player.BagPlayer.publisher_for
+
+    def failing(self, topic, msgtype):
+        if topic == self.image_topic and self.images >= 5:
+            raise OSError('the storage went away')
+        return real(self, topic, msgtype)
+
+    monkeypatch.setattr(bag_player.BagPlayer, 'publisher_for', failing)
+    with pytest.raises(RuntimeError, match='failed after 5 images: the storage went away'):
+        bag_player.run_live_replay(bag, {'estimator': 'oracle', 'smoothing.kind': 'none'},
+                                   csv_path=tmp_path / 'live.csv', settle_s=5.0)
+    lines = (tmp_path / 'live.csv').read_text().splitlines()
+    assert 1 <= len(lines) - 1 <= 5  # what the node answered before the break is kept
+
+
 def test_live_replay_command_passes_the_sampling_and_question_options(tmp_path, monkeypatch):
     from spatialvlm_ros.ros import bag_player
 

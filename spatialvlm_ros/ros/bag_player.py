@@ -86,6 +86,7 @@ class BagPlayer(Node):
         self._pubs: dict[str, Any] = {}
         self.published = 0
         self.images = 0
+        self.error = ''  # why playing stopped early (empty: played to the end)
         self.finished = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -141,8 +142,9 @@ class BagPlayer(Node):
                     self.publisher_for(msg.topic, msg.msgtype).publish(bytes(msg.data))
                     self.published += 1
                     self.images += msg.topic == self.image_topic
-        except Exception as exc:  # report, then let the caller finish
-            self.get_logger().error(f'playing {self.bag} failed: {exc}')
+        except Exception as exc:  # kept for the caller, which raises it after the node stops
+            self.error = f'playing {self.bag} failed after {self.images} images: {exc}'
+            self.get_logger().error(self.error)
         finally:
             self.finished.set()
 
@@ -306,7 +308,8 @@ def run_live_replay(bag: str | os.PathLike[str], node_params: dict[str, Any] | N
 
         def settled() -> bool:
             c = stats.counts
-            handled = c['frames_processed'] + c['frames_dropped'] + c['malformed_messages']
+            handled = (c['frames_processed'] + c['frames_dropped'] + c['malformed_messages']
+                       + c['late_results_dropped'] + c['superseded_results_dropped'])
             return (c['frames_received'] >= player.images and handled >= c['frames_received']
                     and len(recorder) >= c['frames_processed'])
 
@@ -318,6 +321,9 @@ def run_live_replay(bag: str | os.PathLike[str], node_params: dict[str, Any] | N
         node.trigger_deactivate()
     if csv_path is not None:
         write_records_csv(records, csv_path)
+    if player.error:  # the partial results are kept, but do not pass for a whole run
+        raise RuntimeError(f'{player.error}; the {len(records)} results up to then are in '
+                           f'{csv_path or "no CSV"}')
     return records
 
 
