@@ -116,6 +116,15 @@ def test_default_parser_reads_metres():
     assert none.value_m is None and none.parse_error
 
 
+def test_an_image_without_pixels_is_refused(loaded, images):
+    from PIL import Image
+
+    vlm = SpatialVLM(loaded)
+    for empty in (images[0][:0], images[0][:, :0], Image.new('RGB', (0, 4))):
+        with pytest.raises(ValueError, match='an image has no pixels'):
+            vlm.ask(empty, QUESTIONS[0])
+
+
 def test_unloaded_model_is_refused(images):
     model, processor = build_compact_model(SMALL, build_default_tokenizer())
     loaded = from_memory(model, processor)
@@ -142,3 +151,28 @@ def test_answer_defaults():
     assert not Answer('x').numeric
     with pytest.raises(ValueError):
         aggregate([], table_parser)
+
+
+@pytest.mark.parametrize('pieces, stated', [
+    ([' ', '0', '.', '4', '6', ' ', 'm', '.', ' It'], 0.46),
+    ([' ', '1', ' ', 'm', ' ', '2', '0', ' ', 'c', 'm', '.', ' x'], 1.2),
+    ([' ', '5', ' feet', ' ', '3', ' inch', 'es', ' away', '.', ' x'], 5 * 0.3048 + 3 * 0.0254),
+    ([' ', '2', ' metres', ' and', ' ', '3', '0', ' centim', 'etres', '.', ' x'], 2.3),
+    ([' a', ' foot', ' and', ' a', ' half', '.', ' x'], 1.5 * 0.3048),
+])
+def test_reading_the_distance_never_stops_inside_a_compound(pieces, stated):
+    from spatialvlm_ros.core.answers import parse_distance
+    from spatialvlm_ros.model.inference import _DistanceRead
+
+    class Pieces:
+        def decode(self, ids, skip_special_tokens=True):
+            return ''.join(pieces[i] for i in ids)
+
+    reader = _DistanceRead(Pieces(), 0, lambda text: (parse_distance(text).value_m,),
+                           'The distance is')
+    for end in range(1, len(pieces) + 1):
+        if reader.read(0, list(range(end))):
+            break
+    text = 'The distance is' + ''.join(pieces[:end])
+    assert parse_distance(text).value_m == pytest.approx(stated), text
+    assert end < len(pieces)  # it stopped once the length was read, before the last piece

@@ -59,6 +59,14 @@ _UNIT_WORDS: dict[str, str] = {
     'ft': 'ft', 'foot': 'ft', 'feet': 'ft', 'foots': 'ft',
     'yd': 'yd', 'yds': 'yd', 'yard': 'yd', 'yards': 'yd',
 }
+_UNIT_PREFIXES = frozenset(word[:i] for word in _UNIT_WORDS for i in range(1, len(word)))
+
+
+def may_continue_unit(word: str) -> bool:
+    """Return whether ``word`` could still grow into (another) unit: 'centim', 'm' ('mm')."""
+    return word.lower() in _UNIT_PREFIXES
+
+
 # abbreviations that are not spelled out: 'a m' or 'a ft' is not "one metre"
 _ABBREVIATIONS = frozenset({'m', 'mtr', 'mtrs', 'cm', 'cms', 'mm', 'km', 'in', 'ins', 'ft',
                             'yd', 'yds'})

@@ -55,6 +55,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import functools
 import math
+import re
 from typing import Any, Callable, Sequence
 
 from spatialvlm_ros.model.loading import build_inputs, decode_new_tokens, LoadedVLM
@@ -463,8 +464,11 @@ class _DistanceRead:
     """
     A ``transformers`` stopping criterion: a row is done once its stated length is read.
 
-    Done means the continuation parses to a length and parsed to the same length one token
-    earlier, so a unit that is still being spelled ('1 m' -> '1 mm') never stops it early.
+    Done means the continuation parses to a length, parsed to the same length one token
+    earlier, and does not end where a length can go on: a unit still being spelled ('1 m' ->
+    '1 mm', '30 centim' -> '30 centimetres') and a compound ('1 m' -> '1 m 20 cm', '5 feet'
+    -> '5 feet 3 inches', 'a foot' -> 'a foot and a half') never stop it early, since the
+    text then ends in a space, a digit, 'and' / 'a' or the start of a unit word.
     """
 
     def __init__(self, tokenizer: Any, prompt_length: int, parser: Parser,
@@ -486,9 +490,25 @@ class _DistanceRead:
         """Return whether row ``row``, whose generated ids are ``ids`` so far, is done."""
         text = _join(self.prefix, self.tokenizer.decode(ids, skip_special_tokens=True))
         value = self.parser(text)[0] if text.strip() else None
-        done = value is not None and self.previous.get(row) == value
+        done = value is not None and self.previous.get(row) == value and not _open_end(text)
         self.previous[row] = value
         return done
+
+
+# where an answer's length can still go on: a space, a number (or its decimal point), 'and',
+# 'a' / 'an', a range's dash
+_OPEN_END = re.compile(r'(?:\s|\d[.,]?|\b(?:and|an?)|-)$', re.IGNORECASE)
+_LAST_WORD = re.compile(r'([^\W\d_]+)$')
+
+
+def _open_end(text: str) -> bool:
+    """Return whether ``text`` ends where its length may go on (a unit still being spelled)."""
+    from spatialvlm_ros.core.answers import may_continue_unit
+
+    if _OPEN_END.search(text):
+        return True
+    word = _LAST_WORD.search(text)
+    return word is not None and may_continue_unit(word.group(1))
 
 
 def _space_is_own_token(tokenizer: Any, prefix: str) -> bool:

@@ -332,16 +332,20 @@ def to_pil(image: Any) -> Any:
     """
     Return a PIL RGB image from an RGB ``uint8`` ``(H, W, 3)`` array or a PIL image.
 
-    Raises ``ValueError`` for other array shapes or dtypes.
+    Raises ``ValueError`` for other array shapes or dtypes, and for an image without pixels.
     """
     from PIL import Image
 
     if isinstance(image, Image.Image):
+        if 0 in image.size:
+            raise ValueError(f'an image has no pixels: {image.size[0]}x{image.size[1]}')
         return image.convert('RGB') if image.mode != 'RGB' else image
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise ValueError(f'images must be RGB uint8 (H, W, 3) arrays or PIL images, got '
                          f'{array.dtype} {array.shape}')
+    if 0 in array.shape[:2]:
+        raise ValueError(f'an image has no pixels: {array.shape[1]}x{array.shape[0]}')
     return Image.fromarray(array, mode='RGB')
 
 
