@@ -95,6 +95,26 @@ def test_a_call_over_its_timeout_stops_the_child():
         estimator.estimate(_frames(1)[0], 'a', 'b')
     assert time.monotonic() - start < 4
     assert not estimator.alive
+    with pytest.raises(EstimatorProcessError, match='closed: it took longer than 0.3 s'):
+        estimator.estimate(_frames(1)[0], 'a', 'b')  # later calls say why
+    estimator.close()
+
+
+def test_an_interrupted_call_never_hands_its_reply_to_the_next_call(monkeypatch):
+    estimator = ProcessEstimator(_build_echo)
+    real = estimator._receive
+
+    def interrupted(timeout_s, doing):
+        monkeypatch.setattr(estimator, '_receive', real)
+        raise KeyboardInterrupt  # Ctrl-C while the child computes the reply
+
+    monkeypatch.setattr(estimator, '_receive', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        estimator.estimate(_frames(1)[0], 'a', 'b')
+    # the reply still in the pipe belongs to the interrupted call: the process is stopped
+    with pytest.raises(EstimatorProcessError, match='closed: a call was interrupted'):
+        estimator.estimate(_frames(1)[0], 'a', 'b')
+    assert not estimator.alive
     estimator.close()
 
 

@@ -19,7 +19,9 @@ Messages are pickled through a ``multiprocessing`` pipe between this process and
 started, never read from a file or a socket others can reach. Errors: a build failure raises in
 the constructor with the child's message; an exception in ``estimate`` is raised here as
 :class:`EstimatorProcessError` (the child keeps serving); a dead or hung child raises
-:class:`EstimatorProcessError` naming its exit code, and later calls do the same.
+:class:`EstimatorProcessError` naming its exit code, and later calls say why it was closed
+(the exit code, the timeout, or an interrupted call, whose late reply is never taken for the
+next call's).
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class ProcessEstimator:
         child_conn.close()
         self._call_timeout_s = call_timeout_s
         self._closed = False
+        self._closed_because = ''  # why a call stopped the process (timeout, death, interrupt)
         kind, payload = self._receive(start_timeout_s, 'building the estimator')
         if kind != 'ready':
             self._stop()
@@ -126,6 +129,7 @@ class ProcessEstimator:
             ready = True  # recv below reports the broken pipe
         if not ready:
             self._stop()
+            self._closed_because = f'it took longer than {timeout_s} s {doing}'
             raise EstimatorProcessError(f'the estimator process took longer than {timeout_s} s '
                                         f'{doing}; it was stopped')
         try:
@@ -138,6 +142,7 @@ class ProcessEstimator:
         self._process.join(timeout=5.0)
         code = self._process.exitcode
         self._stop()
+        self._closed_because = f'it {what} (exit code {code})'
         return EstimatorProcessError(f'the estimator process {what} (exit code {code})')
 
     def estimate(self, image: np.ndarray, subject: str, target: str,
@@ -149,7 +154,8 @@ class ProcessEstimator:
         ``estimate_keywords``). Raises :class:`EstimatorProcessError` as described above.
         """
         if self._closed:
-            raise EstimatorProcessError('the estimator process was closed')
+            why = f': {self._closed_because}' if self._closed_because else ''
+            raise EstimatorProcessError(f'the estimator process was closed{why}')
         if self.estimate_keywords is not None:
             keywords = {k: v for k, v in keywords.items() if k in self.estimate_keywords}
         start = time.perf_counter()
@@ -158,7 +164,13 @@ class ProcessEstimator:
         except (BrokenPipeError, EOFError, OSError):
             raise self._gone('is gone') from None
         # one call at a time, and a timeout stops the child: this reply is this call's
-        kind, payload = self._receive(self._call_timeout_s, 'estimating')
+        try:
+            kind, payload = self._receive(self._call_timeout_s, 'estimating')
+        except BaseException as exc:
+            if not self._closed:  # interrupted (Ctrl-C): its reply would answer the next call
+                self._stop()
+                self._closed_because = f'a call was interrupted ({type(exc).__name__})'
+            raise
         if kind == 'error':
             raise EstimatorProcessError(f'the estimator raised in its process: {payload}')
         result: DistanceEstimate = payload
