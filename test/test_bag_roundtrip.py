@@ -124,7 +124,7 @@ def test_info(written: Path, episode: Episode) -> None:
             'count_stored': n, 'count_read': n}
 
 
-def test_overwrite(tmp_path: Path, episode: Episode) -> None:
+def test_overwrite(tmp_path: Path, episode: Episode, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_episode(episode, tmp_path / 'bag', storage='mcap')
     with pytest.raises(BagExistsError, match='overwrite=True'):
         write_episode(episode, path)
@@ -132,6 +132,27 @@ def test_overwrite(tmp_path: Path, episode: Episode) -> None:
     write_episode(short, path, storage='sqlite3', overwrite=True)
     assert len(read_episode(path).frames) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ['bag']  # no temp leftovers
+    # a failed swap puts the old bag back
+    real = os.replace
+
+    def fail_the_swap(src, dst):
+        if Path(dst) == path and '.old' not in Path(src).name:
+            raise OSError('simulated failure of the final rename')
+        return real(src, dst)
+
+    monkeypatch.setattr(os, 'replace', fail_the_swap)
+    with pytest.raises(OSError, match='simulated'):
+        write_episode(episode, path, storage='mcap', overwrite=True)
+    monkeypatch.setattr(os, 'replace', real)
+    assert len(read_episode(path).frames) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['bag']
+    # a folder that is not a bag is never replaced
+    user = tmp_path / 'notes'
+    user.mkdir()
+    (user / 'notes.txt').write_text('keep')
+    with pytest.raises(BagExistsError, match='not a bag folder'):
+        write_episode(episode, user, overwrite=True)
+    assert (user / 'notes.txt').read_text() == 'keep'
 
 
 def test_empty_episode(tmp_path: Path) -> None:

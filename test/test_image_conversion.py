@@ -157,6 +157,15 @@ def test_image_to_fields_rejects_bad_arrays() -> None:
         image_to_fields(np.zeros((2, 2), np.float32), '16UC1')
     with pytest.raises(ImageConversionError, match='unknown image encoding'):
         image_to_fields(RGB, 'nv12')
+    # a narrowing cast never wraps a value silently (300 would become 44 in mono8)
+    for values, dtype, encoding in (([[300, 5]], np.uint16, 'mono8'),
+                                    ([[70000, 5]], np.uint32, '16UC1'),
+                                    ([[40000, 1]], np.int32, '16SC1'),
+                                    ([[1e40, 1]], np.float64, '32FC1')):
+        with pytest.raises(ImageConversionError, match=f'{encoding} .* the image has values'):
+            image_to_fields(np.array(values, dtype), encoding)
+    fits = image_to_fields(np.array([[200, 5]], np.uint16), 'mono8')  # values that fit: kept
+    assert bytes(fits['data']) == bytes([200, 5])
 
 
 def test_png_round_trip_colour_mono_and_16bit() -> None:

@@ -230,6 +230,13 @@ def image_to_fields(array: np.ndarray, encoding: str, *, header: Any = None,
         target = np.dtype(spec.dtype)
         if array.dtype != target and not np.can_cast(array.dtype, target, 'same_kind'):
             raise ImageConversionError(f'{encoding} needs {target}, got {array.dtype}')
+        if array.dtype != target and array.size:  # a narrowing cast must not wrap values
+            info = np.iinfo(target) if target.kind in 'iu' else np.finfo(target)
+            finite = array[np.isfinite(array)] if array.dtype.kind == 'f' else array
+            if finite.size and (finite.min() < info.min or finite.max() > info.max):
+                raise ImageConversionError(
+                    f'{encoding} ({target}) holds [{info.min}, {info.max}]; the image has '
+                    f'values from {finite.min()} to {finite.max()}')
         pixels = array.astype(target)
     else:
         if array.ndim != 3 or array.shape[2] != 3:

@@ -41,9 +41,12 @@ def write_episode(episode: Episode, path: str | os.PathLike[str], storage: str =
     :param episode: the frames and ground truth to record (at least one frame).
     :param path: the bag folder to create.
     :param storage: ``'sqlite3'`` or ``'mcap'``.
-    :param overwrite: replace an existing bag (atomically) instead of refusing.
+    :param overwrite: replace an existing bag instead of refusing. The new bag is written
+        aside first; the old one is then moved aside and the new one renamed in (two renames:
+        for that instant the path is absent), and put back if the new one cannot be.
     :raises EmptyEpisodeError: the episode has no frames.
-    :raises BagExistsError: ``path`` exists and ``overwrite`` is False.
+    :raises BagExistsError: ``path`` exists and ``overwrite`` is False, or it is something
+        other than a bag folder (never deleted).
     :raises ValueError: unknown storage.
     """
     if storage not in STORAGES:
@@ -53,6 +56,9 @@ def write_episode(episode: Episode, path: str | os.PathLike[str], storage: str =
     path = Path(path)
     if path.exists() and not overwrite:
         raise BagExistsError(f'{path} exists; pass overwrite=True to replace it')
+    if path.exists() and not _is_bag_folder(path):
+        raise BagExistsError(f'{path} exists and is not a bag folder (no metadata.yaml or '
+                             'storage file); it is not replaced')
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = layout.episode_metadata(episode)
     staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent))
@@ -64,12 +70,22 @@ def write_episode(episode: Episode, path: str | os.PathLike[str], storage: str =
             # Move the old bag aside first: a rename cannot replace a non-empty folder.
             old = staging / (path.name + '.old')
             os.replace(path, old)
-            os.replace(tmp_bag, path)
+            try:
+                os.replace(tmp_bag, path)
+            except OSError:
+                os.replace(old, path)  # the old bag back where it was
+                raise
         else:
             os.replace(tmp_bag, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _is_bag_folder(path: Path) -> bool:
+    """Return whether ``path`` is a rosbag2 folder: metadata.yaml or a storage file in it."""
+    return path.is_dir() and ((path / 'metadata.yaml').is_file() or any(
+        child.suffix in ('.db3', '.mcap') for child in path.iterdir()))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
