@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -186,3 +188,20 @@ def test_cli_scene(tmp_path, capsys):
     assert result['objects'] and 'distance_surface' in result['objects'][0]
     assert (tmp_path / 'rgb.png').exists() and (tmp_path / 'seg.png').exists()
     assert np.load(tmp_path / 'depth.npy').dtype == np.float32
+
+
+def test_the_low_poly_panda_follows_the_mesh_folder_in_use(tmp_path, monkeypatch):
+    """A URDF written for another install's meshes is never reused for this one."""
+    import shutil
+
+    from spatialvlm_ros.sim import catalog, scene
+
+    first = scene._lowpoly_panda_urdf()
+    other = tmp_path / 'data' / 'franka_panda'
+    other.mkdir(parents=True)
+    shutil.copy(os.path.join(catalog.data_path(), 'franka_panda', 'panda.urdf'), other)
+    monkeypatch.setattr(catalog, 'data_path', lambda: str(tmp_path / 'data'))
+    second = scene._lowpoly_panda_urdf()
+    assert second != first
+    text = open(second, encoding='utf-8').read()
+    assert str(other / 'meshes') in text and 'package://' not in text

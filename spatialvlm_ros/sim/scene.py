@@ -17,6 +17,7 @@ against what is rendered.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import hashlib
 import os
 import tempfile
 from typing import Any
@@ -294,7 +295,9 @@ def _lowpoly_panda_urdf() -> str:
     text = text.replace('package://meshes/', meshes + os.sep)
     out_dir = os.path.join(tempfile.gettempdir(), f'spatialvlm_ros_sim_{os.getuid()}')
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, 'panda_lowpoly.urdf')
+    # named by its content: another install's mesh paths (or pybullet_data) get their own file
+    digest = hashlib.sha256(text.encode('utf-8')).hexdigest()[:16]
+    path = os.path.join(out_dir, f'panda_lowpoly_{digest}.urdf')
     if not os.path.exists(path):
         tmp = f'{path}.{os.getpid()}.tmp'
         with open(tmp, 'w', encoding='utf-8') as f:
