@@ -190,3 +190,18 @@ def test_an_out_that_is_a_file_is_refused_before_the_work(argv, tmp_path, capsys
     assert main([*argv, '--out', str(taken)]) == 2
     assert f'--out: {taken} is a file, not a folder' in capsys.readouterr().err
     assert taken.read_text() == 'keep me'
+
+
+def test_grasp_lift_holds_the_object_from_the_closed_hand_at_any_frame_count():
+    """The object rises with the hand from the moment of closing, short episodes included."""
+    def lift(frames):
+        episode = generate_episode(EpisodeConfig(seed=3, scenario='grasp_lift', width=32,
+                                                 height=24, num_frames=frames))
+        index = [o.object_id for o in episode.frames[0].objects].index(episode.target_id)
+        first, last = episode.frames[0], episode.frames[-1]
+        return (last.objects[index].centroid_world[2] - first.objects[index].centroid_world[2],
+                last.objects[index].centroid_world[2] - last.gripper_world[2])
+
+    (short_lift, short_offset), (long_lift, long_offset) = lift(10), lift(60)
+    assert short_lift == pytest.approx(long_lift, abs=1e-3)  # it lagged 1.5 cm behind before
+    assert short_offset == pytest.approx(long_offset, abs=1e-3)

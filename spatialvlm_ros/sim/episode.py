@@ -272,11 +272,11 @@ def generate_episode(config: EpisodeConfig, progress: bool = False,
             point = points[seg] + s * (points[seg + 1] - points[seg])
             gap = gaps[seg] + s * (gaps[seg + 1] - gaps[seg])
             hand_yaw = yaws[seg] + s * (yaws[seg + 1] - yaws[seg])
+            if waypoints[seg][3] == 'lift' and attach is None:
+                # held from the closed hand's pose, before this first lift frame moves it
+                attach = np.linalg.inv(world.hand_pose()) @ world.object_pose(target)
             _solve_ik(world, point, hand_yaw)
             world.set_opening(gap)
-            action = waypoints[seg][3]
-            if action == 'lift' and attach is None:
-                attach = np.linalg.inv(world.hand_pose()) @ world.object_pose(target)
             if attach is not None:
                 world.set_object_pose(target, world.hand_pose() @ attach)
             if wanted is None or k in wanted:
