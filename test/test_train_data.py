@@ -165,6 +165,17 @@ def test_encoder_labels_only_assistant_turns(shard_dir):
     short = ConversationEncoder(processor, max_length=60).encode(Example(image, turns))
     assert tokenizer.decode([int(t) for t in short['labels'][0] if t != IGNORE_INDEX]) == \
         'It is 30 cm wide.</s>'
+    # a cut inside the one answer left would train a half answer ('It is 30'): refused
+    need = len(encoder.encode(Example(image, turns[:1]))['input_ids'][0])
+    labels_one = encoder.encode(Example(image, turns[:1]))['labels'][0]
+    answer_start = int((labels_one != IGNORE_INDEX).nonzero()[0])
+    with pytest.raises(ValueError, match='would cut the first answer'):
+        ConversationEncoder(processor, max_length=answer_start + 3).encode(
+            Example(image, turns[:1]))
+    with pytest.raises(ValueError, match='too small for the image and the first question'):
+        ConversationEncoder(processor, max_length=answer_start - 1).encode(
+            Example(image, turns[:1]))
+    assert need > answer_start + 3
     batch = encoder.batch([Example(image, turns), Example(image, turns[1:])])
     assert batch['input_ids'].shape == batch['labels'].shape
     assert batch['pixel_values'].shape[0] == 2

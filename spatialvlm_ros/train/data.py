@@ -624,11 +624,17 @@ class ConversationEncoder:
             turns = turns[:-1]
         length = encoded['input_ids'].shape[1]
         if length > self.max_length:
-            prompt = int((encoded['labels'][0] == IGNORE_INDEX).nonzero()[0].max()) \
-                if (encoded['labels'][0] == IGNORE_INDEX).any() else 0
-            if prompt >= self.max_length:
+            trained = (encoded['labels'][0] != IGNORE_INDEX).nonzero()
+            first = int(trained[0]) if len(trained) else length
+            if first >= self.max_length:
                 raise ValueError(f'max_length {self.max_length} is too small for the image and '
-                                 f'the first question ({prompt + 1} tokens)')
+                                 f'the first question ({first + 1} tokens)')
+            if bool(encoded['labels'][0, self.max_length - 1:self.max_length + 1].ne(
+                    IGNORE_INDEX).all()):  # the cut falls inside the answer
+                last = int(trained[-1]) + 1
+                raise ValueError(f'max_length {self.max_length} would cut the first answer '
+                                 f'({last} tokens needed): a model trained on a half answer '
+                                 'learns a wrong number; raise max_length')
             for key in list(encoded):
                 if key in _SEQUENCE_KEYS or key == 'labels':
                     encoded[key] = encoded[key][:, :self.max_length]
