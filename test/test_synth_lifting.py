@@ -100,3 +100,15 @@ def test_config_validation():
         LiftingConfig(clusterer='kmeans')
     with pytest.raises(ValueError, match='min_cluster_fraction'):
         LiftingConfig(min_cluster_fraction=0.0)
+
+
+def test_a_small_object_keeps_its_size():
+    """A 2 cm patch is not shrunk to one 1 cm voxel by the clustering."""
+    intrinsics = CameraIntrinsics(500.0, 500.0, 320.0, 240.0, 640, 480)
+    depth = np.full((480, 640), 0.6, np.float32)
+    mask = np.zeros((480, 640), bool)
+    mask[232:248, 312:328] = True  # 16 px at 0.6 m with fx 500: 1.9 cm
+    lifted = ObjectLifter().run(depth, mask, intrinsics)
+    assert lifted.ok
+    width = lifted.aabb[1] - lifted.aabb[0]
+    assert width[0] > 0.015 and width[1] > 0.015  # it measured 8 mm before

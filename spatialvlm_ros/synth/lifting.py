@@ -18,6 +18,7 @@ scipy (``cKDTree``, ``ConvexHull``) and scikit-learn (``DBSCAN``) are imported l
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Callable
 
 import numpy as np
@@ -267,10 +268,13 @@ def clean_points(points: np.ndarray, config: LiftingConfig | None = None) -> tup
     points = np.asarray(points, dtype=np.float64)
     scale = float(np.linalg.norm(points.std(axis=0)) * cfg.scale_factor) + 1e-6
     points = points[statistical_outlier_mask(points, cfg.sor_neighbors, cfg.sor_std_ratio)]
-    voxels, voxel_of_point = voxel_downsample(points, max(cfg.voxel_min,
-                                                          scale / cfg.voxel_divisor))
-    keep = CLUSTERERS[cfg.clusterer](voxels, scale / cfg.eps_divisor,
-                                     int(len(voxels) * cfg.min_cluster_fraction))
+    voxel = max(cfg.voxel_min, scale / cfg.voxel_divisor)
+    voxels, voxel_of_point = voxel_downsample(points, voxel)
+    # Listing 2's eps = scale / 3.6, but never below a voxel diagonal: for a small object
+    # (scale < 3.6 x the 1 cm voxel floor) no voxel would reach its neighbour and the object
+    # would shrink to its single largest voxel (a 2 cm object measured 8 mm)
+    eps = max(scale / cfg.eps_divisor, voxel * math.sqrt(3.0))
+    keep = CLUSTERERS[cfg.clusterer](voxels, eps, int(len(voxels) * cfg.min_cluster_fraction))
     if cfg.keep_resolution:  # the points of the kept voxels, not the voxel means
         return points[keep[voxel_of_point]], scale
     return voxels[keep], scale
