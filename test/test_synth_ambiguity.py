@@ -63,6 +63,15 @@ def test_vertical_offset_gives_top_and_bottom_clauses():
     assert set(CLAUSES) == {'left', 'right', 'top', 'bottom'}
 
 
+def test_a_pair_with_no_side_between_them_is_dropped_not_told_apart():
+    # the same caption on two regions centred together (one nested in the other)
+    result = _resolve([_region('red mug', 160, 120, 'outer'),
+                       _region('red mug', 162, 121, 'inner'),
+                       _region('blue duck', 40, 40, 'duck')])
+    assert [r.object_id for r in result.regions] == ['duck']
+    assert result.dropped == {'stuff': 0, 'ambiguous': 2} and result.disambiguated == 0
+
+
 def test_groups_of_three_are_dropped_and_stuff_removed():
     result = _resolve([_region('red mug', 20, 20, 'a'), _region('red mug', 120, 20, 'b'),
                        _region('the red mug', 220, 20, 'c'), _region('table', 100, 200, 't'),

@@ -47,6 +47,13 @@ DEFAULT_SIMILARITY_THRESHOLD = 0.9
 DEFAULT_STUFF_THRESHOLD = 0.8
 
 
+MIN_LOCATION_OFFSET = 0.02
+"""A similar pair is told apart by location only when its box centres are at least this share
+of the image width (or height) apart; a closer pair (one region nested in or duplicating the
+other) is dropped as ambiguous instead of getting made-up left / right clauses. A constant, not
+an ``AmbiguityConfig`` field, so that the run records of existing datasets stay valid."""
+
+
 @dataclass
 class AmbiguityConfig:
     """
@@ -184,6 +191,10 @@ def resolve_ambiguity(regions: Sequence[Region], embedder: Any, image_size: tupl
             result.dropped['ambiguous'] += len(members)
             continue
         a, b = members
+        du, dv = box_centre(regions[a].box) - box_centre(regions[b].box)
+        if max(abs(du) / max(width, 1), abs(dv) / max(height, 1)) < MIN_LOCATION_OFFSET:
+            result.dropped['ambiguous'] += 2  # no side to tell them apart by
+            continue
         for index, direction in zip(members, location_clauses(
                 regions[a].box, regions[b].box, width, height), strict=True):
             options = CLAUSES[direction]
