@@ -21,6 +21,7 @@ from spatialvlm_ros.bags import topics as layout
 from spatialvlm_ros.bags.errors import BagError, BagExistsError, EmptyEpisodeError
 from spatialvlm_ros.bags.imageconv import image_to_fields
 from spatialvlm_ros.core.datatypes import Episode, Frame
+from spatialvlm_ros.core.files import write_text_atomic
 
 STORAGES: tuple[str, ...] = ('sqlite3', 'mcap')
 
@@ -90,9 +91,7 @@ def _is_bag_folder(path: Path) -> bool:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` via a temporary file and ``os.replace``."""
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + '\n', encoding='utf-8')
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + '\n')
 
 
 def _write_bag(episode: Episode, path: Path, storage: str, metadata: dict[str, Any]) -> None:

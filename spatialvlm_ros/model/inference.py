@@ -58,6 +58,7 @@ import math
 import re
 from typing import Any, Callable, Sequence
 
+from spatialvlm_ros.core.answers import may_continue_unit
 from spatialvlm_ros.model.loading import build_inputs, decode_new_tokens, LoadedVLM
 
 DISTANCE_QUESTION = 'What is the distance between [A] and [B]?'
@@ -503,8 +504,6 @@ _LAST_WORD = re.compile(r'([^\W\d_]+)$')
 
 def _open_end(text: str) -> bool:
     """Return whether ``text`` ends where its length may go on (a unit still being spelled)."""
-    from spatialvlm_ros.core.answers import may_continue_unit
-
     if _OPEN_END.search(text):
         return True
     word = _LAST_WORD.search(text)

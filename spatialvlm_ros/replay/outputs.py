@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from spatialvlm_ros.bags.errors import BagError, BagExistsError
+from spatialvlm_ros.core.files import write_bytes_atomic
 from spatialvlm_ros.replay.topics import build_messages, REWARD_TOPICS
 
 CSV_COLUMNS = ('stamp_ns', 'time_s', 'text', 'distance_raw_m', 'valid', 'distance_smoothed_m',
@@ -29,12 +30,7 @@ CSV_COLUMNS = ('stamp_ns', 'time_s', 'text', 'distance_raw_m', 'valid', 'distanc
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes_atomic(path, data)
 
 
 def _cell(value: Any) -> Any:
