@@ -123,6 +123,11 @@ def normalize_template(template: str) -> str:
     return text
 
 
+def question_for(template: str, subject: str, target: str) -> str:
+    """Return the question ``template`` (either slot spelling) asks of ``subject``, ``target``."""
+    return normalize_template(template).replace('[A]', subject).replace('[B]', target)
+
+
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / 'default_model'
 """The shipped compact spatial VLM (safetensors + processor), installed with the package."""
 
@@ -249,8 +254,8 @@ class VLMDistanceEstimator:
 
     def question(self, subject: str, target: str, template: str | None = None) -> str:
         """Return the question asked for ``subject`` and ``target``."""
-        template = self.question_template if template is None else normalize_template(template)
-        return template.replace('[A]', subject).replace('[B]', target)
+        return question_for(self.question_template if template is None else template, subject,
+                            target)
 
     def estimate(self, image: np.ndarray, subject: str, target: str,
                  question_template: str | None = None,

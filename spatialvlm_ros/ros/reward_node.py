@@ -104,8 +104,8 @@ from spatialvlm_ros.model.estimator import (
     DistanceEstimate,
     DistanceEstimator,
     MAX_SAMPLES,
-    normalize_template,
     NUMBER_DECODINGS,
+    question_for,
     TEMPERATURE_RANGE,
 )
 from spatialvlm_ros.replay.pipeline import RewardPipeline
@@ -331,8 +331,8 @@ class Settings:
 
     def question(self) -> str:
         """Return the question for the current subject and target, as the estimator asks it."""
-        template = normalize_template(str(self['question_template']))
-        return template.replace('[A]', str(self['subject'])).replace('[B]', str(self['target']))
+        return question_for(str(self['question_template']), str(self['subject']),
+                            str(self['target']))
 
 
 def settings_from(values: dict[str, Any]) -> Settings:
